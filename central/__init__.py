@@ -1,0 +1,1 @@
+"""Teiten central: storage, regions and reports."""

@@ -1,0 +1,1 @@
+"""Teiten uplink: signed envelopes, MQTT publisher and the central receiver."""
