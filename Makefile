@@ -1,0 +1,47 @@
+# Teiten: the two commands are `make demo` and `make test` (run as root on Debian 12).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := build-essential libpcap-dev python3-dev python3-venv tcpdump mosquitto mosquitto-clients \
+	iproute2 strace zmap masscan tcpreplay util-linux openssl
+
+.PHONY: demo test install system-deps lint typecheck unit privileged bench clean
+
+system-deps: .stamp-system
+.stamp-system:
+	@if [ "$$(id -u)" != 0 ]; then echo "make: run as root (it installs Debian packages and makes network namespaces)"; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+	# the packaged broker must not hold ports the tests and the demo use; they start their own
+	-systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
+	touch $@
+
+install: system-deps .stamp-venv
+.stamp-venv: pyproject.toml setup.py sensor/_pcap.c
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check sensor uplink central bench tests hil
+	$(VENV)/bin/mypy
+
+unit: install
+	$(VENV)/bin/pytest -m "not privileged" tests
+
+privileged: install
+	$(VENV)/bin/pytest -m privileged tests hil
+
+test: install lint
+	$(VENV)/bin/pytest -ra -p no:cacheprovider
+
+demo: install
+	$(PY) -m sensor.demo
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .stamp-* demo-out
