@@ -162,7 +162,9 @@ def _decode_ipv4(ts_us: int, frame: bytes, off: int) -> PacketRecord | Malformed
         )
     # Transport bytes are bounded by both the capture and the IP total length.
     end = min(len(frame), off + total_len)
-    return _decode_transport(ts_us, frame, off + ihl, end, 4, src, dst, proto, ttl, total_len, ip_id)
+    return _decode_transport(
+        ts_us, frame, off + ihl, end, 4, src, dst, proto, ttl, total_len, ip_id
+    )
 
 
 def _decode_ipv6(ts_us: int, frame: bytes, off: int) -> PacketRecord | Malformed:
@@ -244,7 +246,7 @@ def _decode_transport(
         return PacketRecord(
             ts_us, version, src, dst, proto, ttl, ip_len, ip_id, sport=sport, dport=dport
         )
-    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+    if proto in (PROTO_ICMP, PROTO_ICMPV6):
         if avail < 4:
             return Malformed(ts_us, "icmp_truncated")
         icmp_type = frame[pos]
