@@ -1,0 +1,233 @@
+"""Distinct counting with a memory bound: exact sets that turn into HyperLogLog sketches.
+
+Strategy: below its bound a distinct count is exact (a Python set, or a few inline slots);
+once keeping it exact would break the hour's memory bound it becomes a HyperLogLog sketch
+of 2**p one-byte registers (Flajolet et al. 2007, with the linear-counting small-range
+correction).  The relative standard error of a sketch is 1.04 / sqrt(2**p); it is written
+into every summary's `sketch` map so a reader knows how far an estimate can be trusted.
+
+Keys are integers (addresses, ports); `mix64` spreads them into 64 well-mixed bits.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import Final
+
+_M64: Final = (1 << 64) - 1
+
+
+def mix64(key: int) -> int:
+    """SplitMix64 finaliser over `key` folded to 64 bits (keys up to 129 bits)."""
+    x = (key ^ (key >> 64) ^ (key >> 128)) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _estimate(registers: bytes | bytearray) -> int:
+    m = len(registers)
+    alpha = 0.7213 / (1 + 1.079 / m) if m >= 128 else {16: 0.673, 32: 0.697, 64: 0.709}[m]
+    total = math.fsum(_POW2_NEG[r] for r in registers)
+    zeros = registers.count(0)
+    raw = alpha * m * m / total
+    if raw <= 2.5 * m and zeros:
+        return round(m * math.log(m / zeros))
+    return round(raw)
+
+
+_POW2_NEG: Final = tuple(2.0**-r for r in range(66))
+
+
+def relative_error(p: int) -> float:
+    """Relative standard error of a HyperLogLog with 2**p registers."""
+    return 1.04 / math.sqrt(1 << p)
+
+
+class HyperLogLog:
+    """A HyperLogLog sketch with 2**p registers (4 <= p <= 16)."""
+
+    __slots__ = ("_registers", "_shift", "_wmask", "p")
+
+    def __init__(self, p: int) -> None:
+        if not 4 <= p <= 16:
+            raise ValueError(f"HyperLogLog precision must be 4..16, got {p}")
+        self.p = p
+        self._registers = bytearray(1 << p)
+        self._shift = 64 - p
+        self._wmask = (1 << (64 - p)) - 1
+
+    def add(self, key: int) -> None:
+        h = mix64(key)
+        index = h >> self._shift
+        rank = self._shift - (h & self._wmask).bit_length() + 1
+        if rank > self._registers[index]:
+            self._registers[index] = rank
+
+    def estimate(self) -> int:
+        return _estimate(self._registers)
+
+    def nbytes(self) -> int:
+        return len(self._registers)
+
+
+class BudgetedDistinct:
+    """A family of distinct counters (one per key) sharing one budget of exact entries.
+
+    Each counter is an exact set until it holds `exact_limit` items or the family's budget
+    of exact entries is spent; then it becomes a sketch.  A counter that outgrew its limit
+    while the budget lasted gets a precise sketch (`big_p`), up to `max_big` of them; any
+    other conversion gets a small one (`small_p`).  Memory is therefore bounded by
+    budget x (set entry) + keys x 2**big_p (first max_big) + keys x 2**small_p.
+    """
+
+    __slots__ = (
+        "_big_left",
+        "_budget_left",
+        "_exact",
+        "_sketch",
+        "big_p",
+        "exact_limit",
+        "small_p",
+    )
+
+    def __init__(
+        self, *, budget: int, exact_limit: int, big_p: int, small_p: int, max_big: int
+    ) -> None:
+        self._exact: dict[object, set[int]] = {}
+        self._sketch: dict[object, HyperLogLog] = {}
+        self._budget_left = budget
+        self._big_left = max_big
+        self.exact_limit = exact_limit
+        self.big_p = big_p
+        self.small_p = small_p
+
+    def add(self, key: object, item: int) -> None:
+        exact = self._exact.get(key)
+        if exact is not None:
+            if item in exact:
+                return
+            if len(exact) < self.exact_limit and self._budget_left > 0:
+                exact.add(item)
+                self._budget_left -= 1
+                return
+            self._convert(key, exact, item)
+            return
+        sketch = self._sketch.get(key)
+        if sketch is not None:
+            sketch.add(item)
+            return
+        if self._budget_left > 0:
+            self._exact[key] = {item}
+            self._budget_left -= 1
+            return
+        sketch = HyperLogLog(self.small_p)
+        sketch.add(item)
+        self._sketch[key] = sketch
+
+    def _convert(self, key: object, exact: set[int], item: int) -> None:
+        if len(exact) >= self.exact_limit and self._big_left > 0:
+            self._big_left -= 1
+            sketch = HyperLogLog(self.big_p)
+        else:
+            sketch = HyperLogLog(self.small_p)
+        for old in exact:
+            sketch.add(old)
+        sketch.add(item)
+        self._budget_left += len(exact)
+        del self._exact[key]
+        self._sketch[key] = sketch
+
+    def count(self, key: object) -> tuple[int, bool]:
+        """(distinct count, estimated?) for `key`; (0, False) when never seen."""
+        exact = self._exact.get(key)
+        if exact is not None:
+            return len(exact), False
+        sketch = self._sketch.get(key)
+        if sketch is not None:
+            return sketch.estimate(), True
+        return 0, False
+
+    @property
+    def sketches(self) -> int:
+        return len(self._sketch)
+
+
+class SlotDistinct:
+    """Per-row distinct counters for a table with many rows: a few inline exact slots,
+    then a small sketch, all in flat arrays (no per-row Python object).
+
+    Rows are dense integers (a source's row in the source table).  Each row keeps up to
+    `slots` exact 64-bit values; past that it gets 2**p registers in a shared pool.
+    Memory per row: 8 x `slots` + 1 bytes, plus 2**p + 4 bytes for rows that outgrew
+    their slots.
+    """
+
+    __slots__ = ("_counts", "_pool", "_pool_row", "_shift", "_values", "_wmask", "p", "slots")
+
+    _SKETCHED: Final = 255
+
+    def __init__(self, *, slots: int, p: int) -> None:
+        if not 1 <= slots < self._SKETCHED:
+            raise ValueError("slots must be 1..254")
+        if not 4 <= p <= 16:
+            raise ValueError(f"sketch precision must be 4..16, got {p}")
+        self.slots = slots
+        self.p = p
+        self._shift = 64 - p
+        self._wmask = (1 << (64 - p)) - 1
+        self._values = array("Q")
+        self._counts = bytearray()
+        self._pool = bytearray()
+        self._pool_row: dict[int, int] = {}
+
+    def add_row(self) -> None:
+        self._values.extend(_ZEROS[: self.slots])
+        self._counts.append(0)
+
+    def add(self, row: int, item: int) -> None:
+        n = self._counts[row]
+        if n == self._SKETCHED:
+            self._add_sketch(self._pool_row[row], item)
+            return
+        base = row * self.slots
+        values = self._values
+        if item in values[base : base + n]:
+            return
+        if n < self.slots:
+            values[base + n] = item
+            self._counts[row] = n + 1
+            return
+        offset = len(self._pool)
+        self._pool.extend(bytes(1 << self.p))
+        self._pool_row[row] = offset
+        for old in values[base : base + n]:
+            self._add_sketch(offset, old)
+        self._add_sketch(offset, item)
+        self._counts[row] = self._SKETCHED
+
+    def _add_sketch(self, offset: int, item: int) -> None:
+        h = mix64(item)
+        index = offset + (h >> self._shift)
+        rank = self._shift - (h & self._wmask).bit_length() + 1
+        if rank > self._pool[index]:
+            self._pool[index] = rank
+
+    def count(self, row: int) -> tuple[int, bool]:
+        n = self._counts[row]
+        if n == self._SKETCHED:
+            offset = self._pool_row[row]
+            return _estimate(self._pool[offset : offset + (1 << self.p)]), True
+        return n, False
+
+    def nbytes(self) -> int:
+        return (
+            self._values.itemsize * len(self._values)
+            + len(self._counts)
+            + len(self._pool)
+            + 100 * len(self._pool_row)
+        )
+
+
+_ZEROS: Final = array("Q", bytes(8 * 254))
