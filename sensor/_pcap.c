@@ -7,6 +7,12 @@
  * for the next packet), and drops sub-second timestamps and the wire length on
  * file reads.  This module exposes exactly those things and nothing more.
  *
+ * Idle interfaces: libpcap's packet buffer timeout does not make a read return
+ * when nothing arrives (pcap(3PCAP); on Linux TPACKET_V3 the kernel never
+ * retires an empty block).  So a live handle is kept in non-blocking mode and
+ * next_batch itself poll()s the selectable fd for timeout_ms, plus a wake pipe
+ * that breakloop() writes to: an idle interface returns [] after timeout_ms.
+ *
  * Hot path: Handle.next_batch(n) runs pcap_dispatch with the GIL released; a C
  * callback copies each header and its captured bytes into a growable buffer
  * owned by the handle; the list of (ts_us, wire_len, data) tuples is built after
@@ -15,11 +21,15 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <pcap/pcap.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static PyObject *PcapError;
 
@@ -33,6 +43,10 @@ typedef struct {
     PyObject_HEAD
     pcap_t *p;
     int offline;
+    int timeout_ms;     /* live: poll timeout; 0 waits for packets or breakloop */
+    int user_nonblock;  /* live: set_nonblock(True) was called: never poll */
+    int more;           /* live: last dispatch filled the batch; more may be queued */
+    int wake[2];        /* live: breakloop() writes wake[1] to end a poll */
     int busy;           /* a next_batch is running (GIL released) */
     int oom;            /* the callback could not grow the buffer */
     PyObject *warning;  /* str or None: pcap_activate's warning */
@@ -129,6 +143,30 @@ static PyObject *build_list(Handle *h)
     return list;
 }
 
+/* Live read, GIL released: poll for packets (or a breakloop), then a
+ * non-blocking dispatch.  Returns pcap_dispatch's code; -3 for EINTR. */
+static int live_dispatch(Handle *h, int max_packets)
+{
+    int rc = 0;
+    if (h->more || h->user_nonblock)
+        rc = pcap_dispatch(h->p, max_packets, collect, (u_char *)h);
+    if (rc == 0 && !h->user_nonblock) {
+        struct pollfd pf[2] = {{pcap_get_selectable_fd(h->p), POLLIN, 0}, {h->wake[0], POLLIN, 0}};
+        int n = poll(pf, 2, h->timeout_ms > 0 ? h->timeout_ms : -1);
+        if (n < 0 && errno == EINTR)
+            return -3;
+        if (pf[1].revents & POLLIN) {
+            char drain[64];
+            while (read(h->wake[0], drain, sizeof drain) > 0)
+                ;
+            return PCAP_ERROR_BREAK;
+        }
+        rc = pcap_dispatch(h->p, max_packets, collect, (u_char *)h);
+    }
+    h->more = rc >= max_packets;
+    return rc;
+}
+
 static PyObject *Handle_next_batch(Handle *h, PyObject *args)
 {
     int max_packets, rc;
@@ -145,9 +183,12 @@ static PyObject *Handle_next_batch(Handle *h, PyObject *args)
     h->oom = 0;
     h->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    rc = pcap_dispatch(h->p, max_packets, collect, (u_char *)h);
+    rc = h->offline ? pcap_dispatch(h->p, max_packets, collect, (u_char *)h)
+                    : live_dispatch(h, max_packets);
     Py_END_ALLOW_THREADS
     h->busy = 0;
+    if (rc == -3 && PyErr_CheckSignals() < 0)
+        return NULL;
     if (h->oom) {
         h->count = 0;
         return PyErr_NoMemory();
@@ -211,6 +252,10 @@ static PyObject *Handle_set_nonblock(Handle *h, PyObject *args)
     char errbuf[PCAP_ERRBUF_SIZE];
     if (!PyArg_ParseTuple(args, "p:set_nonblock", &on) || check_open(h) < 0)
         return NULL;
+    if (!h->offline) {  /* live handles are always non-blocking underneath */
+        h->user_nonblock = on;
+        Py_RETURN_NONE;
+    }
     if (pcap_setnonblock(h->p, on, errbuf) != 0)
         return raise_pcap(errbuf, -1, NULL);
     Py_RETURN_NONE;
@@ -228,9 +273,21 @@ static PyObject *Handle_stats(Handle *h, PyObject *Py_UNUSED(a))
 
 static PyObject *Handle_breakloop(Handle *h, PyObject *Py_UNUSED(a))
 {
-    if (h->p != NULL)  /* allowed while busy: that is its purpose */
+    if (h->p != NULL) {  /* allowed while busy: that is its purpose */
         pcap_breakloop(h->p);
+        if (!h->offline && write(h->wake[1], "", 1) < 0 && errno != EAGAIN)
+            return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_RETURN_NONE;
+}
+
+static void close_wake(Handle *h)
+{
+    for (int i = 0; i < 2; i++)
+        if (h->wake[i] >= 0) {
+            close(h->wake[i]);
+            h->wake[i] = -1;
+        }
 }
 
 static PyObject *Handle_close(Handle *h, PyObject *Py_UNUSED(a))
@@ -244,6 +301,7 @@ static PyObject *Handle_close(Handle *h, PyObject *Py_UNUSED(a))
         pcap_close(h->p);
         h->p = NULL;
     }
+    close_wake(h);
     free(h->buf);
     h->buf = NULL;
     h->len = h->cap = 0;
@@ -271,6 +329,7 @@ static void Handle_dealloc(Handle *h)
 {
     if (h->p != NULL)
         pcap_close(h->p);
+    close_wake(h);
     free(h->buf);
     Py_XDECREF(h->warning);
     Py_TYPE(h)->tp_free((PyObject *)h);
@@ -330,7 +389,9 @@ static Handle *new_handle(pcap_t *p, int offline)
     }
     h->p = p;
     h->offline = offline;
-    h->busy = h->oom = h->err_pending = 0;
+    h->busy = h->oom = h->err_pending = h->more = h->user_nonblock = 0;
+    h->timeout_ms = 0;
+    h->wake[0] = h->wake[1] = -1;
     h->warning = NULL;
     h->buf = NULL;
     h->len = h->cap = 0;
@@ -377,14 +438,31 @@ static PyObject *open_live(PyObject *Py_UNUSED(m), PyObject *args)
     rc = pcap_activate(p);
     Py_END_ALLOW_THREADS
     const char *detail = pcap_geterr(p);
-    snprintf(text, sizeof text, "%s: %s%s%s", iface, pcap_statustostr(rc),
-             detail[0] ? ": " : "", detail);
+    const char *status = pcap_statustostr(rc);
+    if (strcmp(detail, status) == 0)
+        detail = "";
+    snprintf(text, sizeof text, "%s: %s%s%s", iface, status, detail[0] ? ": " : "", detail);
     if (rc < 0) {
         pcap_close(p);
         return raise_pcap(text, -1, NULL);
     }
+    if (pcap_setnonblock(p, 1, errbuf) != 0) {
+        pcap_close(p);
+        return raise_pcap(errbuf, -1, NULL);
+    }
     Handle *h = new_handle(p, 0);
-    if (h != NULL && rc > 0 && (h->warning = PyUnicode_FromString(text)) == NULL) {
+    if (h == NULL)
+        return NULL;
+    h->timeout_ms = timeout_ms;
+    if (pipe(h->wake) != 0) {
+        Py_DECREF(h);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(h->wake[i], F_SETFL, O_NONBLOCK);
+        fcntl(h->wake[i], F_SETFD, FD_CLOEXEC);
+    }
+    if (rc > 0 && (h->warning = PyUnicode_FromString(text)) == NULL) {
         Py_DECREF(h);
         return NULL;
     }
