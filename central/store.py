@@ -19,6 +19,7 @@ are signed, so they are stored offset by 2**63 in `seq_key` and returned unshift
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -329,7 +330,7 @@ class Store:
         """Missing sequence ranges (inclusive) within each epoch (high 32 bits) of a sensor."""
         seqs = [s.sequence for s in self.summaries(sensor_id)]
         out: list[tuple[int, int]] = []
-        for a, b in zip(seqs, seqs[1:], strict=False):
+        for a, b in itertools.pairwise(seqs):
             if a >> 32 == b >> 32 and b > a + 1:
                 out.append((a + 1, b - 1))
         return out
