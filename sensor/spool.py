@@ -1,0 +1,367 @@
+"""A power-cut-safe, bounded spool of envelope files.
+
+Strategy: one file per envelope, named `HHHHHHHHHHHHHHHH-SSSSSSSSSSSSSSSS.tenv` (hour start and
+sequence as 16 lower-case hex digits), so a plain sort of the names is the order (hour,
+sequence) and no index file can disagree with the directory.  A write goes to a dot-named
+temporary file opened with O_EXCL, is written in full and fsynced, renamed to its final name,
+and then the directory is fsynced: after `write` returns, the envelope survives a power cut,
+and at no moment does a final name hold a partial envelope.
+
+Lifecycle of an entry (docs/spool.md):
+    temporary --rename--> spooled --remove (central acknowledged)--> gone
+                                 \\--evict (spool over its bound, oldest first)--> gone
+                                 \\--scan finds it corrupt--> quarantine/
+    temporary --scan after a crash--> deleted (it was never reported written)
+
+Bounds: the spool holds at most `max_bytes` of envelopes.  A write that would go over the
+bound first evicts the oldest entries; the count and hours evicted, and anything
+quarantined, are kept in `health.json` (durably, so a restart does not lose them) until
+`take_evictions` hands them to the next summary's health map.  A full disk is not the bound:
+it raises `SpoolFullError` and evicts nothing, so what was spooled stays spooled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from uplink.envelope import EnvelopeError, parse_envelope
+
+# 7 days x 24 h of a busy /24 (20,000 sources per hour) measured at ~AAA KiB per envelope
+# is ~BBB MiB; the default leaves a factor of safety (see docs/spool.md, bench_envelope.py).
+DEFAULT_SPOOL_BYTES: Final = 256 * 1024 * 1024
+SUFFIX: Final = ".tenv"
+QUARANTINE_DIR: Final = "quarantine"
+HEALTH_FILE: Final = "health.json"
+_NAME_RE: Final = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.tenv")
+_TMP_PREFIX: Final = ".tmp-"
+# Hours listed in the health map are capped so a long outage cannot bloat a summary;
+# the count is always exact.
+MAX_REPORTED_HOURS: Final = 1000
+
+
+class SpoolError(Exception):
+    """Base of spool failures; messages say what to do next."""
+
+
+class SpoolFullError(SpoolError):
+    """No room: the disk is full, or one envelope is larger than the whole bound."""
+
+
+class SpoolWriteError(SpoolError):
+    """An I/O error while writing; earlier entries are untouched."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class SpoolEntry:
+    """One spooled envelope; orders by (hour_start, sequence) like its name."""
+
+    hour_start: int
+    sequence: int
+    name: str = field(compare=False)
+    path: Path = field(compare=False)
+    size: int = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    """What `scan` did: names moved to quarantine/ and temporary files deleted."""
+
+    quarantined: tuple[str, ...]
+    removed_temporary: tuple[str, ...]
+    intact: int
+
+
+def entry_name(hour_start: int, sequence: int) -> str:
+    return f"{hour_start:016x}-{sequence:016x}{SUFFIX}"
+
+
+def parse_entry_name(name: str) -> tuple[int, int] | None:
+    m = _NAME_RE.fullmatch(name)
+    if m is None:
+        return None
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _durable_write(directory: Path, final: Path, data: bytes, tmp_name: str) -> None:
+    """temp (O_EXCL) -> write -> fsync file -> rename -> fsync directory.
+
+    OSError propagates; the temporary file is removed on failure before the rename.
+    """
+    tmp = directory / tmp_name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+class Spool:
+    """A directory of envelopes; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int = DEFAULT_SPOOL_BYTES,
+        *,
+        scan: bool = True,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError("spool max_bytes must be positive")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.quarantine_path = self.path / QUARANTINE_DIR
+        try:
+            self.quarantine_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolWriteError(
+                f"cannot create spool directory {self.quarantine_path}: {exc.strerror}; "
+                "check the path and its permissions"
+            ) from None
+        self._health: dict[str, Any] = self._load_health()
+        if scan:
+            self.scan()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def entries(self) -> list[SpoolEntry]:
+        """Spooled envelopes, oldest (hour, sequence) first."""
+        found: list[SpoolEntry] = []
+        with os.scandir(self.path) as it:
+            for de in it:
+                parsed = parse_entry_name(de.name)
+                if parsed is None:
+                    continue
+                try:
+                    size = de.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:  # removed concurrently (acknowledged)
+                    continue
+                found.append(SpoolEntry(parsed[0], parsed[1], de.name, Path(de.path), size))
+        found.sort()
+        return found
+
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries())
+
+    def read(self, entry: SpoolEntry) -> bytes:
+        try:
+            return entry.path.read_bytes()
+        except OSError as exc:
+            raise SpoolError(f"cannot read spooled {entry.name}: {exc.strerror}") from None
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, envelope_bytes: bytes, hour_start: int, sequence: int) -> SpoolEntry:
+        """Durably add one envelope, evicting the oldest entries if over the bound.
+
+        When this returns, the envelope is on stable storage under its final name.
+        """
+        size = len(envelope_bytes)
+        if size > self.max_bytes:
+            raise SpoolFullError(
+                f"envelope of {size} bytes is larger than the whole spool bound "
+                f"({self.max_bytes} bytes); raise the spool max_bytes setting"
+            )
+        name = entry_name(hour_start, sequence)
+        final = self.path / name
+        if final.exists():
+            raise SpoolWriteError(
+                f"{final} already exists: sequence {sequence} was reused; "
+                "this is a bug, report it with the sequence state file"
+            )
+        self._evict_for(size)
+        tmp_name = f"{_TMP_PREFIX}{name}.{secrets.token_hex(4)}"
+        try:
+            _durable_write(self.path, final, envelope_bytes, tmp_name)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFullError(
+                    f"no space left on the file system of {self.path} while spooling "
+                    f"{name} ({size} bytes); {len(self.entries())} earlier envelopes are "
+                    "kept. Free space there, or lower the spool max_bytes below the free "
+                    "space so the spool evicts instead"
+                ) from None
+            raise SpoolWriteError(
+                f"I/O error spooling {name} in {self.path}: {exc.strerror}; earlier "
+                "envelopes are kept. Check the storage (dmesg) and the spool directory"
+            ) from None
+        return SpoolEntry(hour_start, sequence, name, final, size)
+
+    def _evict_for(self, incoming: int) -> None:
+        entries = self.entries()
+        total = sum(e.size for e in entries)
+        evicted: list[SpoolEntry] = []
+        for entry in entries:
+            if total + incoming <= self.max_bytes:
+                break
+            try:
+                entry.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise SpoolWriteError(
+                    f"cannot evict {entry.name} from {self.path}: {exc.strerror}"
+                ) from None
+            total -= entry.size
+            evicted.append(entry)
+        if evicted:
+            _fsync_dir(self.path)
+            self._health["spool_evicted"] += len(evicted)
+            hours = set(self._health["spool_evicted_hours"])
+            hours.update(e.hour_start for e in evicted)
+            self._health["spool_evicted_hours"] = sorted(hours)[-MAX_REPORTED_HOURS:]
+            self._save_health()
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Delete an entry after central confirmed it stored it (missing is fine)."""
+        try:
+            entry.path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SpoolError(f"cannot remove {entry.name}: {exc.strerror}") from None
+        _fsync_dir(self.path)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def scan(self) -> ScanReport:
+        """Delete leftover temporaries; quarantine entries that do not parse.
+
+        Never raises for a bad entry: a power cut must not stop the sensor.
+        """
+        quarantined: list[str] = []
+        removed: list[str] = []
+        intact = 0
+        with os.scandir(self.path) as it:
+            names = [de.name for de in it if de.is_file(follow_symlinks=False)]
+        for name in sorted(names):
+            path = self.path / name
+            if name.startswith(_TMP_PREFIX):
+                try:
+                    path.unlink()
+                    removed.append(name)
+                except OSError:
+                    pass
+                continue
+            parsed = parse_entry_name(name)
+            if parsed is None:
+                continue
+            problem = self._check(path, parsed)
+            if problem is None:
+                intact += 1
+                continue
+            if self._quarantine(path):
+                quarantined.append(name)
+        if quarantined or removed:
+            _fsync_dir(self.path)
+        if quarantined:
+            _fsync_dir(self.quarantine_path)
+            self._health["spool_quarantined"] += len(quarantined)
+            files = self._health["spool_quarantined_files"] + quarantined
+            self._health["spool_quarantined_files"] = files[-MAX_REPORTED_HOURS:]
+            self._save_health()
+        return ScanReport(tuple(quarantined), tuple(removed), intact)
+
+    @staticmethod
+    def _check(path: Path, parsed: tuple[int, int]) -> str | None:
+        try:
+            env = parse_envelope(path.read_bytes())
+        except EnvelopeError as exc:
+            return str(exc)
+        except OSError as exc:
+            return exc.strerror or "unreadable"
+        if (env.hour_start, env.sequence) != parsed:
+            return "name does not match the envelope's hour and sequence"
+        return None
+
+    def _quarantine(self, path: Path) -> bool:
+        target = self.quarantine_path / path.name
+        if target.exists():
+            target = self.quarantine_path / f"{path.name}.{secrets.token_hex(4)}"
+        try:
+            os.rename(path, target)
+        except OSError:
+            return False
+        return True
+
+    # -- health ------------------------------------------------------------------------
+
+    @staticmethod
+    def _empty_health() -> dict[str, Any]:
+        return {
+            "spool_evicted": 0,
+            "spool_evicted_hours": [],
+            "spool_quarantined": 0,
+            "spool_quarantined_files": [],
+        }
+
+    def _load_health(self) -> dict[str, Any]:
+        health = self._empty_health()
+        try:
+            doc = json.loads((self.path / HEALTH_FILE).read_bytes())
+        except (OSError, ValueError):
+            return health
+        if isinstance(doc, dict):
+            for key, default in health.items():
+                value = doc.get(key)
+                if type(value) is type(default):
+                    health[key] = value
+        return health
+
+    def _save_health(self) -> None:
+        data = json.dumps(self._health, sort_keys=True).encode()
+        tmp_name = f"{_TMP_PREFIX}{HEALTH_FILE}.{secrets.token_hex(4)}"
+        # On failure the counts stay in memory; losing them on a crash is the lesser harm.
+        with contextlib.suppress(OSError):
+            _durable_write(self.path, self.path / HEALTH_FILE, data, tmp_name)
+
+    def pending_health(self) -> dict[str, Any]:
+        """What `take_evictions` would return, without resetting it."""
+        return json.loads(json.dumps(self._health))  # type: ignore[no-any-return]
+
+    def take_evictions(self) -> dict[str, Any]:
+        """Health-map fragment for the next summary; resets the counts.
+
+        Keys: spool_evicted (int), spool_evicted_hours (hour starts), spool_quarantined
+        (int), spool_quarantined_files (names now in quarantine/).
+        """
+        taken = self.pending_health()
+        self._health = self._empty_health()
+        try:
+            (self.path / HEALTH_FILE).unlink()
+            _fsync_dir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            self._save_health()
+        return taken
