@@ -1,0 +1,165 @@
+"""Central settings: `central.toml` for the receiver, and the Mosquitto config renderer.
+
+Strategy: phase one of the two-phase config rule, as on the board.  `load_central(path)`
+validates `[receiver]` into a frozen `ReceiverConfig` or raises `CentralConfigError`
+naming the key and the fix; nothing is opened here.  `render_mosquitto_conf` fills the
+template in `central/mosquitto/` so tests, the demo and operators use one configuration.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from uplink.envelope import DEFAULT_MAX_SUMMARY_BYTES
+
+MOSQUITTO_DIR = Path(__file__).with_name("mosquitto")
+_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "transport",
+        "ca",
+        "cert",
+        "key",
+        "insecure",
+        "client_id",
+        "database",
+        "sensors",
+        "session_expiry_s",
+        "max_summary_bytes",
+        "keepalive_s",
+    }
+)
+
+
+class CentralConfigError(ValueError):
+    """A precise complaint about central.toml."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverConfig:
+    host: str
+    port: int
+    database: Path
+    sensors: Path
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+    client_id: str = "central-receiver"
+    session_expiry_s: int = 7 * 86400
+    max_summary_bytes: int = DEFAULT_MAX_SUMMARY_BYTES
+    keepalive_s: int = 30
+    transport: str = "tcp"
+
+
+def _typed(t: Mapping[str, Any], key: str, typ: type, default: Any) -> Any:
+    v = t.get(key, default)
+    if v is None:
+        return None
+    if (typ is int and isinstance(v, bool)) or not isinstance(v, typ):
+        raise CentralConfigError(f"[receiver] {key}: expected {typ.__name__}, got {v!r}")
+    return v
+
+
+def parse_receiver(t: Mapping[str, Any], *, base_dir: Path | None = None) -> ReceiverConfig:
+    unknown = sorted(set(t) - _KEYS)
+    if unknown:
+        raise CentralConfigError(
+            f"[receiver] unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}"
+        )
+
+    def path(key: str, required: bool) -> Path | None:
+        v = _typed(t, key, str, None)
+        if v is None:
+            if required:
+                raise CentralConfigError(f"[receiver] {key} missing (see docs/central.md)")
+            return None
+        p = Path(v)
+        return base_dir / p if base_dir is not None and not p.is_absolute() else p
+
+    insecure = bool(_typed(t, "insecure", bool, False))
+    ca, cert, key = path("ca", False), path("cert", False), path("key", False)
+    if not insecure and (ca is None or cert is None or key is None):
+        raise CentralConfigError(
+            "[receiver] mutual TLS needs ca, cert and key (from `teiten central ca init`: "
+            "ca.crt, receiver.crt, receiver.key), or insecure = true for a lab broker"
+        )
+    port = _typed(t, "port", int, 8883)
+    if not 1 <= port <= 65535:
+        raise CentralConfigError(f"[receiver] port = {port}: a TCP port is 1..65535")
+    transport = _typed(t, "transport", str, "tcp")
+    if transport not in ("tcp", "websockets"):
+        raise CentralConfigError(f"[receiver] transport = {transport!r}: tcp or websockets")
+    expiry = _typed(t, "session_expiry_s", int, 7 * 86400)
+    if expiry < 60:
+        raise CentralConfigError(
+            f"[receiver] session_expiry_s = {expiry}: at least 60, or redeliveries are lost"
+        )
+    db, sensors = path("database", True), path("sensors", True)
+    assert db is not None and sensors is not None
+    return ReceiverConfig(
+        host=_typed(t, "host", str, "127.0.0.1"),
+        port=port,
+        database=db,
+        sensors=sensors,
+        ca=ca,
+        cert=cert,
+        key=key,
+        insecure=insecure,
+        client_id=_typed(t, "client_id", str, "central-receiver"),
+        session_expiry_s=expiry,
+        max_summary_bytes=_typed(t, "max_summary_bytes", int, DEFAULT_MAX_SUMMARY_BYTES),
+        keepalive_s=_typed(t, "keepalive_s", int, 30),
+        transport=transport,
+    )
+
+
+def load_central(path: str | Path) -> ReceiverConfig:
+    p = Path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CentralConfigError(f"{p}: no such file; see docs/central.md for an example") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CentralConfigError(f"{p}: not valid TOML: {exc}") from None
+    t = doc.get("receiver")
+    if not isinstance(t, dict):
+        raise CentralConfigError(f"{p}: no [receiver] table (see docs/central.md)")
+    return parse_receiver(t, base_dir=p.parent)
+
+
+def render_mosquitto_conf(
+    *,
+    data_dir: Path,
+    acl_file: Path,
+    cafile: Path,
+    certfile: Path,
+    keyfile: Path,
+    tls_port: int = 8883,
+    ws_port: int = 443,
+    bind: str = "",
+    extra: str = "",
+) -> str:
+    """Fill central/mosquitto/mosquitto.conf.  `extra` adds lines (tests: `user root`)."""
+    tpl = string.Template((MOSQUITTO_DIR / "mosquitto.conf").read_text(encoding="utf-8"))
+    return tpl.substitute(
+        data_dir=str(data_dir),
+        acl_file=str(acl_file),
+        cafile=str(cafile),
+        certfile=str(certfile),
+        keyfile=str(keyfile),
+        tls_port=tls_port,
+        ws_port=ws_port,
+        bind=bind,
+        extra=extra,
+    )
+
+
+def acl_text() -> str:
+    return (MOSQUITTO_DIR / "acl").read_text(encoding="utf-8")
