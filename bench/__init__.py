@@ -1,0 +1,1 @@
+"""Benchmarks and the synthetic darknet capture generator (`bench.synth`)."""
