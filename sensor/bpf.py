@@ -2,8 +2,10 @@
 
 Pure: no I/O, no libpcap.  The expression matches IP packets whose destination is
 inside one of the dark blocks (minus excluded sub-blocks), whether the frame is
-untagged, 802.1Q-tagged or QinQ (two tags, e.g. 0x88a8 outer).  A plain
-`dst net X` does not match tagged frames (see the field notes), and libpcap's
+untagged, 802.1Q-tagged or QinQ (two tags, e.g. 0x88a8 outer).  Terms are
+`ip dst net X` / `ip6 dst net X`: a bare `dst net X` also matches ARP for dark
+addresses (measured in tests/unit/test_bpf.py).  A plain `dst net X` does not match
+tagged frames (see the field notes), and libpcap's
 `vlan` keyword shifts the offsets of everything after it, so the base filter F is
 repeated once per tagging depth:  F or (vlan and (F or (vlan and F))).
 """
@@ -36,7 +38,9 @@ def parse_block(block: str, what: str = "darknet block") -> IPNetwork:
 
 
 def _net_term(net: IPNetwork) -> str:
-    return f"dst net {net}"
+    # `dst net X` alone also matches ARP/RARP whose target is in X (libpcap expands it to
+    # ip, arp and rarp); the proto qualifier keeps ARP for dark addresses out of the capture.
+    return f"{'ip' if net.version == 4 else 'ip6'} dst net {net}"
 
 
 def base_filter(
@@ -69,7 +73,7 @@ def darknet_filter(
     """Capture expression for the dark blocks, matching untagged, 802.1Q and QinQ frames.
 
     >>> darknet_filter(["198.51.100.0/24"])
-    '((dst net 198.51.100.0/24)) or (vlan and (((dst net 198.51.100.0/24)) or (vlan and ((dst net 198.51.100.0/24)))))'
+    '((ip dst net 198.51.100.0/24)) or (vlan and (((ip dst net 198.51.100.0/24)) or (vlan and ((ip dst net 198.51.100.0/24)))))'
     """  # noqa: E501
     f = base_filter(blocks, exclude, extra)
     return f"{f} or (vlan and ({f} or (vlan and {f})))"
