@@ -178,6 +178,8 @@ def _sorted_map(m: Mapping[str, Any]) -> dict[str, Any]:
 
 T = TypeVar("T")
 _U64: Final = (1 << 64) - 1
+# Latest representable instant (9999-12-31T23:59:59.999999Z): times beyond it are malformed.
+MAX_TIME_US: Final = 253_402_300_799_999_999
 
 
 def _fail(what: str) -> SummaryFormatError:
@@ -187,12 +189,6 @@ def _fail(what: str) -> SummaryFormatError:
 def _uint(value: object, what: str, limit: int = _U64) -> int:
     if type(value) is not int or not 0 <= value <= limit:
         raise _fail(f"{what} must be an integer in 0..{limit}, got {value!r:.40}")
-    return value
-
-
-def _int(value: object, what: str) -> int:
-    if type(value) is not int or not -(1 << 63) <= value <= _U64:
-        raise _fail(f"{what} must be an integer, got {value!r:.40}")
     return value
 
 
@@ -271,7 +267,8 @@ def _address(value: object, what: str, sizes: tuple[int, ...]) -> bytes:
 def _source_row(r: list[Any], w: str) -> SourceRow:
     return SourceRow(
         _address(r[0], f"{w}.address", (4, 16)), _uint(r[1], f"{w}.packets"),
-        _uint(r[2], f"{w}.bytes"), _int(r[3], f"{w}.first_us"), _int(r[4], f"{w}.last_us"),
+        _uint(r[2], f"{w}.bytes"), _uint(r[3], f"{w}.first_us", MAX_TIME_US),
+        _uint(r[4], f"{w}.last_us", MAX_TIME_US),
         _uint(r[5], f"{w}.ports"), _uint(r[6], f"{w}.destinations"),
         _uint(r[7], f"{w}.ttl", 255), _uint(r[8], f"{w}.fingerprints", 0xFF),
         _uint(r[9], f"{w}.estimated", 0xFF),
@@ -305,7 +302,7 @@ def decode_summary(data: bytes) -> Summary:
         raise _fail(f"missing fields {', '.join(missing)}")
     distinct = _row(doc["sources_distinct"], "sources_distinct", 2)
     bucket = _uint(doc["len"], "len", 86_400)
-    hour = _uint(doc["hour"], "hour")
+    hour = _uint(doc["hour"], "hour", MAX_TIME_US // 1_000_000 - 86_400)
     if bucket == 0 or hour % bucket:
         raise _fail("hour must be a multiple of a non-zero len")
     return Summary(

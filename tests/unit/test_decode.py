@@ -97,7 +97,8 @@ def test_ipv6_extension_chain() -> None:
     rec = decode_frame(0, LINKTYPE_RAW, ipv6(0, hop + routing + dest + frag + tcp(dport=443)))
     assert isinstance(rec, PacketRecord)
     assert (rec.version, rec.proto, rec.dport, rec.ip_id) == (6, 6, 443, 99)
-    later = decode_frame(0, LINKTYPE_RAW, ipv6(44, struct.pack("!BBHI", 17, 0, 0x0100, 5) + bytes(8)))
+    frag_later = struct.pack("!BBHI", 17, 0, 0x0100, 5) + bytes(8)
+    later = decode_frame(0, LINKTYPE_RAW, ipv6(44, frag_later))
     assert isinstance(later, PacketRecord) and later.later_fragment and later.proto == 17
 
 
