@@ -1,4 +1,6 @@
-"""Regenerate tests/vectors/envelope-v1/ (run: .venv/bin/python tests/vectors/make_envelope_vectors.py).
+"""Regenerate tests/vectors/envelope-v1/.
+
+Run: .venv/bin/python tests/vectors/make_envelope_vectors.py
 
 Everything is fixed: the key is derived from a constant seed, the summary is built from
 constants, Ed25519 signatures are deterministic, and zstd output is deterministic for a fixed
@@ -82,8 +84,14 @@ def make_summary(
         total_packets += packets
         total_bytes += nbytes
     ports = tuple(
-        PortRow(proto=6, port=p, packets=1 + rnd.randrange(1000), bytes=40 * (1 + rnd.randrange(1000)),
-                backscatter=0, sources=1 + rnd.randrange(100))
+        PortRow(
+            proto=6,
+            port=p,
+            packets=1 + rnd.randrange(1000),
+            bytes=40 * (1 + rnd.randrange(1000)),
+            backscatter=0,
+            sources=1 + rnd.randrange(100),
+        )
         for p in sorted(rnd.sample(range(1, 65536), min(sources, 200)))
     )
     dests = tuple(
