@@ -1,0 +1,329 @@
+"""The central receiver: MQTT 5 in, one SQLite transaction per message, acknowledge after.
+
+Strategy: `Ingest` is the decision (topic -> parse -> check topic id -> verify -> store ->
+what to acknowledge) and touches only the `Store`; `Receiver` is the paho edge.  The
+receiver subscribes to `teiten/v1/+/summary` (QoS 1) with a persistent session
+(clean_start false, a session expiry interval) and manual acknowledgement: the MQTT PUBACK
+for a message is sent only after its transaction committed, and so is the end-to-end ack on
+`teiten/v1/<sensor>/ack`.  If the receiver dies between receipt and commit, the broker
+still holds the message and redelivers it; if it dies after the commit but before the
+acks, the redelivery (or the sensor's re-send) is a duplicate, acknowledged again and not
+stored twice.
+
+The topic's sensor id is authenticated by the broker (certificate CN + ACL); the envelope's
+sensor id by its Ed25519 signature.  Both must agree.  Ack payloads are msgpack
+`{"seq": int, "status": "stored"|"duplicate"|"rejected", "reason": str|None}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from central.config import ReceiverConfig
+from central.store import Store
+from uplink.envelope import EnvelopeError, parse_envelope, verify_envelope
+from uplink.keys import Keyring, KeyringError, validate_sensor_id
+from uplink.session import ack_payload, topic
+
+log = logging.getLogger("teiten.receiver")
+
+SUBSCRIPTIONS = ("teiten/v1/+/summary", "teiten/v1/+/status", "teiten/v1/+/health")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What to acknowledge end to end after the commit (None: nothing to say)."""
+
+    topic: str
+    payload: bytes
+    status: str
+    sequence: int
+
+
+@dataclass(slots=True)
+class Counters:
+    stored: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    status: int = 0
+    health: int = 0
+    ignored: int = 0
+
+
+class Ingest:
+    """Verify and store one message; returns the end-to-end reply.  No MQTT here."""
+
+    def __init__(
+        self,
+        store: Store,
+        sensors_path: Path,
+        *,
+        max_summary_bytes: int,
+        keyring: Keyring | None = None,
+    ) -> None:
+        self.store = store
+        self.sensors_path = sensors_path
+        self.max_summary_bytes = max_summary_bytes
+        self.counters = Counters()
+        self._mtime: float | None = None
+        self._keyring = keyring if keyring is not None else self._load()
+
+    def _load(self) -> Keyring:
+        kr = Keyring.from_toml(self.sensors_path)
+        self._mtime = self.sensors_path.stat().st_mtime
+        return kr
+
+    def keyring(self) -> Keyring:
+        """The keyring, reloaded when sensors.toml changed (a bad edit keeps the old one)."""
+        try:
+            mtime = self.sensors_path.stat().st_mtime
+        except OSError:
+            return self._keyring
+        if self._mtime is not None and mtime != self._mtime:
+            try:
+                self._keyring = self._load()
+                log.info("reloaded %s (%d sensors)", self.sensors_path, len(self._keyring))
+            except KeyringError as exc:
+                self._mtime = mtime
+                log.error("keeping the previous keyring: %s", exc)
+        return self._keyring
+
+    def handle(self, mqtt_topic: str, payload: bytes) -> Reply | None:
+        parts = mqtt_topic.split("/")
+        if len(parts) != 4 or parts[0] != "teiten" or parts[1] != "v1":
+            self.counters.ignored += 1
+            return None
+        sid, kind = parts[2], parts[3]
+        try:
+            validate_sensor_id(sid)
+        except ValueError:
+            self.counters.ignored += 1
+            return None
+        if kind == "summary":
+            return self._summary(mqtt_topic, sid, payload)
+        if kind == "status":
+            state: str | None = None
+            try:
+                doc = json.loads(payload)
+                state = str(doc.get("state")) if isinstance(doc, dict) else None
+            except ValueError:
+                state = None
+            self.store.store_status(sid, payload, state)
+            self.counters.status += 1
+        elif kind == "health":
+            self.store.store_health(sid, payload)
+            self.counters.health += 1
+        else:
+            self.counters.ignored += 1
+        return None
+
+    def _reply(self, sid: str, seq: int, status: str, reason: str | None) -> Reply:
+        return Reply(topic(sid, "ack"), ack_payload(seq, status, reason), status, seq)
+
+    def _summary(self, mqtt_topic: str, sid: str, payload: bytes) -> Reply | None:
+        # Cheap structural parse first: it gives the sequence to acknowledge against.
+        try:
+            env = parse_envelope(payload)
+        except EnvelopeError as exc:
+            self.store.reject(
+                reason=exc.reason, data=payload, topic=mqtt_topic, sensor_id=sid, detail=str(exc)
+            )
+            self.counters.rejected += 1
+            log.warning("rejected a message on %s: %s (%s)", mqtt_topic, exc.reason, exc)
+            return None  # no sequence to acknowledge; the board's spool scan catches it
+        if env.sensor_id != sid:
+            self.store.reject(
+                reason="topic_mismatch",
+                data=payload,
+                topic=mqtt_topic,
+                sensor_id=env.sensor_id,
+                sequence=env.sequence,
+                detail=f"envelope claims {env.sensor_id!r}, published by {sid!r}",
+            )
+            self.counters.rejected += 1
+            return self._reply(sid, env.sequence, "rejected", "topic_mismatch")
+        try:
+            verified = verify_envelope(
+                payload, self.keyring(), max_summary_bytes=self.max_summary_bytes
+            )
+        except EnvelopeError as exc:
+            self.store.reject(
+                reason=exc.reason,
+                data=payload,
+                topic=mqtt_topic,
+                sensor_id=sid,
+                sequence=env.sequence,
+                detail=str(exc),
+            )
+            self.counters.rejected += 1
+            log.warning("rejected %s sequence %d: %s", sid, env.sequence, exc.reason)
+            return self._reply(sid, env.sequence, "rejected", exc.reason)
+        outcome = self.store.store_summary(
+            sensor_id=sid,
+            sequence=env.sequence,
+            hour_start=env.hour_start,
+            created_us=env.created_us,
+            envelope=payload,
+            summary=verified.summary_bytes,
+            topic=mqtt_topic,
+        )
+        if outcome == "sequence_reuse":
+            self.counters.rejected += 1
+            log.warning("rejected %s sequence %d: reused with other bytes", sid, env.sequence)
+            return self._reply(sid, env.sequence, "rejected", "sequence_reuse")
+        if outcome == "duplicate":
+            self.counters.duplicate += 1
+        else:
+            self.counters.stored += 1
+        return self._reply(sid, env.sequence, outcome, None)
+
+
+class Receiver:
+    """The paho edge: persistent session, manual acks after commit, reconnect forever."""
+
+    def __init__(
+        self,
+        config: ReceiverConfig,
+        ingest: Ingest,
+        *,
+        on_reply: Callable[[Reply], None] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.ingest = ingest
+        self.on_reply = on_reply
+        self.connected = threading.Event()
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5,
+            transport="websockets" if cfg.transport == "websockets" else "tcp",
+        )
+        if not cfg.insecure:
+            c.tls_set(
+                ca_certs=str(cfg.ca),
+                certfile=str(cfg.cert),
+                keyfile=str(cfg.key),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        c.manual_ack_set(True)
+        c.max_inflight_messages_set(100)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = 100
+        return props
+
+    def run(self, stop: threading.Event) -> None:
+        c = self._client
+        connected_once = False
+        delay = 0.2
+        while not stop.is_set():
+            if not c.is_connected():
+                try:
+                    if connected_once:
+                        c.reconnect()
+                    else:
+                        c.connect(
+                            self.cfg.host,
+                            self.cfg.port,
+                            keepalive=self.cfg.keepalive_s,
+                            clean_start=False,
+                            properties=self._connect_properties(),
+                        )
+                        connected_once = True
+                    delay = 0.2
+                except (OSError, ssl.SSLError) as exc:
+                    log.warning("broker %s:%d: %s", self.cfg.host, self.cfg.port, exc)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            c.loop(timeout=0.1)
+        if c.is_connected():
+            c.disconnect()
+            c.loop(timeout=0.2)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the receiver: %s", reason_code)
+            return
+        log.info("connected (session present: %s)", getattr(flags, "session_present", "?"))
+        client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        self.connected.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        log.warning("disconnected: %s", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            reply = self.ingest.handle(msg.topic, bytes(msg.payload))
+        except sqlite3.Error as exc:
+            # Not committed: do not acknowledge.  Drop the connection so the broker
+            # redelivers the message from the persistent session once we are back.
+            log.error("database error, not acknowledging %s: %s", msg.topic, exc)
+            client.disconnect()
+            return
+        if reply is not None:
+            client.publish(reply.topic, reply.payload, qos=1, retain=False)
+            if self.on_reply is not None:
+                self.on_reply(reply)
+        client.ack(msg.mid, msg.qos)
+
+
+def open_receiver(config: ReceiverConfig) -> tuple[Receiver, Store]:
+    """Phase two: open the database and the keyring, build the receiver."""
+    if not config.insecure:
+        for p in (config.ca, config.cert, config.key):
+            if p is None or not p.is_file():
+                raise FileNotFoundError(f"receiver TLS file {p} missing; see docs/central.md")
+    store = Store(config.database)
+    ingest = Ingest(store, config.sensors, max_summary_bytes=config.max_summary_bytes)
+    return Receiver(config, ingest), store
+
+
+def run_forever(config: ReceiverConfig, stop: threading.Event | None = None) -> int:
+    receiver, store = open_receiver(config)
+    stop = stop or threading.Event()
+    try:
+        receiver.run(stop)
+    finally:
+        store.close()
+    return 0
