@@ -131,7 +131,7 @@ def test_keyring_errors_name_the_problem(tmp_path: Path, body: str, match: str) 
 
 
 def test_missing_keyring_file(tmp_path: Path) -> None:
-    with pytest.raises(KeyringError, match="docs/central.md"):
+    with pytest.raises(KeyringError, match=r"docs/central\.md"):
         Keyring.from_toml(tmp_path / "sensors.toml")
 
 
