@@ -33,7 +33,7 @@ from sensor.records import (
     Malformed,
     PacketRecord,
 )
-from sensor.sketch import BudgetedDistinct, HyperLogLog, SlotDistinct, relative_error
+from sensor.sketch import BudgetedDistinct, HyperLogLog, RowDistinct, relative_error
 from sensor.summary import (
     EST_DESTINATIONS,
     EST_PORTS,
@@ -50,6 +50,7 @@ HOUR: Final = 3600
 _NO_PORT: Final = -1
 _V6_TAG: Final = 1 << 128  # keeps IPv6 source keys apart from IPv4 ones
 _V6_PREFIX_TAG: Final = 1 << 64  # keeps IPv6 /64 destination keys apart from IPv4 ones
+_M64: Final = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +59,11 @@ class Limits:
 
     max_sources: int = 262_144
     max_destinations: int = 65_536
-    source_slots: int = 8  # exact distinct ports/destinations per source before a sketch
-    source_sketch_p: int = 6  # 64 registers, 13% relative error
+    source_exact_budget: int = 1_048_576  # exact (source, port|destination) entries per hour
+    source_exact_limit: int = 65_536  # one source's exact set size before it becomes a sketch
+    source_big_p: int = 12  # sources that outgrew their exact set: 1.6%
+    source_max_big: int = 1_024
+    source_small_p: int = 6  # conversions after the budget is spent: 64 registers, 13%
     port_exact_budget: int = 262_144  # exact (port, source) entries across all ports
     port_exact_limit: int = 4_096  # a port's exact set size before it becomes a sketch
     port_big_p: int = 12  # 4,096 registers, 1.6%: ports that outgrew their exact set
@@ -84,8 +88,12 @@ class Limits:
                 round(relative_error(self.port_big_p), 4),
                 round(relative_error(self.port_small_p), 4),
             ],
-            "source_exact_slots": self.source_slots,
-            "source_rse": round(relative_error(self.source_sketch_p), 4),
+            "source_exact_limit": self.source_exact_limit,
+            "source_exact_budget": self.source_exact_budget,
+            "source_rse": [
+                round(relative_error(self.source_big_p), 4),
+                round(relative_error(self.source_small_p), 4),
+            ],
             "overflow_sources_rse": round(relative_error(self.overflow_sketch_p), 4),
             "max_sources": self.max_sources,
             "max_destinations": self.max_destinations,
@@ -135,8 +143,16 @@ class HourAggregator:
         self._src_last = array("q")
         self._src_ttl = bytearray()
         self._src_fp = bytearray()
-        self._src_ports = SlotDistinct(slots=lim.source_slots, p=lim.source_sketch_p)
-        self._src_dests = SlotDistinct(slots=lim.source_slots, p=lim.source_sketch_p)
+        # The exact budget is shared by halves between the two per-source columns.
+        source_distinct = {
+            "budget": lim.source_exact_budget // 2,
+            "exact_limit": lim.source_exact_limit,
+            "big_p": lim.source_big_p,
+            "small_p": lim.source_small_p,
+            "max_big": lim.source_max_big // 2,
+        }
+        self._src_ports = RowDistinct(**source_distinct)
+        self._src_dests = RowDistinct(**source_distinct)
         self.sources_overflow = 0
         self._overflow_sources = HyperLogLog(lim.overflow_sketch_p)
         self._dests: dict[int, int] = {}
@@ -224,7 +240,8 @@ class HourAggregator:
                 self._src_fp[row] |= fp
             if port_of_source >= 0:
                 self._src_ports.add(row, port_of_source)
-            self._src_dests.add(row, dest_key)
+            # A source is IPv4 or IPv6, so its destinations need no family tag (fits 64 bits).
+            self._src_dests.add(row, dest_key & _M64)
 
         dests = self._dests
         count = dests.get(dest_key)

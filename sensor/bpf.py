@@ -68,7 +68,11 @@ def base_filter(
 
 
 def darknet_filter(
-    blocks: Sequence[str], exclude: Sequence[str] = (), extra: str | None = None
+    blocks: Sequence[str],
+    exclude: Sequence[str] = (),
+    extra: str | None = None,
+    *,
+    vlan: bool = True,
 ) -> str:
     """Capture expression for the dark blocks, matching untagged, 802.1Q and QinQ frames.
 
@@ -76,4 +80,6 @@ def darknet_filter(
     '((ip dst net 198.51.100.0/24)) or (vlan and (((ip dst net 198.51.100.0/24)) or (vlan and ((ip dst net 198.51.100.0/24)))))'
     """  # noqa: E501
     f = base_filter(blocks, exclude, extra)
+    if not vlan:  # only Ethernet carries tags; libpcap rejects `vlan` on other link types
+        return f
     return f"{f} or (vlan and ({f} or (vlan and {f})))"

@@ -68,8 +68,28 @@ _IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 _TCP: Final = struct.Struct("!HHIIBBH")
 
 
-def decode_frame(ts_us: int, linktype: int, frame: bytes) -> PacketRecord | Malformed:
-    """Decode `frame` captured at `ts_us` (microseconds, UTC) on a link of `linktype`."""
+_CUT_SHORT: Final = frozenset(
+    ("link_truncated", "ipv4_truncated", "ipv6_truncated", "ipv6_ext_truncated",
+     "tcp_truncated", "udp_truncated", "icmp_truncated")
+)
+
+
+def decode_frame(
+    ts_us: int, linktype: int, frame: bytes, wire_len: int = 0
+) -> PacketRecord | Malformed:
+    """Decode `frame` captured at `ts_us` (microseconds, UTC) on a link of `linktype`.
+
+    `wire_len` is the frame's length on the wire, when known: a header cut short by the
+    snap length (the frame was longer on the wire) is reported as `snaplen_short`, which
+    tells an operator to raise the snap length rather than suspect the sender.
+    """
+    rec = _decode(ts_us, linktype, frame)
+    if type(rec) is Malformed and wire_len > len(frame) and rec.reason in _CUT_SHORT:
+        return Malformed(ts_us, "snaplen_short")
+    return rec
+
+
+def _decode(ts_us: int, linktype: int, frame: bytes) -> PacketRecord | Malformed:
     start, ethertype, reason = _link_payload(linktype, frame)
     if start < 0:
         return Malformed(ts_us, reason)

@@ -107,4 +107,5 @@ MALFORMED_REASONS: Final = (
     "tcp_bad_offset",  # data offset < 5
     "udp_truncated",  # fewer than 8 bytes of UDP header captured
     "icmp_truncated",  # fewer than 4 bytes of ICMP header captured
+    "snaplen_short",  # a header ran past the snap length (longer on the wire): raise snaplen
 )

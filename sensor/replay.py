@@ -19,7 +19,7 @@ from sensor.aggregate import HOUR, ClosedInterval, HourlyAggregation, Limits
 from sensor.bpf import darknet_filter
 from sensor.decode import decode_frame
 from sensor.pcap import CaptureFileError, open_file
-from sensor.records import PacketRecord
+from sensor.records import LINKTYPE_ETHERNET, PacketRecord
 from sensor.summary import Summary
 
 BATCH = 4096
@@ -74,7 +74,6 @@ def replay(
 
     Raises CaptureFileError after emitting everything read before the error.
     """
-    bpf = darknet_filter(darknet)
     aggregation = HourlyAggregation(bucket_seconds, limits)
     stats = ReplayStats()
     health = {"source": "replay"}
@@ -91,12 +90,14 @@ def replay(
 
     try:
         for path in paths:
+            with open_file(path) as probe:  # the filter depends on the link type
+                linktype = probe.linktype
+            bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
             source = open_file(path, bpf)
-            linktype = source.linktype
             stats.files += 1
             for batch in source.batches(BATCH):
                 for frame in batch:
-                    rec = decode_frame(frame.ts_us, linktype, frame.data)
+                    rec = decode_frame(frame.ts_us, linktype, frame.data, frame.wire_len)
                     closed = aggregation.add(rec)
                     if closed:
                         finish(closed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Iterable
 from typing import Final
 
 _M64: Final = (1 << 64) - 1
@@ -154,60 +155,112 @@ class BudgetedDistinct:
         return len(self._sketch)
 
 
-class SlotDistinct:
-    """Per-row distinct counters for a table with many rows: a few inline exact slots,
-    then a small sketch, all in flat arrays (no per-row Python object).
+class RowDistinct:
+    """Distinct counters for the rows of a large table (one per source), memory-bounded.
 
-    Rows are dense integers (a source's row in the source table).  Each row keeps up to
-    `slots` exact 64-bit values; past that it gets 2**p registers in a shared pool.
-    Memory per row: 8 x `slots` + 1 bytes, plus 2**p + 4 bytes for rows that outgrew
-    their slots.
+    Rows are dense integers.  A row's first value sits inline in a flat array (most
+    sources in a spoofed flood send to one port and one address, and cost no object);
+    from the second value on, the row gets an exact set while the table's shared budget of
+    exact entries lasts and the set stays under `exact_limit`.  Past either bound the row
+    becomes a sketch: a precise one (`big_p`, a separate object, at most `max_big` of them)
+    for a row that outgrew `exact_limit`, else `small_p` registers in a shared pool.
     """
 
-    __slots__ = ("_counts", "_pool", "_pool_row", "_shift", "_values", "_wmask", "p", "slots")
+    __slots__ = (
+        "_big_left",
+        "_budget_left",
+        "_first",
+        "_pool",
+        "_pool_row",
+        "_sets",
+        "_shift",
+        "_sketches",
+        "_state",
+        "_wmask",
+        "big_p",
+        "exact_limit",
+        "small_p",
+    )
 
-    _SKETCHED: Final = 255
+    _EMPTY: Final = 0
+    _ONE: Final = 1
+    _SET: Final = 2
+    _POOLED: Final = 3
+    _BIG: Final = 4
 
-    def __init__(self, *, slots: int, p: int) -> None:
-        if not 1 <= slots < self._SKETCHED:
-            raise ValueError("slots must be 1..254")
-        if not 4 <= p <= 16:
-            raise ValueError(f"sketch precision must be 4..16, got {p}")
-        self.slots = slots
-        self.p = p
-        self._shift = 64 - p
-        self._wmask = (1 << (64 - p)) - 1
-        self._values = array("Q")
-        self._counts = bytearray()
+    def __init__(
+        self, *, budget: int, exact_limit: int, big_p: int, small_p: int, max_big: int
+    ) -> None:
+        for p in (big_p, small_p):
+            if not 4 <= p <= 16:
+                raise ValueError(f"sketch precision must be 4..16, got {p}")
+        self.exact_limit = max(2, exact_limit)
+        self.big_p = big_p
+        self.small_p = small_p
+        self._budget_left = budget
+        self._big_left = max_big
+        self._first = array("Q")
+        self._state = bytearray()
+        self._sets: dict[int, set[int]] = {}
+        self._sketches: dict[int, HyperLogLog] = {}
         self._pool = bytearray()
         self._pool_row: dict[int, int] = {}
+        self._shift = 64 - small_p
+        self._wmask = (1 << (64 - small_p)) - 1
 
     def add_row(self) -> None:
-        self._values.extend(_ZEROS[: self.slots])
-        self._counts.append(0)
+        self._first.append(0)
+        self._state.append(self._EMPTY)
 
     def add(self, row: int, item: int) -> None:
-        n = self._counts[row]
-        if n == self._SKETCHED:
-            self._add_sketch(self._pool_row[row], item)
-            return
-        base = row * self.slots
-        values = self._values
-        if item in values[base : base + n]:
-            return
-        if n < self.slots:
-            values[base + n] = item
-            self._counts[row] = n + 1
-            return
-        offset = len(self._pool)
-        self._pool.extend(bytes(1 << self.p))
-        self._pool_row[row] = offset
-        for old in values[base : base + n]:
-            self._add_sketch(offset, old)
-        self._add_sketch(offset, item)
-        self._counts[row] = self._SKETCHED
+        state = self._state[row]
+        if state == self._ONE:
+            first = self._first[row]
+            if item == first:
+                return
+            if self._budget_left >= 2:
+                self._budget_left -= 2
+                self._sets[row] = {first, item}
+                self._state[row] = self._SET
+            else:
+                self._to_pool(row, (first, item))
+        elif state == self._SET:
+            values = self._sets[row]
+            if item in values:
+                return
+            if len(values) < self.exact_limit and self._budget_left > 0:
+                values.add(item)
+                self._budget_left -= 1
+                return
+            del self._sets[row]
+            self._budget_left += len(values)
+            values.add(item)
+            if len(values) > self.exact_limit and self._big_left > 0:
+                self._big_left -= 1
+                sketch = HyperLogLog(self.big_p)
+                for value in values:
+                    sketch.add(value)
+                self._sketches[row] = sketch
+                self._state[row] = self._BIG
+            else:
+                self._to_pool(row, values)
+        elif state == self._POOLED:
+            self._pool_add(self._pool_row[row], item)
+        elif state == self._BIG:
+            self._sketches[row].add(item)
+        else:
+            self._first[row] = item
+            self._state[row] = self._ONE
 
-    def _add_sketch(self, offset: int, item: int) -> None:
+    def _to_pool(self, row: int, values: Iterable[int]) -> None:
+        offset = len(self._pool)
+        self._pool.extend(bytes(1 << self.small_p))
+        self._pool_row[row] = offset
+        for value in values:
+            self._pool_add(offset, value)
+        self._state[row] = self._POOLED
+
+    def _pool_add(self, offset: int, item: int) -> None:
         h = mix64(item)
         index = offset + (h >> self._shift)
         rank = self._shift - (h & self._wmask).bit_length() + 1
@@ -215,19 +268,17 @@ class SlotDistinct:
             self._pool[index] = rank
 
     def count(self, row: int) -> tuple[int, bool]:
-        n = self._counts[row]
-        if n == self._SKETCHED:
+        """(distinct count, estimated?) for `row`."""
+        state = self._state[row]
+        if state == self._ONE:
+            return 1, False
+        if state == self._SET:
+            return len(self._sets[row]), False
+        if state == self._POOLED:
             offset = self._pool_row[row]
-            return _estimate(self._pool[offset : offset + (1 << self.p)]), True
-        return n, False
-
-    def nbytes(self) -> int:
-        return (
-            self._values.itemsize * len(self._values)
-            + len(self._counts)
-            + len(self._pool)
-            + 100 * len(self._pool_row)
-        )
+            return _estimate(self._pool[offset : offset + (1 << self.small_p)]), True
+        if state == self._BIG:
+            return self._sketches[row].estimate(), True
+        return 0, False
 
 
-_ZEROS: Final = array("Q", bytes(8 * 254))

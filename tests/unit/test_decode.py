@@ -126,7 +126,7 @@ def test_malformed_reasons() -> None:
         "ipv6_ext_truncated": (LINKTYPE_RAW, ipv6(0, b"\x06\x05")),
         "ipv6_ext_chain": (LINKTYPE_RAW, ipv6(60, (struct.pack("!BB", 60, 0) + bytes(6)) * 9)),
     }
-    assert set(cases) == set(MALFORMED_REASONS)
+    assert set(cases) | {"snaplen_short"} == set(MALFORMED_REASONS)
     for reason, (linktype, frame) in cases.items():
         rec = decode_frame(0, linktype, frame)
         assert isinstance(rec, Malformed) and rec.reason == reason, (reason, rec)
@@ -147,3 +147,11 @@ def test_decode_never_raises_on_ip_shaped_frames(payload: bytes, ethertype: int)
     first = b"\x45" if ethertype == 0x0800 else b"\x60"
     rec = decode_frame(1, LINKTYPE_ETHERNET, eth(first + payload, ethertype=ethertype))
     assert isinstance(rec, PacketRecord | Malformed)
+
+
+def test_cut_by_snaplen_is_not_blamed_on_the_sender() -> None:
+    frame = ipv4(6, tcp())[:30]
+    cut = decode_frame(0, LINKTYPE_RAW, frame, wire_len=60)
+    assert isinstance(cut, Malformed) and cut.reason == "snaplen_short"
+    whole = decode_frame(0, LINKTYPE_RAW, frame, wire_len=30)
+    assert isinstance(whole, Malformed) and whole.reason == "tcp_truncated"
