@@ -349,6 +349,18 @@ class Spool:
         """What `take_evictions` would return, without resetting it."""
         return json.loads(json.dumps(self._health))  # type: ignore[no-any-return]
 
+    def return_evictions(self, fragment: dict[str, Any]) -> None:
+        """Put back a fragment from `take_evictions` that could not be delivered."""
+        self._health["spool_evicted"] += int(fragment.get("spool_evicted", 0))
+        self._health["spool_quarantined"] += int(fragment.get("spool_quarantined", 0))
+        hours = set(self._health["spool_evicted_hours"])
+        hours.update(fragment.get("spool_evicted_hours", []))
+        self._health["spool_evicted_hours"] = sorted(hours)[-MAX_REPORTED_HOURS:]
+        files = list(fragment.get("spool_quarantined_files", []))
+        files += self._health["spool_quarantined_files"]
+        self._health["spool_quarantined_files"] = files[-MAX_REPORTED_HOURS:]
+        self._save_health()
+
     def take_evictions(self) -> dict[str, Any]:
         """Health-map fragment for the next summary; resets the counts.
 
