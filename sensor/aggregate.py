@@ -389,10 +389,11 @@ class HourlyAggregation:
         agg = self._open.get(start)
         if agg is not None:
             return agg
-        if self._open and start < min(self._open):
-            oldest = self._open[min(self._open)]
-            if start < oldest.hour_start - (self.open_intervals - 1) * self.bucket_seconds:
-                oldest.late += 1
+        if self._open:
+            newest = max(self._open)
+            if start < newest - (self.open_intervals - 1) * self.bucket_seconds:
+                # Its interval has closed: count it in the oldest open one, never drop it.
+                self._open[min(self._open)].late += 1
                 return _LATE
         agg = HourAggregator(start, self.bucket_seconds, self.limits)
         self._open[start] = agg
