@@ -83,3 +83,16 @@ def _uplink(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     MqttUplink(cfg, spool, software_version=__version__).run(stop)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m uplink.commands uplink|csr ...` until `teiten` registers this module."""
+    parser = argparse.ArgumentParser(prog="teiten")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    rc: int = args.handler(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -238,33 +238,28 @@ class Receiver:
         return props
 
     def run(self, stop: threading.Event) -> None:
+        """Connect (retrying forever with paho's capped backoff) and process until `stop`."""
         c = self._client
-        connected_once = False
-        delay = 0.2
-        while not stop.is_set():
-            if not c.is_connected():
-                try:
-                    if connected_once:
-                        c.reconnect()
-                    else:
-                        c.connect(
-                            self.cfg.host,
-                            self.cfg.port,
-                            keepalive=self.cfg.keepalive_s,
-                            clean_start=False,
-                            properties=self._connect_properties(),
-                        )
-                        connected_once = True
-                    delay = 0.2
-                except (OSError, ssl.SSLError) as exc:
-                    log.warning("broker %s:%d: %s", self.cfg.host, self.cfg.port, exc)
-                    stop.wait(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-            c.loop(timeout=0.1)
-        if c.is_connected():
+        c.connect_async(
+            self.cfg.host,
+            self.cfg.port,
+            keepalive=self.cfg.keepalive_s,
+            clean_start=False,
+            properties=self._connect_properties(),
+        )
+
+        def _watch() -> None:
+            stop.wait()
             c.disconnect()
-            c.loop(timeout=0.2)
+
+        watcher = threading.Thread(target=_watch, name="receiver-stop", daemon=True)
+        watcher.start()
+        while not stop.is_set():
+            try:
+                c.loop_forever(retry_first_connection=True)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("broker %s:%d: %s", self.cfg.host, self.cfg.port, exc)
+                stop.wait(1.0)
 
     def _on_connect(
         self,
