@@ -123,7 +123,10 @@ static void collect(u_char *user, const struct pcap_pkthdr *hdr, const u_char *d
     h->count++;
 }
 
-static PyObject *build_list(Handle *h)
+/* Items are plain tuples, or instances of `tuple_type`: a tuple subclass of the same
+ * layout (a NamedTuple such as sensor.pcap.Frame), made the way tuple.__new__ makes
+ * them (tp_alloc, then the items), without calling Python code per packet. */
+static PyObject *build_list(Handle *h, PyTypeObject *tuple_type)
 {
     PyObject *list = PyList_New(h->count);
     if (list == NULL)
@@ -131,12 +134,20 @@ static PyObject *build_list(Handle *h)
     size_t pos = 0;
     for (Py_ssize_t i = 0; i < h->count; i++) {
         rec_t *r = (rec_t *)(h->buf + pos);
-        PyObject *t = Py_BuildValue("(LIy#)", (long long)r->ts_us, (unsigned int)r->wire_len,
-                                    (const char *)(r + 1), (Py_ssize_t)r->caplen);
-        if (t == NULL) {
+        PyObject *t = tuple_type ? tuple_type->tp_alloc(tuple_type, 3) : PyTuple_New(3);
+        PyObject *a = PyLong_FromLongLong(r->ts_us), *b = PyLong_FromUnsignedLong(r->wire_len);
+        PyObject *c = PyBytes_FromStringAndSize((const char *)(r + 1), r->caplen);
+        if (t == NULL || a == NULL || b == NULL || c == NULL) {
+            Py_XDECREF(t);
+            Py_XDECREF(a);
+            Py_XDECREF(b);
+            Py_XDECREF(c);
             Py_DECREF(list);
             return NULL;
         }
+        PyTuple_SET_ITEM(t, 0, a);
+        PyTuple_SET_ITEM(t, 1, b);
+        PyTuple_SET_ITEM(t, 2, c);
         PyList_SET_ITEM(list, i, t);
         pos += sizeof(rec_t) + ((r->caplen + 7u) & ~(size_t)7u);
     }
@@ -170,8 +181,19 @@ static int live_dispatch(Handle *h, int max_packets)
 static PyObject *Handle_next_batch(Handle *h, PyObject *args)
 {
     int max_packets, rc;
-    if (!PyArg_ParseTuple(args, "i:next_batch", &max_packets) || check_open(h) < 0)
+    PyTypeObject *tt = NULL;
+    if (!PyArg_ParseTuple(args, "i|O!:next_batch", &max_packets, &PyType_Type, &tt) ||
+        check_open(h) < 0)
         return NULL;
+    if (tt == &PyTuple_Type)
+        tt = NULL;
+    if (tt != NULL && (!PyType_IsSubtype(tt, &PyTuple_Type) ||
+                       tt->tp_basicsize != PyTuple_Type.tp_basicsize ||
+                       tt->tp_itemsize != PyTuple_Type.tp_itemsize)) {
+        PyErr_SetString(PyExc_TypeError, "tuple_type must be a tuple subclass with no extra "
+                                         "fields (a NamedTuple)");
+        return NULL;
+    }
     if (max_packets < 1) {
         PyErr_SetString(PyExc_ValueError, "max_packets must be at least 1");
         return NULL;
@@ -203,7 +225,7 @@ static PyObject *Handle_next_batch(Handle *h, PyObject *args)
         Py_RETURN_NONE;  /* end of file */
     }
     /* rc > 0, live timeout (0), breakloop (PCAP_ERROR_BREAK), or an error after packets */
-    return build_list(h);
+    return build_list(h, tt);
 }
 
 static PyObject *Handle_setfilter(Handle *h, PyObject *args)
@@ -349,7 +371,7 @@ static PyObject *Handle_get_closed(Handle *h, void *Py_UNUSED(c))
 
 static PyMethodDef Handle_methods[] = {
     {"next_batch", (PyCFunction)Handle_next_batch, METH_VARARGS,
-     "next_batch(max_packets) -> list of (ts_us, wire_len, data); [] on a live timeout; "
+     "next_batch(max_packets, tuple_type=tuple) -> list of (ts_us, wire_len, data); [] on a live timeout; "
      "None at end of file; PcapError on a read error (after returning earlier packets)"},
     {"setfilter", (PyCFunction)Handle_setfilter, METH_VARARGS, "compile and set a BPF filter"},
     {"datalink", (PyCFunction)Handle_datalink, METH_NOARGS, "DLT_ link type"},

@@ -80,10 +80,6 @@ def _setfilter(handle: _pcap.Handle, bpf: str | None) -> None:
         raise FilterError(bpf, exc.message) from exc
 
 
-def _frames(raw: list[tuple[int, int, bytes]]) -> list[Frame]:
-    return list(map(Frame._make, raw))
-
-
 class PcapSource:
     """Packets from a pcap or pcapng file, in batches."""
 
@@ -100,13 +96,13 @@ class PcapSource:
         """
         while True:
             try:
-                raw = self._h.next_batch(n)
+                frames = self._h.next_batch(n, Frame)
             except _pcap.PcapError as exc:
                 raise CaptureFileError(self.path, exc.offset, exc.message) from exc
-            if raw is None:
+            if frames is None:
                 return
-            if raw:
-                yield _frames(raw)
+            if frames:
+                yield frames
 
     def offset(self) -> int:
         """Byte offset in the file of the next unread record."""
@@ -157,10 +153,10 @@ class LiveSource:
     def next_batch(self, n: int = DEFAULT_BATCH) -> list[Frame]:
         """Up to `n` frames; [] on timeout or after `breakloop()`."""
         try:
-            raw = self._h.next_batch(n)
+            frames = self._h.next_batch(n, Frame)
         except _pcap.PcapError as exc:
             raise CaptureError(self.iface, f"read failed: {exc.message}") from exc
-        return _frames(raw) if raw else []
+        return frames or []
 
     def batches(self, n: int = DEFAULT_BATCH) -> Iterator[list[Frame]]:
         """Batches forever, including empty ones on timeout (so the caller can check its clock)."""
