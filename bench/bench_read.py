@@ -79,7 +79,8 @@ def run_wrapper(path: str) -> int:
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (tcpdump): robust on a busy host."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
