@@ -285,7 +285,8 @@ class Receiver:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        log.warning("disconnected: %s", reason_code)
+        level = logging.WARNING if reason_code.is_failure else logging.INFO
+        log.log(level, "disconnected: %s", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
