@@ -350,8 +350,16 @@ def truth_to_dict(truth: Truth) -> dict[str, Any]:
 
 
 def truth_to_json(truth: Truth, path: str | Path | None = None) -> str:
-    """The truth as JSON text (keys sorted, deterministic); written to `path` if given."""
-    text = json.dumps(truth_to_dict(truth), sort_keys=True, indent=1) + "\n"
+    """The truth as JSON text, one hour per line, keys sorted (deterministic).
+
+    Written to `path` too if given.  Compact on purpose: the C encoder keeps a million-packet
+    truth to a second or two, where an indented dump takes many.
+    """
+    d = truth_to_dict(truth)
+    hours = d.pop("hours")
+    head = json.dumps(d, sort_keys=True)[:-1]
+    lines = ",\n".join(json.dumps(h, sort_keys=True) for h in hours)
+    text = f'{head}, "hours": [\n{lines}\n]}}\n' if hours else f'{head}, "hours": []}}\n'
     if path is not None:
         Path(path).write_text(text, encoding="utf-8")
     return text
@@ -733,6 +741,8 @@ class _Gen:
         for kind in reversed(chain):
             if kind == ROUTING:
                 out = ext_routing(nh, dst, self.rng.choice((0, 2))) + out
+            elif kind == FRAGMENT:  # an atomic fragment (RFC 6946): offset 0, M clear
+                out = ext_fragment(nh, 0, False, self.rng.getrandbits(32)) + out
             else:
                 out = ext_options(nh, self.rng.choice((1, 1, 2)),
                                   router_alert=kind == HBH and self.rng.random() < 0.5) + out
@@ -745,7 +755,10 @@ class _Gen:
         choices = ([HBH], [DSTOPTS], [ROUTING], [HBH, ROUTING], [HBH, DSTOPTS],
                    [DSTOPTS, ROUTING, DSTOPTS], [HBH, DSTOPTS, ROUTING, DSTOPTS],
                    [ROUTING, DSTOPTS])
-        return list(rng.choice(choices))
+        chain = list(rng.choice(choices))
+        if rng.random() < 0.1:
+            chain.append(FRAGMENT)  # atomic fragment: a whole packet, ports and all
+        return chain
 
     # ----- categories: each emits exactly `n` frames for one source
 
