@@ -331,6 +331,8 @@ class Truth:
     linktype: int
     hours: dict[int, HourTruth]
     generator: dict[str, Any] = field(default_factory=dict)
+    # (0-based frame index in the file, reason) of every malformed frame, in file order
+    malformed_frames: list[tuple[int, str]] = field(default_factory=list)
 
     def hour(self, ts_us: int) -> HourTruth:
         hs = ts_us // _HOUR_US * 3600
@@ -345,6 +347,7 @@ def truth_to_dict(truth: Truth) -> dict[str, Any]:
         "darknet": list(truth.darknet),
         "linktype": truth.linktype,
         "generator": dict(truth.generator),
+        "malformed_frames": [[i, r] for i, r in truth.malformed_frames],
         "hours": [truth.hours[k].to_dict() for k in sorted(truth.hours)],
     }
 
@@ -444,6 +447,8 @@ class _Gen:
         self._tcp_cum = _zipf_cum(len(TCP_PORTS))
         self._udp_cum = _zipf_cum(len(UDP_PORTS))
         self._srcs: set[bytes] = set()
+        self._malformed: dict[int, str] = {}
+        self._keys: dict[tuple[int, int | None], tuple[str, str]] = {}
         self.noise4 = [ipaddress.IPv4Network("192.0.2.0/24"), ipaddress.IPv4Network(
             "203.0.113.0/24"), self._adjacent(self.net4)]
         self.noise4 = [n for n in self.noise4 if not n.overlaps(self.net4)]
@@ -608,14 +613,14 @@ class _Gen:
         v6 = src.v6
         self.put(ts, self.frame(l3, ETH_IPV6 if v6 else ETH_IPV4, self.cfg.pad_ethernet))
         if v6:
-            ip_len = struct.unpack_from("!H", l3, 4)[0] + 40
+            ip_len = ((l3[4] << 8) | l3[5]) + 40
             ttl = l3[7]
             pfx = dst[:8]
             dkey = self._dst6.get(pfx)
             if dkey is None:
                 dkey = self._dst6[pfx] = str(ipaddress.IPv6Network((pfx + bytes(8), 64)))
         else:
-            ip_len = struct.unpack_from("!H", l3, 2)[0]
+            ip_len = (l3[2] << 8) | l3[3]
             ttl = l3[8]
             dkey = self._dst4.get(dst)
             if dkey is None:
@@ -628,8 +633,12 @@ class _Gen:
             port = None
             flags = None
             icmp_tc = None
-        pname = PROTO_NAMES.get(proto) or str(proto)
-        key = f"{pname}/{'null' if port is None else port}"
+        names = self._keys.get((proto, port))
+        if names is None:
+            pname = PROTO_NAMES.get(proto) or str(proto)
+            pkey = f"{pname}/{'null' if port is None else port}"
+            names = self._keys[(proto, port)] = (pname, pkey)
+        pname, key = names
         # fingerprints (IPv4 only)
         fps: list[str] = []
         if not v6:
@@ -696,6 +705,7 @@ class _Gen:
     def emit_malformed(self, ts: int, l3: bytes, ethertype: int, reason: str) -> None:
         self.put(ts, self.frame(l3, ethertype, False))
         self.truth.hour(ts).malformed[reason] += 1
+        self._malformed[id(self.out[-1][1])] = reason  # the frame object stays alive in out
 
     # ----- IPv4 packet helpers (build + emit)
 
@@ -1167,6 +1177,10 @@ class _Gen:
             self.noise()
         assert len(self.out) == total, (len(self.out), total)
         self.out.sort(key=lambda p: p[0])  # stable: ties keep generation order, as accounted
+        mal = self._malformed
+        self.truth.malformed_frames = [
+            (i, mal[id(p[1])]) for i, p in enumerate(self.out) if id(p[1]) in mal
+        ]
         self.truth.generator = {
             "name": "bench.synth", "version": 1, "seed": cfg.seed, "packets": total,
             "hours": cfg.hours, "start": cfg.start, "snaplen": cfg.snaplen,

@@ -307,3 +307,67 @@ def test_bundled_linktype_samples(linktype: str) -> None:
     flt = DARKNET_FILTER if linktype == "ethernet" else _D
     assert tcpdump_count(path, flt) == totals(truth, "packets") + malformed_total(truth)
     assert len(back) == truth["generator"]["packets"]
+
+
+def _l3(frame: bytes) -> tuple[int, bytes]:
+    """Ethernet: skip 802.1Q/802.1ad tags; return (ethertype, network-layer bytes)."""
+    off = 12
+    while struct.unpack_from("!H", frame, off)[0] in (0x8100, 0x88A8):
+        off += 4
+    return struct.unpack_from("!H", frame, off)[0], frame[off + 2 :]
+
+
+def _upper(l3: bytes) -> tuple[int, bytes] | None:
+    """(protocol, transport bytes bounded by the IP length), or None if the chain overruns."""
+    if l3[0] >> 4 == 4:
+        ihl = (l3[0] & 15) * 4
+        return l3[9], l3[ihl : struct.unpack_from("!H", l3, 2)[0]]
+    end = 40 + struct.unpack_from("!H", l3, 4)[0]
+    nh, off = l3[6], 40
+    while nh in (0, 43, 44, 60):
+        if off + 2 > end:
+            return None
+        size = 8 if nh == 44 else 8 * (l3[off + 1] + 1)
+        if off + size > end:
+            return None
+        nh, off = l3[off], off + size
+    return nh, l3[off:end]
+
+
+def test_malformed_frames_are_labelled(small: tuple[list[Any], dict[str, Any]]) -> None:
+    packets, truth = small
+    labels = truth["malformed_frames"]
+    assert len(labels) == malformed_total(truth)
+    assert Counter(r for _, r in labels) == sum(
+        (Counter(h["malformed"]) for h in truth["hours"]), Counter())
+    for index, reason in labels:
+        ethertype, l3 = _l3(packets[index][1])
+        version = l3[0] >> 4
+        assert ethertype in (0x0800, 0x86DD)
+        v6 = ethertype == 0x86DD
+        if reason == "ip_version":
+            assert version != (6 if v6 else 4)
+            continue
+        assert version == (6 if v6 else 4), reason
+        if reason == "ipv4_bad_ihl":
+            assert not v6 and l3[0] & 15 < 5
+            continue
+        if not v6:
+            assert l3[0] & 15 >= 5
+        if reason == "ipv4_bad_length":
+            assert not v6 and struct.unpack_from("!H", l3, 2)[0] < (l3[0] & 15) * 4
+            continue
+        up = _upper(l3)
+        if reason == "ipv6_ext_truncated":
+            assert v6 and up is None
+            continue
+        assert up is not None
+        proto, l4 = up
+        if reason == "tcp_truncated":
+            assert proto == 6 and len(l4) < 20
+        elif reason == "tcp_bad_offset":
+            assert proto == 6 and len(l4) >= 20 and l4[12] >> 4 < 5
+        elif reason == "udp_truncated":
+            assert proto == 17 and len(l4) < 8
+        else:
+            assert reason == "icmp_truncated" and proto in (1, 58) and len(l4) < 4
