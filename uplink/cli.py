@@ -47,6 +47,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_pubkey)
 
+    p = subparsers.add_parser(
+        "keyring", help="check sensors.toml and list enrolled sensors with fingerprints"
+    )
+    p.add_argument("--keys", required=True, type=Path, help="sensors.toml (docs/central.md)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_keyring)
+
     p = subparsers.add_parser("verify", help="verify one envelope file against sensors.toml")
     p.add_argument("file", type=Path, help="envelope file (e.g. from a spool)")
     p.add_argument("--keys", required=True, type=Path, help="sensors.toml (docs/central.md)")
@@ -134,6 +141,28 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
     return _key_report(args.key, args.sensor_id, args.json, created=False)
+
+
+def cmd_keyring(args: argparse.Namespace) -> int:
+    try:
+        keyring = Keyring.from_toml(args.keys)
+    except KeyringError as exc:
+        return _fail(str(exc))
+    rows = []
+    for sensor_id in keyring.sensor_ids():
+        entry = keyring.get(sensor_id)
+        assert entry is not None
+        rows.append({"sensor_id": sensor_id, "fingerprint": fingerprint(entry.public_key),
+                     "public_key": public_key_text(entry.public_key),
+                     "revoked": entry.revoked, "note": entry.note})
+    if args.json:
+        _emit_json({"keys": str(args.keys), "sensors": rows})
+        return EXIT_OK
+    for r in rows:
+        flag = "  REVOKED" if r["revoked"] else ""
+        print(f"{r['sensor_id']:<24} {r['fingerprint']}{flag}")
+    print(f"{len(rows)} sensors in {args.keys}")
+    return EXIT_OK
 
 
 def _envelope_json(env: ev.Envelope) -> dict[str, Any]:

@@ -146,3 +146,20 @@ def test_cli_keygen_pubkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     pub = load_private_key(key).public_key()
     assert public_key_text(pub) in out and fingerprint(pub) in out
+
+
+def test_the_sensors_toml_example_in_the_docs_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "central.md").read_text()
+    section = doc.split("## Sensor keyring", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = _toml(tmp_path, example)
+    ring = Keyring.from_toml(path)
+    assert ring.sensor_ids() == ["osaka-02", "tokyo-01"]
+    with pytest.raises(RevokedSensor):
+        ring.lookup("osaka-02")
+    assert main(["keyring", "--keys", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert fingerprint(ring.lookup("tokyo-01")) in out and "REVOKED" in out
+    assert fingerprint(ring.lookup("tokyo-01")) in section  # the fingerprint quoted in the text
