@@ -38,7 +38,7 @@ test: install lint
 	$(VENV)/bin/pytest -ra -p no:cacheprovider
 
 demo: install
-	$(PY) -m sensor.demo
+	$(PY) -m central.demo
 
 bench: install
 	$(PY) -m bench

@@ -93,17 +93,17 @@ def replay(
             with open_file(path) as probe:  # the filter depends on the link type
                 linktype = probe.linktype
             bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
-            source = open_file(path, bpf)
             stats.files += 1
-            for batch in source.batches(BATCH):
-                for frame in batch:
-                    rec = decode_frame(frame.ts_us, linktype, frame.data, frame.wire_len)
-                    closed = aggregation.add(rec)
-                    if closed:
-                        finish(closed)
-                stats.frames += len(batch)
-                if progress is not None:
-                    progress.update(path, stats.frames)
+            with open_file(path, bpf) as source:
+                for batch in source.batches(BATCH):
+                    for frame in batch:
+                        rec = decode_frame(frame.ts_us, linktype, frame.data, frame.wire_len)
+                        closed = aggregation.add(rec)
+                        if closed:
+                            finish(closed)
+                    stats.frames += len(batch)
+                    if progress is not None:
+                        progress.update(path, stats.frames)
     except CaptureFileError:
         finish(aggregation.flush(complete=False))
         raise

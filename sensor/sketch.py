@@ -158,73 +158,92 @@ class BudgetedDistinct:
 class RowDistinct:
     """Distinct counters for the rows of a large table (one per source), memory-bounded.
 
-    Rows are dense integers.  A row's first value sits inline in a flat array (most
-    sources in a spoofed flood send to one port and one address, and cost no object);
-    from the second value on, the row gets an exact set while the table's shared budget of
-    exact entries lasts and the set stays under `exact_limit`.  Past either bound the row
-    becomes a sketch: a precise one (`big_p`, a separate object, at most `max_big` of them)
-    for a row that outgrew `exact_limit`, else `small_p` registers in a shared pool.
+    Rows are dense integers.  A row's first `slots` values sit inline in one flat array
+    (most sources, spoofed floods above all, touch a handful of ports and addresses and
+    cost no Python object); past that the row gets an exact set while the table's shared
+    budget of exact entries lasts and the set stays under `exact_limit`.  Past either bound
+    the row becomes a sketch: a precise one (`big_p`, at most `max_big` of them) for a row
+    that outgrew `exact_limit`, else `small_p` registers in a shared pool.
     """
 
     __slots__ = (
         "_big_left",
         "_budget_left",
-        "_first",
+        "_inline",
+        "_n",
         "_pool",
         "_pool_row",
         "_sets",
         "_shift",
         "_sketches",
-        "_state",
         "_wmask",
+        "_zeros",
         "big_p",
         "exact_limit",
+        "slots",
         "small_p",
     )
 
-    _EMPTY: Final = 0
-    _ONE: Final = 1
-    _SET: Final = 2
-    _POOLED: Final = 3
-    _BIG: Final = 4
+    # Row states beyond "n inline values" (n <= slots <= 200).
+    _SET: Final = 250
+    _POOLED: Final = 251
+    _BIG: Final = 252
 
     def __init__(
-        self, *, budget: int, exact_limit: int, big_p: int, small_p: int, max_big: int
+        self,
+        *,
+        budget: int,
+        exact_limit: int,
+        big_p: int,
+        small_p: int,
+        max_big: int,
+        slots: int = 4,
     ) -> None:
         for p in (big_p, small_p):
             if not 4 <= p <= 16:
                 raise ValueError(f"sketch precision must be 4..16, got {p}")
-        self.exact_limit = max(2, exact_limit)
+        if not 1 <= slots <= 200:
+            raise ValueError(f"inline slots must be 1..200, got {slots}")
+        self.slots = slots
+        self.exact_limit = max(slots + 1, exact_limit)
         self.big_p = big_p
         self.small_p = small_p
         self._budget_left = budget
         self._big_left = max_big
-        self._first = array("Q")
-        self._state = bytearray()
+        self._inline = array("Q")
+        self._n = bytearray()
         self._sets: dict[int, set[int]] = {}
         self._sketches: dict[int, HyperLogLog] = {}
         self._pool = bytearray()
         self._pool_row: dict[int, int] = {}
         self._shift = 64 - small_p
         self._wmask = (1 << (64 - small_p)) - 1
+        self._zeros = array("Q", bytes(8 * slots))
 
     def add_row(self) -> None:
-        self._first.append(0)
-        self._state.append(self._EMPTY)
+        self._inline.extend(self._zeros)
+        self._n.append(0)
 
     def add(self, row: int, item: int) -> None:
-        state = self._state[row]
-        if state == self._ONE:
-            first = self._first[row]
-            if item == first:
+        n = self._n[row]
+        if n <= self.slots:
+            base = row * self.slots
+            inline = self._inline
+            if n and item in inline[base : base + n]:
                 return
-            if self._budget_left >= 2:
-                self._budget_left -= 2
-                self._sets[row] = {first, item}
-                self._state[row] = self._SET
+            if n < self.slots:
+                inline[base + n] = item
+                self._n[row] = n + 1
+                return
+            values = set(inline[base : base + n])
+            values.add(item)
+            if self._budget_left >= len(values):
+                self._budget_left -= len(values)
+                self._sets[row] = values
+                self._n[row] = self._SET
             else:
-                self._to_pool(row, (first, item))
-        elif state == self._SET:
+                self._to_pool(row, values)
+        elif n == self._SET:
             values = self._sets[row]
             if item in values:
                 return
@@ -241,16 +260,13 @@ class RowDistinct:
                 for value in values:
                     sketch.add(value)
                 self._sketches[row] = sketch
-                self._state[row] = self._BIG
+                self._n[row] = self._BIG
             else:
                 self._to_pool(row, values)
-        elif state == self._POOLED:
+        elif n == self._POOLED:
             self._pool_add(self._pool_row[row], item)
-        elif state == self._BIG:
-            self._sketches[row].add(item)
         else:
-            self._first[row] = item
-            self._state[row] = self._ONE
+            self._sketches[row].add(item)
 
     def _to_pool(self, row: int, values: Iterable[int]) -> None:
         offset = len(self._pool)
@@ -258,7 +274,7 @@ class RowDistinct:
         self._pool_row[row] = offset
         for value in values:
             self._pool_add(offset, value)
-        self._state[row] = self._POOLED
+        self._n[row] = self._POOLED
 
     def _pool_add(self, offset: int, item: int) -> None:
         h = mix64(item)
@@ -269,16 +285,12 @@ class RowDistinct:
 
     def count(self, row: int) -> tuple[int, bool]:
         """(distinct count, estimated?) for `row`."""
-        state = self._state[row]
-        if state == self._ONE:
-            return 1, False
-        if state == self._SET:
+        n = self._n[row]
+        if n <= self.slots:
+            return n, False
+        if n == self._SET:
             return len(self._sets[row]), False
-        if state == self._POOLED:
+        if n == self._POOLED:
             offset = self._pool_row[row]
             return _estimate(self._pool[offset : offset + (1 << self.small_p)]), True
-        if state == self._BIG:
-            return self._sketches[row].estimate(), True
-        return 0, False
-
-
+        return self._sketches[row].estimate(), True
