@@ -1,0 +1,42 @@
+"""`make bench`: run every benchmark in turn and print its table (benchmarks, not tests).
+
+    python -m bench [NAME ...]     # default: all of them
+
+Each benchmark is also runnable on its own (`python -m bench.bench_replay --help`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> arguments; defaults sized for this 2-core machine (a few minutes in all).
+BENCHMARKS: dict[str, list[str]] = {
+    "bench_read": ["--packets", "1000000", "--runs", "3"],
+    "bench_replay": ["--packets", "200000", "--runs", "3"],
+    "bench_memory": [],
+    "bench_envelope": [],
+    "bench_e2e": [],
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or [n for n in BENCHMARKS if (ROOT / "bench" / f"{n}.py").exists()]
+    failed = []
+    for name in names:
+        print(f"\n== {name} ==", flush=True)
+        rc = subprocess.run([sys.executable, "-m", f"bench.{name}", *BENCHMARKS.get(name, [])],
+                            cwd=ROOT).returncode
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
