@@ -385,7 +385,7 @@ def summary_to_json(s: Summary) -> dict[str, Any]:
         ],
         "icmp_codes": [
             {"proto": proto_name(r.proto), "type": r.type, "code": r.code, "packets": r.packets}
-            for r in s.icmp_codes
+            for r in sorted(s.icmp_codes, key=lambda r: (r.proto, r.type, r.code))
         ],
         "sources": [
             {
@@ -401,9 +401,9 @@ def summary_to_json(s: Summary) -> dict[str, Any]:
             for r in sources
         ],
         "destinations": [{"ip": address_text(r.address), "packets": r.packets} for r in dests],
-        "tcp_flags": [{"flags": f, "packets": n} for f, n in s.tcp_flags],
-        "ttl": {str(t): n for t, n in s.ttl},
-        "sizes": {str(lo): n for lo, n in s.sizes},
+        "tcp_flags": [{"flags": f, "packets": n} for f, n in sorted(s.tcp_flags)],
+        "ttl": {str(t): n for t, n in sorted(s.ttl)},
+        "sizes": {str(lo): n for lo, n in sorted(s.sizes)},
         "fingerprints": {name: s.fingerprints.get(name, 0) for name in FINGERPRINTS},
         "backscatter": s.backscatter_total,
         "backscatter_kinds": {k: s.backscatter.get(k, 0) for k in BACKSCATTER_KINDS},
