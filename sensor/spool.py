@@ -34,8 +34,9 @@ from typing import Any, Final
 
 from uplink.envelope import EnvelopeError, parse_envelope
 
-# 7 days x 24 h of a busy /24 (20,000 sources per hour) measured at ~AAA KiB per envelope
-# is ~BBB MiB; the default leaves a factor of safety (see docs/spool.md, bench_envelope.py).
+# A busy /24 hour (100,000 packets, 20,000 sources) seals to 355,779 bytes
+# (bench/bench_envelope.py), so 7 days x 24 h is 59.8 MB; 256 MiB holds 4.5 such weeks.
+# A /16 at the source cap needs ~848 MB for a week: set max_bytes (docs/spool.md).
 DEFAULT_SPOOL_BYTES: Final = 256 * 1024 * 1024
 SUFFIX: Final = ".tenv"
 QUARANTINE_DIR: Final = "quarantine"

@@ -41,7 +41,7 @@ CODECS: Final = (CODEC_ZSTD,)
 # 10-15 MB of msgpack; 64 MiB leaves room for growth and caps what a bad frame can cost.
 DEFAULT_MAX_SUMMARY_BYTES: Final = 64 * 1024 * 1024
 # Largest zstd window a verifier accepts (the decoder allocates the window up front).
-# Level ZSTD_LEVEL uses at most 2**21 for any input; 8 MiB leaves room for other levels.
+# Level ZSTD_LEVEL uses 4 MiB for large inputs; 8 MiB leaves room for other levels.
 MAX_WINDOW_BYTES: Final = 8 * 1024 * 1024
 # Compression level the sensor uses: measured in bench/bench_envelope.py (docs/wire-format.md).
 ZSTD_LEVEL: Final = 9
