@@ -25,7 +25,7 @@ install: system-deps .stamp-venv
 	touch $@
 
 lint: install
-	$(VENV)/bin/ruff check sensor uplink central bench tests hil
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 unit: install
