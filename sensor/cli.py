@@ -18,7 +18,9 @@ from sensor import __version__
 Handler = Callable[[argparse.Namespace], int]
 
 # Packages that may add sub-commands, in the order they appear in --help.
-_PLUGIN_MODULES = ("sensor.commands", "uplink.cli", "uplink.commands", "central.cli")
+_PLUGIN_MODULES = (
+    "sensor.commands", "sensor.run_commands", "uplink.cli", "uplink.commands", "central.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,162 @@
+"""Board sub-commands of `teiten` for running the sensor: `run`, `config check`, `doctor`,
+`netsetup`.  Registered by `sensor/cli.py` (plugin `sensor.run_commands`).
+
+Exit codes: 0 fine, 1 a problem was found (or the daemon failed), 2 the config is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from sensor.config import DEFAULT_PATH
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run the sensor: capture, hourly summaries, sealing into the spool",
+        description="Capture on the configured interface and seal one summary per UTC hour "
+        "into the spool.  SIGTERM closes the partial hour first; SIGHUP reloads the config.",
+    )
+    p.add_argument("--config", default=str(DEFAULT_PATH), help=f"default {DEFAULT_PATH}")
+    p.add_argument("--uplink", action="store_true",
+                   help="also run the uplink in this process (default: teiten-uplink.service "
+                   "runs `teiten uplink` apart)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(handler=cmd_run)
+
+    c = subparsers.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION")
+    ck = csub.add_parser("check", help="validate a sensor.toml and name every wrong field")
+    ck.add_argument("file", nargs="?", default=str(DEFAULT_PATH), metavar="FILE")
+    ck.add_argument("--no-files", action="store_true",
+                    help="do not look for the key and TLS files (check on another machine)")
+    ck.add_argument("--json", action="store_true")
+    ck.set_defaults(handler=cmd_config_check)
+    c.set_defaults(handler=lambda a: (c.print_help(), 2)[1])
+
+    d = subparsers.add_parser(
+        "doctor", help="check the board's network, files, clock and capture; say what to fix"
+    )
+    d.add_argument("--config", default=str(DEFAULT_PATH))
+    d.add_argument("--no-capture", action="store_true", help="do not try to open a capture")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(handler=cmd_doctor)
+
+    n = subparsers.add_parser(
+        "netsetup",
+        help="(root) prepare the capture interface for the topology, then run the doctor",
+    )
+    n.add_argument("--config", default=str(DEFAULT_PATH))
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(handler=cmd_netsetup)
+
+
+def _load(path: str, what: str) -> Any:
+    from sensor.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"teiten {what}: {exc}", file=sys.stderr)
+        print(f"teiten {what}: fix the fields above; `teiten config check {path}` "
+              "checks again", file=sys.stderr)
+        return None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from sensor.config import ConfigError, load_config
+
+    findings = []
+    cfg = None
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        findings = exc.findings
+    if cfg is not None and not args.no_files:
+        findings = cfg.check_files()
+    if args.json:
+        print(json.dumps({
+            "file": args.file, "ok": not findings,
+            "findings": [{"field": f.field, "reason": f.reason} for f in findings],
+        }, indent=2))
+    elif findings:
+        print(f"{args.file}: {len(findings)} problem(s)", file=sys.stderr)
+        for f in findings:
+            print(f"  {f.field}: {f.reason}", file=sys.stderr)
+    else:
+        assert cfg is not None
+        print(f"{args.file}: OK (sensor {cfg.sensor_id}, {cfg.topology}, "
+              f"{cfg.capture.interface}, {', '.join(cfg.capture.darknet)})")
+    return 0 if not findings else 2
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sensor.doctor import Check, as_json, diagnose, render
+
+    cfg = _load(args.config, "doctor")
+    if cfg is None:
+        checks = [Check("config_invalid", "error", f"{args.config} is not valid",
+                        f"run `teiten config check {args.config}`")]
+    else:
+        checks = diagnose(cfg, capture=not args.no_capture)
+    if args.json:
+        print(json.dumps(as_json(checks), indent=2))
+    else:
+        head = (f"teiten doctor: sensor {cfg.sensor_id}, topology {cfg.topology}, "
+                f"interface {cfg.capture.interface}") if cfg else "teiten doctor"
+        print(render(checks, head))
+    return 1 if any(c.severity == "error" for c in checks) else 0
+
+
+def cmd_netsetup(args: argparse.Namespace) -> int:
+    from sensor.doctor import as_json, diagnose, render
+    from sensor.netsetup import NetSetupError, setup
+
+    cfg = _load(args.config, "netsetup")
+    if cfg is None:
+        return 2
+    try:
+        actions = setup(cfg)
+    except NetSetupError as exc:
+        print(f"teiten netsetup: {exc}", file=sys.stderr)
+        return 1
+    checks = [c for c in diagnose(cfg, capture=False)
+              if c.code not in ("clock_unsynchronized", "clock_unknown")]
+    network_ok = not any(c.severity == "error" for c in checks)
+    if args.json:
+        print(json.dumps({"actions": [{"what": a.what, "changed": a.changed} for a in actions],
+                          **as_json(checks)}, indent=2))
+    else:
+        for a in actions:
+            print(f"  {'set ' if a.changed else 'ok  '}  {a.what}")
+        print(render(checks, f"teiten netsetup: {cfg.topology} on {cfg.capture.interface}"))
+    return 0 if network_ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sensor.config import ConfigError
+    from sensor.daemon import open_daemon
+    from uplink.sealer import SealerSetupError
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    cfg = _load(args.config, "run")
+    if cfg is None:
+        return 2
+    try:
+        daemon = open_daemon(cfg, uplink=args.uplink)
+    except ConfigError as exc:
+        print(f"teiten run: {exc}", file=sys.stderr)
+        return 2
+    except SealerSetupError as exc:
+        print(f"teiten run: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()
