@@ -18,7 +18,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_read": ["--packets", "1000000", "--runs", "3"],
     "bench_replay": ["--packets", "200000", "--runs", "3"],
     "bench_memory": [],
-    "bench_envelope": [],
+    "bench_envelope": ["--quick"],
     "bench_e2e": [],
 }
 

@@ -80,6 +80,8 @@ def summary_filename(summary: Summary) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from sensor.pcap import CaptureFileError
+    from sensor.sequence import SequenceStateError
+    from sensor.spool import SpoolError
     from sensor.replay import Progress, replay
 
     try:
@@ -131,6 +133,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except CaptureFileError as exc:
         failure = str(exc)
         stats = None
+    except (SpoolError, SequenceStateError) as exc:
+        # A full or failing spool disk: what was spooled before stays; say what to do.
+        return _error(
+            f"replay: cannot spool: {exc}. Free space or raise the spool bound, then replay "
+            f"again: envelopes already in {args.spool} are kept"
+        )
     except ValueError as exc:
         return _error(f"replay: {exc}")
     result = {
