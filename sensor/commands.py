@@ -80,9 +80,9 @@ def summary_filename(summary: Summary) -> str:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from sensor.pcap import CaptureFileError
+    from sensor.replay import Progress, replay
     from sensor.sequence import SequenceStateError
     from sensor.spool import SpoolError
-    from sensor.replay import Progress, replay
 
     try:
         darknet = parse_darknet(args.darknet)
