@@ -54,6 +54,36 @@ def replay_into_spool(pcap: Path, key: Path, spool: Path, sensor_id: str) -> int
     )
 
 
+def print_top(st: Store, top: int = 5) -> None:
+    """Sum the stored hours and print the most-probed services and the busiest sources."""
+    from collections import Counter
+
+    from sensor.summary import address_text, decode_summary, proto_name
+    from uplink.envelope import DEFAULT_MAX_SUMMARY_BYTES, decompress_capped, parse_envelope
+
+    ports: Counter[tuple[int, int | None]] = Counter()
+    sources: Counter[bytes] = Counter()
+    packets = 0
+    for row in st.summaries():
+        data = st.envelope(row.sensor_id, row.sequence)
+        if data is None:
+            continue
+        env = parse_envelope(data)  # verified on receipt; read back from our own store
+        summary = decode_summary(decompress_capped(env.payload, DEFAULT_MAX_SUMMARY_BYTES))
+        packets += summary.packets
+        for p in summary.ports:
+            ports[(p.proto, p.port)] += p.packets - p.backscatter
+        for r in summary.sources:
+            sources[r.address] += r.packets
+    print(f"   {packets:,} packets in {len(st.summaries())} hours")
+    print("   top services (backscatter excluded):")
+    for (proto, port), n in ports.most_common(top):
+        print(f"     {proto_name(proto)!s:>7}/{'-' if port is None else port:<6} {n:>8,} packets")
+    print("   top sources:")
+    for address, n in sources.most_common(top):
+        print(f"     {address_text(address):>39} {n:>8,} packets")
+
+
 def main(out: Path = Path("demo-out")) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -173,6 +203,9 @@ def main(out: Path = Path("demo-out")) -> int:
     print("6. what the central database holds")
     with Store(central / "central.db") as st:
         print_overview(st.overview())
+    print("7. top ports and sources in what central stored (verified summaries)")
+    with Store(central / "central.db") as st:
+        print_top(st)
     print(f"\nfiles: {out}/board (spool, keys, cert), {out}/central (CA, db, broker config/log)")
     print(f"again: teiten central db --db {central / 'central.db'} [--json]")
     return 0 if left == 0 else 1
