@@ -26,9 +26,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-SCHEMA_VERSION: Final = 1
+from central import migrations
+
+if TYPE_CHECKING:
+    from central.rollup import RollupBatch
+
+SCHEMA_VERSION: Final = migrations.LATEST
 REJECTED_COPY_BYTES: Final = 4096
 _SEQ_OFFSET: Final = 2**63
 
@@ -132,12 +137,31 @@ class Store:
         with self._tx():
             row = self._db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
-                self._db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+                # a new file starts at version 1 (_SCHEMA) and takes every migration below
+                self._db.execute("INSERT INTO schema_version VALUES (1)")
+                current = 1
+            else:
+                current = int(row[0])
+            if current > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{self.path} has schema version {row[0]}, this teiten knows "
+                    f"{self.path} has schema version {current}, this teiten knows "
                     f"{SCHEMA_VERSION}: upgrade teiten"
                 )
+        for m in migrations.pending(current):
+            # one transaction per migration, version bump included: a crash leaves a whole
+            # version behind (executescript commits nothing of ours half-way)
+            try:
+                self._db.executescript(
+                    "BEGIN IMMEDIATE;" + m.sql
+                    + f";UPDATE schema_version SET version = {int(m.version)};COMMIT;"
+                )
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -368,3 +392,338 @@ class Store:
             "rejected": reasons,
             "sensors": sensors,
         }
+
+    # ------------------------------------------------------------ rollup (central/rollup.py)
+    def pending_rollup(self, limit: int = 500) -> list[tuple[str, int, bytes]]:
+        """(sensor_id, sequence, summary bytes) of stored summaries not yet rolled up."""
+        return [
+            (sid, key + _SEQ_OFFSET, bytes(blob))
+            for sid, key, blob in self._db.execute(
+                "SELECT s.sensor_id, s.seq_key, s.summary FROM summaries s "
+                "LEFT JOIN rollup_hours r ON r.sensor_id = s.sensor_id AND r.seq_key = s.seq_key "
+                "WHERE r.seq_key IS NULL AND s.summary IS NOT NULL "
+                "ORDER BY s.hour_start, s.sensor_id, s.seq_key LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def count_pending_rollup(self) -> int:
+        return int(
+            self._db.execute(
+                "SELECT count(*) FROM summaries s LEFT JOIN rollup_hours r "
+                "ON r.sensor_id = s.sensor_id AND r.seq_key = s.seq_key "
+                "WHERE r.seq_key IS NULL AND s.summary IS NOT NULL"
+            ).fetchone()[0]
+        )
+
+    def write_rollup(self, batch: RollupBatch, rolled_us: int | None = None) -> None:
+        """Add a batch of rolled-up summaries to the aggregates, in one transaction."""
+        now = rolled_us if rolled_us is not None else _now_us()
+        db = self._db
+        with self._tx():
+            db.executemany(
+                "INSERT INTO rollup_hours VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (sid, seq - _SEQ_OFFSET, hour, bucket, now, *row)
+                    for sid, seq, hour, bucket, row in batch.hours
+                ],
+            )
+            db.executemany(
+                "INSERT INTO daily_port VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "packets = packets + excluded.packets, "
+                "backscatter = backscatter + excluded.backscatter",
+                [(*k, v[0], v[1]) for k, v in batch.ports.items()],
+            )
+            db.executemany(
+                "INSERT INTO quarter_port VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "packets = packets + excluded.packets, "
+                "backscatter = backscatter + excluded.backscatter",
+                [(*k, v[0], v[1]) for k, v in batch.quarter_ports.items()],
+            )
+            db.executemany(
+                "INSERT INTO daily_region VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "packets = packets + excluded.packets",
+                [(*k, v) for k, v in batch.regions.items()],
+            )
+            db.executemany(
+                "INSERT INTO daily_counter VALUES (?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "value = value + excluded.value",
+                [(*k, v) for k, v in batch.counters.items()],
+            )
+            db.executemany(
+                "INSERT INTO source_life VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "first_us = min(first_us, excluded.first_us), "
+                "last_us = max(last_us, excluded.last_us), "
+                "packets = packets + excluded.packets, "
+                "fingerprints = fingerprints | excluded.fingerprints",
+                [(q, a, *v) for (q, a), v in batch.sources.items()],
+            )
+
+    # ------------------------------------------------------------ regions
+    def save_regions(
+        self, rows: list[tuple[int, int, int, str, str]], files: list[str], serials: list[str]
+    ) -> None:
+        """Replace the region ranges with `rows` (family, start, end, cc, registry)."""
+        width = {4: 4, 6: 16}
+        with self._tx():
+            self._db.execute("DELETE FROM regions")
+            self._db.executemany(
+                "INSERT INTO regions VALUES (?,?,?,?,?)",
+                [
+                    (f, s.to_bytes(width[f], "big"), e.to_bytes(width[f], "big"), cc, reg)
+                    for f, s, e, cc, reg in rows
+                ],
+            )
+            self._db.execute(
+                "INSERT INTO region_imports (imported_us, files, ipv4_ranges, ipv6_ranges, "
+                "serials) VALUES (?,?,?,?,?)",
+                (
+                    _now_us(),
+                    "\n".join(files),
+                    sum(1 for r in rows if r[0] == 4),
+                    sum(1 for r in rows if r[0] == 6),
+                    "\n".join(serials),
+                ),
+            )
+
+    def region_rows(self) -> list[tuple[int, int, int, str, str]]:
+        return [
+            (f, int.from_bytes(s, "big"), int.from_bytes(e, "big"), cc, reg)
+            for f, s, e, cc, reg in self._db.execute(
+                "SELECT family, start, end_, cc, registry FROM regions ORDER BY family, start"
+            )
+        ]
+
+    def region_import(self) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT imported_us, files, ipv4_ranges, ipv6_ranges, serials FROM region_imports "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return {
+            "imported_us": row[0],
+            "files": row[1].split("\n") if row[1] else [],
+            "ipv4_ranges": row[2],
+            "ipv6_ranges": row[3],
+            "serials": row[4].split("\n") if row[4] else [],
+        }
+
+    # ------------------------------------------------------------ report queries
+    @staticmethod
+    def _in(column: str, sensors: list[str] | None) -> tuple[str, tuple[str, ...]]:
+        if not sensors:
+            return "", ()
+        return f" AND {column} IN ({','.join('?' * len(sensors))})", tuple(sensors)
+
+    def port_totals(
+        self, quarter: str, sensors: list[str] | None = None
+    ) -> list[tuple[int, int, int, int]]:
+        """(proto, port, packets, backscatter) summed over the quarter's sensors."""
+        cond, args = self._in("sensor_id", sensors)
+        return [
+            (int(a), int(b), int(c), int(d))
+            for a, b, c, d in self._db.execute(
+                "SELECT proto, port, sum(packets), sum(backscatter) FROM quarter_port "
+                f"WHERE quarter = ?{cond} GROUP BY proto, port",
+                (quarter, *args),
+            )
+        ]
+
+    def port_daily(
+        self, keys: list[tuple[int, int]], day_lo: int, day_hi: int,
+        sensors: list[str] | None = None,
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """{(proto, port): {day: (packets, backscatter)}} for days in [day_lo, day_hi)."""
+        cond, args = self._in("sensor_id", sensors)
+        out: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
+        for proto, port in keys:
+            out[(proto, port)] = {
+                int(d): (int(p), int(b))
+                for d, p, b in self._db.execute(
+                    "SELECT day, sum(packets), sum(backscatter) FROM daily_port "
+                    f"WHERE proto = ? AND port = ? AND day >= ? AND day < ?{cond} GROUP BY day",
+                    (proto, port, day_lo, day_hi, *args),
+                )
+            }
+        return out
+
+    def region_daily(
+        self, day_lo: int, day_hi: int, sensors: list[str] | None = None
+    ) -> list[tuple[int, str, str, int]]:
+        """(day, cc, registry, packets) for days in [day_lo, day_hi)."""
+        cond, args = self._in("sensor_id", sensors)
+        return [
+            (int(d), cc, reg, int(p))
+            for d, cc, reg, p in self._db.execute(
+                "SELECT day, cc, registry, sum(packets) FROM daily_region "
+                f"WHERE day >= ? AND day < ?{cond} GROUP BY day, cc, registry",
+                (day_lo, day_hi, *args),
+            )
+        ]
+
+    def counter_totals(
+        self, day_lo: int, day_hi: int, sensors: list[str] | None = None
+    ) -> dict[str, int]:
+        cond, args = self._in("sensor_id", sensors)
+        return {
+            name: int(v)
+            for name, v in self._db.execute(
+                "SELECT name, sum(value) FROM daily_counter "
+                f"WHERE day >= ? AND day < ?{cond} GROUP BY name",
+                (day_lo, day_hi, *args),
+            )
+        }
+
+    def lifetime_counts(
+        self, quarter: str, end_us: int, thresholds_us: list[int]
+    ) -> list[tuple[int, int, list[tuple[int, int]]]]:
+        """Per fingerprint bit set: (bits, sources, [(eligible, gone) per threshold]).
+
+        A source is eligible for threshold T when its first sighting is at least T before
+        `end_us`; it is gone when it was never seen T or more after its first sighting.
+        """
+        cols = ", ".join(
+            f"sum(first_us + {int(t)} <= {int(end_us)}), "
+            f"sum(first_us + {int(t)} <= {int(end_us)} AND last_us - first_us < {int(t)})"
+            for t in thresholds_us
+        )
+        out = []
+        for row in self._db.execute(
+            f"SELECT fingerprints, count(*), {cols} FROM source_life WHERE quarter = ? "
+            "GROUP BY fingerprints ORDER BY fingerprints",
+            (quarter,),
+        ):
+            pairs = [(int(row[2 + 2 * i]), int(row[3 + 2 * i])) for i in range(len(thresholds_us))]
+            out.append((int(row[0]), int(row[1]), pairs))
+        return out
+
+    def sensor_hours(
+        self, lo_s: int, hi_s: int, sensors: list[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Per sensor, from the rolled-up summaries with hour_start in [lo_s, hi_s)."""
+        cond, args = self._in("sensor_id", sensors)
+        out: dict[str, dict[str, Any]] = {}
+        for sid, n, secs, partial, drops, unsynced, evicted, lo, hi in self._db.execute(
+            "SELECT sensor_id, count(*), sum(bucket_seconds), sum(partial), sum(capture_drops), "
+            "sum(clock_unsynced), sum(spool_evicted), min(hour_start), max(hour_start) "
+            f"FROM rollup_hours WHERE hour_start >= ? AND hour_start < ?{cond} "
+            "GROUP BY sensor_id ORDER BY sensor_id",
+            (lo_s, hi_s, *args),
+        ):
+            out[sid] = {
+                "summaries": int(n),
+                "seconds": int(secs),
+                "partial": int(partial),
+                "capture_drops": int(drops),
+                "clock_unsynced": int(unsynced),
+                "spool_evicted": int(evicted),
+                "first_hour": int(lo),
+                "last_hour": int(hi),
+            }
+        return out
+
+    def hour_starts(self, sensor_id: str, lo_s: int, hi_s: int) -> list[tuple[int, int]]:
+        """(hour_start, bucket_seconds) of a sensor's stored summaries in [lo_s, hi_s)."""
+        return [
+            (int(h), int(b))
+            for h, b in self._db.execute(
+                "SELECT DISTINCT hour_start, bucket_seconds FROM rollup_hours "
+                "WHERE sensor_id = ? AND hour_start >= ? AND hour_start < ? ORDER BY hour_start",
+                (sensor_id, lo_s, hi_s),
+            )
+        ]
+
+    def sensor_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT sensor_id FROM summaries ORDER BY sensor_id")]
+
+    # ------------------------------------------------------------ fleet (central/fleet.py)
+    def fleet_facts(self) -> dict[str, dict[str, Any]]:
+        """Per sensor: last summary, last status, latest health payload, sequence gaps."""
+        out: dict[str, dict[str, Any]] = {}
+        for sid, n, last_rx, last_hour in self._db.execute(
+            "SELECT sensor_id, count(*), max(received_us), max(hour_start) FROM summaries "
+            "GROUP BY sensor_id"
+        ):
+            out[sid] = {
+                "summaries": int(n),
+                "last_summary_received_us": int(last_rx),
+                "last_summary_hour": int(last_hour),
+                "gaps": self.gaps(sid),
+            }
+        for sid, rx, state in self._db.execute(
+            "SELECT s.sensor_id, s.received_us, s.state FROM status s JOIN "
+            "(SELECT sensor_id, max(id) AS id FROM status GROUP BY sensor_id) m ON m.id = s.id"
+        ):
+            out.setdefault(sid, {}).update(last_status=state, last_status_us=int(rx))
+        for sid, rx, payload in self._db.execute(
+            "SELECT h.sensor_id, h.received_us, h.payload FROM health h JOIN "
+            "(SELECT sensor_id, max(id) AS id FROM health GROUP BY sensor_id) m ON m.id = h.id"
+        ):
+            out.setdefault(sid, {}).update(last_health_us=int(rx), last_health=bytes(payload))
+        return out
+
+    # ------------------------------------------------------------ retention and backup
+    def apply_retention(
+        self, cutoff_us: int, token: Any, run_us: int | None = None
+    ) -> dict[str, int]:
+        """Forget source addresses last seen before `cutoff_us`; keep every aggregate.
+
+        - `source_life`: every (quarter, source) whose last sighting is before the cutoff
+          gets `token()` (8 random bytes, no mapping kept) instead of the address, so the
+          lifetimes stay and the address goes;
+        - `summaries` whose hour ended before the cutoff and that are rolled up: the
+          summary and envelope bytes (which list sources) are emptied; the sha256 stays,
+          so a re-sent copy is still recognised as a duplicate;
+        - `rejected` rows received before the cutoff: the copied bytes are emptied.
+        """
+        now = run_us if run_us is not None else _now_us()
+        cutoff_s = cutoff_us // 1_000_000
+        with self._tx():
+            old = self._db.execute(
+                "SELECT quarter, source FROM source_life WHERE last_us < ? "
+                "AND length(source) IN (4, 16)",
+                (cutoff_us,),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE source_life SET source = ? WHERE quarter = ? AND source = ?",
+                [(token(), q, src) for q, src in old],
+            )
+            pruned = self._db.execute(
+                "UPDATE summaries SET summary = NULL, envelope = X'', pruned_us = ? "
+                "WHERE pruned_us IS NULL AND EXISTS (SELECT 1 FROM rollup_hours r "
+                "WHERE r.sensor_id = summaries.sensor_id AND r.seq_key = summaries.seq_key "
+                "AND r.hour_start + r.bucket_seconds <= ?)",
+                (now, cutoff_s),
+            ).rowcount
+            rej = self._db.execute(
+                "UPDATE rejected SET data = X'' WHERE received_us < ? AND length(data) > 0",
+                (cutoff_us,),
+            ).rowcount
+            self._db.execute(
+                "INSERT INTO retention_runs (run_us, cutoff_us, sources_anonymised, "
+                "summaries_pruned, rejected_pruned) VALUES (?,?,?,?,?)",
+                (now, cutoff_us, len(old), pruned, rej),
+            )
+        return {"sources_anonymised": len(old), "summaries_pruned": pruned,
+                "rejected_pruned": rej}
+
+    def count_addresses(self) -> int:
+        """Source rows that still hold an address (retention tests, `teiten central db`)."""
+        return int(self._db.execute(
+            "SELECT count(*) FROM source_life WHERE length(source) IN (4, 16)").fetchone()[0])
+
+    def backup(
+        self, dest: str | Path, *, pages: int = 1024,
+        progress: Any = None,
+    ) -> None:
+        """Online copy with SQLite's backup API: writers may go on while it runs."""
+        target = sqlite3.connect(dest)
+        try:
+            self._db.backup(target, pages=pages, progress=progress)
+            ok = target.execute("PRAGMA integrity_check").fetchone()[0]
+            if ok != "ok":
+                raise StoreError(f"backup {dest} failed its integrity check: {ok}")
+        finally:
+            target.close()

@@ -1,0 +1,245 @@
+"""Rollup: decoded hourly summaries -> the aggregates the quarterly report reads.
+
+Strategy: pure.  `rollup_summary` turns one `Summary` into an `HourRollup` (its port rows,
+packets per region, named counters, source spans and the health facts the report needs);
+`RollupBatch.add` folds many of them into keyed sums, so the store writes each aggregate row
+once per batch (`Store.write_rollup`, one transaction).  Regions are resolved here, at
+rollup time, with the delegation data current then (`RegionTable`): a later import changes
+only later rollups, never what a published report said.
+
+Aggregates, all keyed by UTC day (`hour_start // 86400`) and sensor so a report can pick a
+quarter and a set of sensors: packets and backscatter per (proto, port), per quarter too;
+packets per region (from the source rows; packets of sources past the sensor's cap are
+`ZZ/overflow`, sources outside every delegation `ZZ/`); named counters.  Sources are kept
+fleet-wide per quarter as first/last sighting, packets and the OR of fingerprint bits:
+enough for lifetimes, and all that retention has to anonymise.
+
+Quarters are calendar quarters in UTC, written `2025Q1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from central.regions import UNKNOWN_CC, RegionTable
+from sensor.summary import FINGERPRINTS, Summary
+
+DAY: Final = 86_400
+OVERFLOW_REGISTRY: Final = "overflow"
+_FP_BITS: Final = {"mirai": 0x01, "zmap": 0x02, "masscan": 0x04}
+
+
+class QuarterError(ValueError):
+    """Not a quarter such as 2025Q1."""
+
+
+def parse_quarter(text: str) -> tuple[int, int]:
+    """(year, quarter 1..4) from '2025Q1' (case-insensitive)."""
+    t = text.strip().upper()
+    if len(t) != 6 or t[4] != "Q" or not t[:4].isdigit() or t[5] not in "1234":
+        raise QuarterError(f"{text!r}: a quarter is written YYYYQn, e.g. 2025Q1")
+    return int(t[:4]), int(t[5])
+
+
+def quarter_name(year: int, q: int) -> str:
+    return f"{year:04d}Q{q}"
+
+
+def quarter_bounds(text: str) -> tuple[int, int]:
+    """[start, end) of the quarter in Unix seconds, UTC."""
+    y, q = parse_quarter(text)
+    start = datetime(y, 3 * q - 2, 1, tzinfo=UTC)
+    end = datetime(y + (q == 4), 1 if q == 4 else 3 * q + 1, 1, tzinfo=UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def previous_quarter(text: str) -> str:
+    y, q = parse_quarter(text)
+    return quarter_name(y - 1, 4) if q == 1 else quarter_name(y, q - 1)
+
+
+def quarter_of(unix_s: int) -> str:
+    d = datetime.fromtimestamp(unix_s, UTC)
+    return quarter_name(d.year, (d.month - 1) // 3 + 1)
+
+
+def _int(v: object) -> int:
+    return v if type(v) is int and v >= 0 else 0
+
+
+def health_facts(health: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(partial, capture_drops, clock_unsynced, spool_evicted) from a summary's health map.
+
+    Keys read (docs/central.md, "Report"): `partial`; `capture_dropped` and
+    `capture_ifdropped`, or `capture: {dropped, ifdropped}`; `clock: {synchronized}`;
+    `spool_evicted`.  Anything missing counts as no trouble.
+    """
+    partial = 1 if health.get("partial") is True else 0
+    drops = _int(health.get("capture_dropped")) + _int(health.get("capture_ifdropped"))
+    cap = health.get("capture")
+    if isinstance(cap, Mapping):
+        drops += _int(cap.get("dropped")) + _int(cap.get("ifdropped"))
+    clock = health.get("clock")
+    unsynced = 1 if isinstance(clock, Mapping) and clock.get("synchronized") is False else 0
+    return partial, drops, unsynced, _int(health.get("spool_evicted"))
+
+
+@dataclass(frozen=True, slots=True)
+class HourRollup:
+    """What one summary contributes to the aggregates."""
+
+    sensor_id: str
+    sequence: int
+    hour_start: int
+    bucket_seconds: int
+    ports: tuple[tuple[int, int, int, int], ...]  # proto, port (-1: none), packets, backscatter
+    regions: tuple[tuple[str, str, int], ...]  # cc, registry, packets
+    counters: tuple[tuple[str, int], ...]
+    sources: tuple[tuple[bytes, int, int, int, int], ...]  # addr, first, last, packets, fp
+    hour_row: tuple[int, ...]  # packets, backscatter, sources, overflow, partial, drops,
+    #                            clock_unsynced, spool_evicted
+
+    @property
+    def day(self) -> int:
+        return self.hour_start // DAY
+
+    @property
+    def quarter(self) -> str:
+        return quarter_of(self.hour_start)
+
+
+def rollup_summary(s: Summary, sequence: int, regions: RegionTable) -> HourRollup:
+    """The aggregates of one decoded summary, regions resolved with `regions` now."""
+    ports = tuple(
+        (r.proto, -1 if r.port is None else r.port, r.packets, r.backscatter) for r in s.ports
+    )
+    addrs = [r.address for r in s.sources]
+    labs = regions.lookup_many(addrs)
+    by_lab: dict[int, int] = {}
+    for r, lab in zip(s.sources, labs, strict=True):
+        by_lab[lab] = by_lab.get(lab, 0) + r.packets
+    reg: list[tuple[str, str, int]] = [
+        (*(regions.labels[lab] if lab >= 0 else (UNKNOWN_CC, "")), n)
+        for lab, n in by_lab.items()
+    ]
+    if s.sources_overflow:
+        reg.append((UNKNOWN_CC, OVERFLOW_REGISTRY, s.sources_overflow))
+    counters: dict[str, int] = {
+        "packets": s.packets,
+        "bytes": s.bytes,
+        "fragments": s.fragments,
+        "backscatter": s.backscatter_total,
+        "malformed": s.malformed_total,
+        "sources_overflow": s.sources_overflow,
+    }
+    for k, v in s.backscatter.items():
+        counters[f"backscatter:{k}"] = v
+    for k, v in s.fingerprints.items():
+        counters[f"fp:{k}"] = v
+    sources = tuple(
+        (r.address, r.first_us, r.last_us, r.packets, r.fingerprints) for r in s.sources
+    )
+    partial, drops, unsynced, evicted = health_facts(s.health)
+    return HourRollup(
+        sensor_id=s.sensor_id,
+        sequence=sequence,
+        hour_start=s.hour_start,
+        bucket_seconds=s.bucket_seconds,
+        ports=ports,
+        regions=tuple(reg),
+        counters=tuple(counters.items()),
+        sources=sources,
+        hour_row=(s.packets, s.backscatter_total, s.sources_distinct, s.sources_overflow,
+                  partial, drops, unsynced, evicted),
+    )
+
+
+@dataclass(slots=True)
+class RollupBatch:
+    """Keyed sums of many `HourRollup`s, written by `Store.write_rollup` in one go."""
+
+    ports: dict[tuple[int, int, int, str], list[int]] = field(default_factory=dict)
+    quarter_ports: dict[tuple[str, str, int, int], list[int]] = field(default_factory=dict)
+    regions: dict[tuple[int, str, str, str], int] = field(default_factory=dict)
+    counters: dict[tuple[int, str, str], int] = field(default_factory=dict)
+    sources: dict[tuple[str, bytes], list[int]] = field(default_factory=dict)
+    hours: list[tuple[str, int, int, int, tuple[int, ...]]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.hours)
+
+    def add(self, h: HourRollup) -> None:
+        day, sid, quarter = h.day, h.sensor_id, h.quarter
+        for proto, port, pk, bs in h.ports:
+            row = self.ports.setdefault((proto, port, day, sid), [0, 0])
+            row[0] += pk
+            row[1] += bs
+            qrow = self.quarter_ports.setdefault((quarter, sid, proto, port), [0, 0])
+            qrow[0] += pk
+            qrow[1] += bs
+        for cc, reg, n in h.regions:
+            k = (day, sid, cc, reg)
+            self.regions[k] = self.regions.get(k, 0) + n
+        for name, v in h.counters:
+            ck = (day, sid, name)
+            self.counters[ck] = self.counters.get(ck, 0) + v
+        src = self.sources
+        for addr, first, last, pk, fp in h.sources:
+            cur = src.get((quarter, addr))
+            if cur is None:
+                src[(quarter, addr)] = [first, last, pk, fp]
+            else:
+                if first < cur[0]:
+                    cur[0] = first
+                if last > cur[1]:
+                    cur[1] = last
+                cur[2] += pk
+                cur[3] |= fp
+        self.hours.append((sid, h.sequence, h.hour_start, h.bucket_seconds, h.hour_row))
+
+
+def fingerprint_bit(name: str) -> int:
+    return _FP_BITS[name]
+
+
+__all__ = [
+    "DAY",
+    "FINGERPRINTS",
+    "HourRollup",
+    "QuarterError",
+    "RollupBatch",
+    "fingerprint_bit",
+    "health_facts",
+    "parse_quarter",
+    "previous_quarter",
+    "quarter_bounds",
+    "quarter_of",
+    "roll_up_pending",
+    "rollup_summary",
+]
+
+
+def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
+                    progress: Any = None) -> int:
+    """Fold every stored summary not yet rolled up into the aggregates; returns how many.
+
+    Reads and writes through `store` (a `central.store.Store`); the summary bytes were
+    checked by `decode_summary` when they were received, and are decoded again here.
+    """
+    from sensor.summary import decode_summary
+
+    done = 0
+    while True:
+        rows = store.pending_rollup(batch)
+        if not rows:
+            return done
+        b = RollupBatch()
+        for _sid, seq, blob in rows:
+            b.add(rollup_summary(decode_summary(blob), seq, regions))
+        store.write_rollup(b)
+        done += len(rows)
+        if progress is not None:
+            progress(done)
