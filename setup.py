@@ -1,4 +1,8 @@
-"""Build the project's own libpcap binding (sensor._pcap); everything else is in pyproject.toml."""
+"""Build the project's own C extensions; everything else is in pyproject.toml.
+
+- sensor._pcap: the libpcap binding (capture edge);
+- sensor._fast: the compiled hot path (decode + hourly aggregation), see docs/performance.md.
+"""
 
 from setuptools import Extension, setup
 
@@ -9,6 +13,12 @@ setup(
             sources=["sensor/_pcap.c"],
             libraries=["pcap"],
             extra_compile_args=["-O2", "-Wall"],
-        )
+        ),
+        Extension(
+            "sensor._fast",
+            sources=["sensor/_fast.c"],
+            libraries=["pcap"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        ),
     ]
 )

@@ -1,0 +1,1766 @@
+/*
+ * sensor._fast: the compiled hot path.  Decode and hourly aggregation in C, mirroring
+ * sensor/decode.py, sensor/classify.py, sensor/aggregate.py and sensor/sketch.py structure
+ * by structure, so that the summaries it leads to are byte for byte those of the
+ * pure-Python reference (tests/integration/test_fastpath_equivalence.py checks that).
+ *
+ * Why C and not numpy: see docs/dependencies.md and docs/performance.md.  In short, the
+ * per-hour tables (per-source rows with first/last seen and distinct counts, budgeted
+ * exact sets that turn into HyperLogLog sketches) are sequential, order-dependent state
+ * machines that do not vectorise; one pass in C over each frame does.
+ *
+ * Shape:
+ *  - FileReader(path): a libpcap offline handle (pcap or pcapng) with setfilter().
+ *  - Kernel(linktype, bucket_seconds, open_intervals, limits): the state of
+ *    sensor.aggregate.HourlyAggregation.  feed_file(reader, n) reads up to n frames with
+ *    pcap_dispatch straight into decode + aggregate (GIL released, no Python object per
+ *    packet); feed_frames(list of (ts_us, wire_len, data)) does the same for batches a live
+ *    capture handed over.  Both return the intervals that closed, as (Interval, complete).
+ *  - Interval.export(): the raw tables.  sensor/fastpath.py turns them into a Summary;
+ *    sketch estimates are computed there by sensor.sketch._estimate over the registers,
+ *    so the floating-point part is the reference's own code.
+ *
+ * Safety: every read of a frame is bounds-checked against its captured length; decode
+ * never reads past `caplen` whatever the bytes say (fuzzed in tests/unit/test_fast_decode.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pcap/pcap.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------ constants */
+
+enum {
+    R_LINK_TRUNCATED, R_LINK_UNSUPPORTED, R_NOT_IP, R_IP_VERSION, R_IPV4_TRUNCATED,
+    R_IPV4_BAD_IHL, R_IPV4_BAD_LENGTH, R_IPV6_TRUNCATED, R_IPV6_EXT_TRUNCATED,
+    R_IPV6_EXT_CHAIN, R_TCP_TRUNCATED, R_TCP_BAD_OFFSET, R_UDP_TRUNCATED, R_ICMP_TRUNCATED,
+    R_SNAPLEN_SHORT, N_REASONS
+};
+static const char *REASONS[N_REASONS] = {
+    "link_truncated", "link_unsupported", "not_ip", "ip_version", "ipv4_truncated",
+    "ipv4_bad_ihl", "ipv4_bad_length", "ipv6_truncated", "ipv6_ext_truncated",
+    "ipv6_ext_chain", "tcp_truncated", "tcp_bad_offset", "udp_truncated", "icmp_truncated",
+    "snaplen_short"};
+/* decode.py's _CUT_SHORT: reasons that become snaplen_short when the wire was longer */
+static const uint8_t CUT_SHORT[N_REASONS] = {
+    [R_LINK_TRUNCATED] = 1, [R_IPV4_TRUNCATED] = 1, [R_IPV6_TRUNCATED] = 1,
+    [R_IPV6_EXT_TRUNCATED] = 1, [R_TCP_TRUNCATED] = 1, [R_UDP_TRUNCATED] = 1,
+    [R_ICMP_TRUNCATED] = 1};
+
+#define P_ICMP 1
+#define P_TCP 6
+#define P_UDP 17
+#define P_ICMPV6 58
+#define F_SYN 0x02
+#define F_RST 0x04
+#define F_ACK 0x10
+#define ZMAP_IP_ID 54321
+#define SLOTS 4 /* RowDistinct's inline slots (HourAggregator uses the default) */
+#define ST_SET 250
+#define ST_POOLED 251
+#define ST_BIG 252
+#define N_SIZES 9
+static const uint32_t SIZE_BUCKETS[N_SIZES] = {0, 40, 60, 80, 128, 256, 512, 1024, 1500};
+
+/* ------------------------------------------------------------------ decode */
+
+typedef struct {
+    int64_t ts;
+    uint64_t src_lo, src_hi, dst_lo, dst_hi; /* IPv4: lo only */
+    uint32_t ip_len, ip_id, seq;
+    int version, proto, ttl, later, sport, dport, flags, icmp_type, icmp_code;
+} pkt_t;
+
+#define RD16(p) ((uint32_t)(p)[0] << 8 | (uint32_t)(p)[1])
+#define RD32(p) ((uint32_t)(p)[0] << 24 | (uint32_t)(p)[1] << 16 | (uint32_t)(p)[2] << 8 | (uint32_t)(p)[3])
+
+static inline uint64_t rd64(const uint8_t *p)
+{
+    return (uint64_t)RD32(p) << 32 | RD32(p + 4);
+}
+
+/* The transport header, as decode._decode_transport; `end` may be below `pos`. */
+static int decode_transport(const uint8_t *f, long pos, long end, pkt_t *r)
+{
+    long avail = end - pos;
+    r->sport = r->dport = -1;
+    r->flags = 0;
+    r->seq = 0;
+    r->icmp_type = r->icmp_code = -1;
+    if (r->proto == P_TCP) {
+        if (avail < 20)
+            return R_TCP_TRUNCATED;
+        const uint8_t *t = f + pos;
+        if ((t[12] >> 4) * 4 < 20)
+            return R_TCP_BAD_OFFSET;
+        r->sport = RD16(t);
+        r->dport = RD16(t + 2);
+        r->seq = RD32(t + 4);
+        r->flags = t[13];
+        return -1;
+    }
+    if (r->proto == P_UDP) {
+        if (avail < 8)
+            return R_UDP_TRUNCATED;
+        r->sport = RD16(f + pos);
+        r->dport = RD16(f + pos + 2);
+        return -1;
+    }
+    if (r->proto == P_ICMP || r->proto == P_ICMPV6) {
+        if (avail < 4)
+            return R_ICMP_TRUNCATED;
+        r->icmp_type = f[pos];
+        r->icmp_code = f[pos + 1];
+        return -1;
+    }
+    return -1;
+}
+
+static int decode_ipv4(const uint8_t *f, long n, long off, pkt_t *r)
+{
+    if (n < off + 20)
+        return R_IPV4_TRUNCATED;
+    const uint8_t *h = f + off;
+    if (h[0] >> 4 != 4)
+        return R_IP_VERSION;
+    long ihl = (h[0] & 0x0F) * 4;
+    if (ihl < 20)
+        return R_IPV4_BAD_IHL;
+    long total = RD16(h + 2);
+    if (total < ihl)
+        return R_IPV4_BAD_LENGTH;
+    if (n < off + ihl)
+        return R_IPV4_TRUNCATED;
+    r->version = 4;
+    r->ip_len = (uint32_t)total;
+    r->ip_id = RD16(h + 4);
+    r->ttl = h[8];
+    r->proto = h[9];
+    r->src_lo = RD32(h + 12);
+    r->dst_lo = RD32(h + 16);
+    r->src_hi = r->dst_hi = 0;
+    if (RD16(h + 6) & 0x1FFF) {
+        r->later = 1;
+        return -1;
+    }
+    r->later = 0;
+    long end = off + total < n ? off + total : n;
+    return decode_transport(f, off + ihl, end, r);
+}
+
+static int decode_ipv6(const uint8_t *f, long n, long off, pkt_t *r)
+{
+    if (n < off + 40)
+        return R_IPV6_TRUNCATED;
+    const uint8_t *h = f + off;
+    if (h[0] >> 4 != 6)
+        return R_IP_VERSION;
+    long ip_len = (long)RD16(h + 4) + 40;
+    int nh = h[6];
+    r->version = 6;
+    r->ttl = h[7];
+    r->src_hi = rd64(h + 8);
+    r->src_lo = rd64(h + 16);
+    r->dst_hi = rd64(h + 24);
+    r->dst_lo = rd64(h + 32);
+    r->ip_len = (uint32_t)ip_len;
+    r->ip_id = 0;
+    r->later = 0;
+    long end = off + ip_len < n ? off + ip_len : n;
+    long pos = off + 40;
+    int i;
+    for (i = 0; i < 8; i++) {
+        if (nh == 0 || nh == 43 || nh == 60) {
+            if (end < pos + 2)
+                return R_IPV6_EXT_TRUNCATED;
+            long ext_len = ((long)f[pos + 1] + 1) * 8;
+            if (end < pos + ext_len)
+                return R_IPV6_EXT_TRUNCATED;
+            nh = f[pos];
+            pos += ext_len;
+        } else if (nh == 44) {
+            if (end < pos + 8)
+                return R_IPV6_EXT_TRUNCATED;
+            uint32_t field = RD16(f + pos + 2);
+            r->ip_id = RD32(f + pos + 4);
+            nh = f[pos];
+            pos += 8;
+            if (field >> 3) {
+                r->proto = nh;
+                r->later = 1;
+                return -1;
+            }
+        } else {
+            break;
+        }
+    }
+    if (i == 8)
+        return R_IPV6_EXT_CHAIN;
+    r->proto = nh;
+    return decode_transport(f, pos, end, r);
+}
+
+/* decode._decode: -1 for a packet in *r, else the malformed reason. */
+static int decode_raw(int linktype, const uint8_t *f, long n, pkt_t *r)
+{
+    long start;
+    uint32_t et;
+    switch (linktype) {
+    case 1: {
+        if (n < 14)
+            return R_LINK_TRUNCATED;
+        et = RD16(f + 12);
+        start = 14;
+        int tags = 0;
+        while (et == 0x8100 || et == 0x88A8 || et == 0x9100) {
+            if (tags == 2)
+                return R_NOT_IP;
+            if (n < start + 4)
+                return R_LINK_TRUNCATED;
+            et = RD16(f + start + 2);
+            start += 4;
+            tags++;
+        }
+        break;
+    }
+    case 113:
+        if (n < 16)
+            return R_LINK_TRUNCATED;
+        start = 16;
+        et = RD16(f + 14);
+        break;
+    case 276:
+        if (n < 20)
+            return R_LINK_TRUNCATED;
+        start = 20;
+        et = RD16(f);
+        break;
+    case 101:
+    case 12:
+    case 14:
+        start = 0;
+        et = 0;
+        break;
+    case 228:
+        start = 0;
+        et = 0x0800;
+        break;
+    case 229:
+        start = 0;
+        et = 0x86DD;
+        break;
+    case 0:
+    case 108: {
+        if (n < 4)
+            return R_LINK_TRUNCATED;
+        uint32_t be = RD32(f);
+        uint32_t le = (uint32_t)f[0] | (uint32_t)f[1] << 8 | (uint32_t)f[2] << 16 | (uint32_t)f[3] << 24;
+        uint32_t fam = linktype == 108 ? be : le;
+        if (linktype == 0 && fam > 0xFFFF)
+            fam = be;
+        start = 4;
+        if (fam == 2)
+            et = 0x0800;
+        else if (fam == 10 || fam == 24 || fam == 28 || fam == 30)
+            et = 0x86DD;
+        else
+            return R_NOT_IP;
+        break;
+    }
+    default:
+        return R_LINK_UNSUPPORTED;
+    }
+    if (et == 0x0800)
+        return decode_ipv4(f, n, start, r);
+    if (et == 0x86DD)
+        return decode_ipv6(f, n, start, r);
+    if (et == 0) {
+        if (n <= start)
+            return R_IPV4_TRUNCATED;
+        int v = f[start] >> 4;
+        if (v == 4)
+            return decode_ipv4(f, n, start, r);
+        if (v == 6)
+            return decode_ipv6(f, n, start, r);
+        return R_IP_VERSION;
+    }
+    return R_NOT_IP;
+}
+
+static inline int decode(int linktype, const uint8_t *f, long caplen, long wire_len, pkt_t *r)
+{
+    int reason = decode_raw(linktype, f, caplen, r);
+    if (reason >= 0 && wire_len > caplen && CUT_SHORT[reason])
+        return R_SNAPLEN_SHORT;
+    return reason;
+}
+
+/* ------------------------------------------------------------------ hashing */
+
+static uint64_t table_seed; /* per process: hostile keys cannot aim at one chain */
+
+static inline uint64_t mix64(uint64_t x) /* sketch.mix64 after folding */
+{
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+typedef struct {
+    uint64_t lo, hi;
+    uint32_t tag; /* 0: IPv4 / plain key, 1: IPv6; 0xFFFFFFFF marks an empty set slot */
+    uint32_t pad;
+} fk_t;
+
+#define EMPTY_TAG 0xFFFFFFFFu
+
+static inline uint64_t fk_hash(const fk_t *k)
+{
+    return mix64((k->lo ^ table_seed) + k->hi * 0x9E3779B97F4A7C15ULL + k->tag);
+}
+
+static inline int fk_eq(const fk_t *a, const fk_t *b)
+{
+    return a->lo == b->lo && a->hi == b->hi && a->tag == b->tag;
+}
+
+/* The folded 64 bits sketch.mix64 starts from: key ^ key>>64 ^ key>>128. */
+static inline uint64_t fk_fold(const fk_t *k)
+{
+    return k->lo ^ k->hi ^ k->tag;
+}
+
+/* An insertion-ordered map: keys[i] and the caller's value arrays share index i. */
+typedef struct {
+    uint32_t *slot; /* index + 1; 0 empty */
+    uint32_t mask;
+    uint32_t n, cap;
+    fk_t *keys;
+} map_t;
+
+static int64_t map_find(const map_t *m, const fk_t *k, uint64_t h)
+{
+    if (m->slot == NULL)
+        return -1;
+    for (uint32_t i = (uint32_t)h & m->mask;; i = (i + 1) & m->mask) {
+        uint32_t s = m->slot[i];
+        if (s == 0)
+            return -1;
+        if (fk_eq(&m->keys[s - 1], k))
+            return s - 1;
+    }
+}
+
+/* Append k (not present); grows the value arrays given as (pointer, element size). */
+static int64_t map_add(map_t *m, const fk_t *k, uint64_t h, void **vals, const size_t *vsize, int nvals)
+{
+    if (m->n == m->cap) {
+        uint32_t ncap = m->cap ? m->cap * 2 : 16;
+        fk_t *nk = realloc(m->keys, (size_t)ncap * sizeof(fk_t));
+        if (nk == NULL)
+            return -1;
+        m->keys = nk;
+        for (int j = 0; j < nvals; j++) {
+            void *nv = realloc(vals[j], (size_t)ncap * vsize[j]);
+            if (nv == NULL)
+                return -1;
+            memset((char *)nv + (size_t)m->cap * vsize[j], 0, (size_t)(ncap - m->cap) * vsize[j]);
+            vals[j] = nv;
+        }
+        m->cap = ncap;
+    }
+    if ((m->n + 1) * 2 > (m->slot ? m->mask + 1 : 0)) {
+        uint32_t nslots = m->slot ? (m->mask + 1) * 2 : 32;
+        uint32_t *ns = calloc(nslots, sizeof(uint32_t));
+        if (ns == NULL)
+            return -1;
+        for (uint32_t j = 0; j < m->n; j++) {
+            uint32_t i = (uint32_t)fk_hash(&m->keys[j]) & (nslots - 1);
+            while (ns[i])
+                i = (i + 1) & (nslots - 1);
+            ns[i] = j + 1;
+        }
+        free(m->slot);
+        m->slot = ns;
+        m->mask = nslots - 1;
+    }
+    uint32_t i = (uint32_t)h & m->mask;
+    while (m->slot[i])
+        i = (i + 1) & m->mask;
+    m->keys[m->n] = *k;
+    m->slot[i] = ++m->n;
+    return m->n - 1;
+}
+
+static void map_free(map_t *m)
+{
+    free(m->slot);
+    free(m->keys);
+    memset(m, 0, sizeof *m);
+}
+
+/* A set of u64 (RowDistinct's exact sets).  0 is the empty mark; item 0 is a flag. */
+typedef struct {
+    uint64_t *t;
+    uint32_t mask, n; /* n counts item 0 too */
+    uint8_t has_zero;
+} set64_t;
+
+static int set64_has(const set64_t *s, uint64_t x)
+{
+    if (x == 0)
+        return s->has_zero;
+    for (uint32_t i = (uint32_t)mix64(x ^ table_seed) & s->mask;; i = (i + 1) & s->mask) {
+        if (s->t[i] == x)
+            return 1;
+        if (s->t[i] == 0)
+            return 0;
+    }
+}
+
+static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memory) */
+{
+    if (x == 0) {
+        s->has_zero = 1;
+        s->n++;
+        return 0;
+    }
+    if ((s->n + 1) * 2 > s->mask + 1) {
+        uint32_t nsz = (s->mask + 1) * 2;
+        uint64_t *nt = calloc(nsz, sizeof(uint64_t));
+        if (nt == NULL)
+            return -1;
+        for (uint32_t j = 0; j <= s->mask; j++) {
+            uint64_t y = s->t[j];
+            if (y == 0)
+                continue;
+            uint32_t i = (uint32_t)mix64(y ^ table_seed) & (nsz - 1);
+            while (nt[i])
+                i = (i + 1) & (nsz - 1);
+            nt[i] = y;
+        }
+        free(s->t);
+        s->t = nt;
+        s->mask = nsz - 1;
+    }
+    uint32_t i = (uint32_t)mix64(x ^ table_seed) & s->mask;
+    while (s->t[i])
+        i = (i + 1) & s->mask;
+    s->t[i] = x;
+    s->n++;
+    return 0;
+}
+
+static set64_t *set64_new(void)
+{
+    set64_t *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    s->t = calloc(16, sizeof(uint64_t));
+    if (s->t == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->mask = 15;
+    return s;
+}
+
+static void set64_free(set64_t *s)
+{
+    if (s) {
+        free(s->t);
+        free(s);
+    }
+}
+
+/* A set of source keys (BudgetedDistinct's exact sets per port). */
+typedef struct {
+    fk_t *t;
+    uint32_t mask, n;
+} fkset_t;
+
+static int fkset_has(const fkset_t *s, const fk_t *k, uint64_t h)
+{
+    for (uint32_t i = (uint32_t)h & s->mask;; i = (i + 1) & s->mask) {
+        if (s->t[i].tag == EMPTY_TAG)
+            return 0;
+        if (fk_eq(&s->t[i], k))
+            return 1;
+    }
+}
+
+static void fkset_put(fk_t *t, uint32_t mask, const fk_t *k, uint64_t h)
+{
+    uint32_t i = (uint32_t)h & mask;
+    while (t[i].tag != EMPTY_TAG)
+        i = (i + 1) & mask;
+    t[i] = *k;
+}
+
+static fk_t *fk_table(uint32_t n)
+{
+    fk_t *t = malloc((size_t)n * sizeof(fk_t));
+    if (t)
+        for (uint32_t i = 0; i < n; i++)
+            t[i].tag = EMPTY_TAG;
+    return t;
+}
+
+static int fkset_add(fkset_t *s, const fk_t *k, uint64_t h)
+{
+    if ((s->n + 1) * 2 > s->mask + 1) {
+        uint32_t nsz = (s->mask + 1) * 2;
+        fk_t *nt = fk_table(nsz);
+        if (nt == NULL)
+            return -1;
+        for (uint32_t j = 0; j <= s->mask; j++)
+            if (s->t[j].tag != EMPTY_TAG)
+                fkset_put(nt, nsz - 1, &s->t[j], fk_hash(&s->t[j]));
+        free(s->t);
+        s->t = nt;
+        s->mask = nsz - 1;
+    }
+    fkset_put(s->t, s->mask, k, h);
+    s->n++;
+    return 0;
+}
+
+static fkset_t *fkset_new(void)
+{
+    fkset_t *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    if ((s->t = fk_table(8)) == NULL) {
+        free(s);
+        return NULL;
+    }
+    s->mask = 7;
+    return s;
+}
+
+static void fkset_free(fkset_t *s)
+{
+    if (s) {
+        free(s->t);
+        free(s);
+    }
+}
+
+/* HyperLogLog.add / RowDistinct._pool_add over the folded key. */
+static inline void hll_add(uint8_t *reg, int p, uint64_t folded)
+{
+    uint64_t h = mix64(folded);
+    int shift = 64 - p;
+    uint64_t w = h & ((1ULL << shift) - 1);
+    int rank = shift - (w ? 64 - __builtin_clzll(w) : 0) + 1;
+    uint64_t idx = h >> shift;
+    if (rank > reg[idx])
+        reg[idx] = (uint8_t)rank;
+}
+
+/* ------------------------------------------------------------------ aggregation state */
+
+typedef struct {
+    int64_t max_sources, max_destinations;
+    int64_t src_budget, src_limit, src_big_p, src_max_big, src_small_p;
+    int64_t port_budget, port_limit, port_big_p, port_max_big, port_small_p;
+    int64_t overflow_p;
+} limits_t;
+
+typedef struct {
+    uint64_t packets, bytes, bs;
+    fkset_t *exact;
+    uint8_t *sketch;
+    int sketch_p;
+} port_t;
+
+typedef struct { /* one column of a source row (RowDistinct) */
+    uint64_t inl[SLOTS];
+    void *ext; /* set64_t* (ST_SET) or registers (ST_POOLED, ST_BIG) */
+} col_t;
+
+typedef struct {
+    uint64_t packets, bytes;
+    int64_t first, last;
+    uint8_t ttl, fp, state[2];
+    col_t col[2]; /* 0: ports, 1: destinations */
+} row_t;
+
+typedef struct {
+    int64_t start, late;
+    uint64_t packets, bytes, fragments, src_overflow, dst_overflow;
+    map_t ports;
+    port_t *port;
+    int64_t pbudget, pbig;
+    map_t icmp;
+    uint64_t *icmp_n;
+    map_t src;
+    row_t *row;
+    int64_t sbudget[2], sbig[2];
+    uint8_t *overflow_hll;
+    map_t dst;
+    uint64_t *dst_n;
+    uint64_t tcp_flags[256], ttl[256], sizes[N_SIZES], fps[3], bs[5], malformed[N_REASONS];
+    const limits_t *lim;
+    int oom;
+} interval_t;
+
+static interval_t *interval_new(int64_t start, const limits_t *lim)
+{
+    interval_t *iv = calloc(1, sizeof *iv);
+    if (iv == NULL)
+        return NULL;
+    iv->start = start;
+    iv->lim = lim;
+    iv->pbudget = lim->port_budget;
+    iv->pbig = lim->port_max_big;
+    for (int c = 0; c < 2; c++) {
+        iv->sbudget[c] = lim->src_budget / 2;
+        iv->sbig[c] = lim->src_max_big / 2;
+    }
+    return iv;
+}
+
+static void col_free(uint8_t state, col_t *c)
+{
+    if (state == ST_SET)
+        set64_free(c->ext);
+    else if (state > SLOTS)
+        free(c->ext);
+}
+
+static void interval_free(interval_t *iv)
+{
+    if (iv == NULL)
+        return;
+    for (uint32_t i = 0; i < iv->ports.n; i++) {
+        fkset_free(iv->port[i].exact);
+        free(iv->port[i].sketch);
+    }
+    for (uint32_t i = 0; i < iv->src.n; i++)
+        for (int c = 0; c < 2; c++)
+            col_free(iv->row[i].state[c], &iv->row[i].col[c]);
+    map_free(&iv->ports);
+    map_free(&iv->icmp);
+    map_free(&iv->src);
+    map_free(&iv->dst);
+    free(iv->port);
+    free(iv->icmp_n);
+    free(iv->row);
+    free(iv->dst_n);
+    free(iv->overflow_hll);
+    free(iv);
+}
+
+/* BudgetedDistinct.add(port, source key) */
+static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k)
+{
+    const limits_t *lim = iv->lim;
+    uint64_t h = fk_hash(k);
+    if (pt->exact) {
+        fkset_t *ex = pt->exact;
+        if (fkset_has(ex, k, h))
+            return;
+        if ((int64_t)ex->n < lim->port_limit && iv->pbudget > 0) {
+            if (fkset_add(ex, k, h) < 0)
+                iv->oom = 1;
+            iv->pbudget--;
+            return;
+        }
+        int p = (int)lim->port_small_p;
+        if ((int64_t)ex->n >= lim->port_limit && iv->pbig > 0) {
+            iv->pbig--;
+            p = (int)lim->port_big_p;
+        }
+        uint8_t *reg = calloc((size_t)1 << p, 1);
+        if (reg == NULL) {
+            iv->oom = 1;
+            return;
+        }
+        for (uint32_t j = 0; j <= ex->mask; j++)
+            if (ex->t[j].tag != EMPTY_TAG)
+                hll_add(reg, p, fk_fold(&ex->t[j]));
+        hll_add(reg, p, fk_fold(k));
+        iv->pbudget += ex->n;
+        fkset_free(ex);
+        pt->exact = NULL;
+        pt->sketch = reg;
+        pt->sketch_p = p;
+        return;
+    }
+    if (pt->sketch) {
+        hll_add(pt->sketch, pt->sketch_p, fk_fold(k));
+        return;
+    }
+    if (iv->pbudget > 0) {
+        if ((pt->exact = fkset_new()) == NULL || fkset_add(pt->exact, k, h) < 0) {
+            iv->oom = 1;
+            return;
+        }
+        iv->pbudget--;
+        return;
+    }
+    int p = (int)lim->port_small_p;
+    if ((pt->sketch = calloc((size_t)1 << p, 1)) == NULL) {
+        iv->oom = 1;
+        return;
+    }
+    pt->sketch_p = p;
+    hll_add(pt->sketch, p, fk_fold(k));
+}
+
+/* All values of a set64 into fresh registers of 2**p, plus `item`. */
+static uint8_t *set_to_sketch(const set64_t *s, int p, uint64_t item)
+{
+    uint8_t *reg = calloc((size_t)1 << p, 1);
+    if (reg == NULL)
+        return NULL;
+    if (s->has_zero)
+        hll_add(reg, p, 0);
+    for (uint32_t j = 0; j <= s->mask; j++)
+        if (s->t[j])
+            hll_add(reg, p, s->t[j]);
+    hll_add(reg, p, item);
+    return reg;
+}
+
+/* RowDistinct.add(row, item) for column c. */
+static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
+{
+    const limits_t *lim = iv->lim;
+    uint8_t n = row->state[c];
+    col_t *col = &row->col[c];
+    if (n <= SLOTS) {
+        for (int i = 0; i < n; i++)
+            if (col->inl[i] == item)
+                return;
+        if (n < SLOTS) {
+            col->inl[n] = item;
+            row->state[c] = n + 1;
+            return;
+        }
+        if (iv->sbudget[c] >= SLOTS + 1) {
+            set64_t *s = set64_new();
+            if (s == NULL) {
+                iv->oom = 1;
+                return;
+            }
+            for (int i = 0; i < SLOTS; i++)
+                set64_add(s, col->inl[i]);
+            if (set64_add(s, item) < 0) {
+                set64_free(s);
+                iv->oom = 1;
+                return;
+            }
+            iv->sbudget[c] -= SLOTS + 1;
+            col->ext = s;
+            row->state[c] = ST_SET;
+        } else {
+            int p = (int)lim->src_small_p;
+            uint8_t *reg = calloc((size_t)1 << p, 1);
+            if (reg == NULL) {
+                iv->oom = 1;
+                return;
+            }
+            for (int i = 0; i < SLOTS; i++)
+                hll_add(reg, p, col->inl[i]);
+            hll_add(reg, p, item);
+            col->ext = reg;
+            row->state[c] = ST_POOLED;
+        }
+        return;
+    }
+    if (n == ST_SET) {
+        set64_t *s = col->ext;
+        if (set64_has(s, item))
+            return;
+        int64_t limit = lim->src_limit > SLOTS + 1 ? lim->src_limit : SLOTS + 1;
+        if ((int64_t)s->n < limit && iv->sbudget[c] > 0) {
+            if (set64_add(s, item) < 0)
+                iv->oom = 1;
+            iv->sbudget[c]--;
+            return;
+        }
+        iv->sbudget[c] += s->n;
+        int64_t count = (int64_t)s->n + 1;
+        int p = (int)lim->src_small_p;
+        uint8_t state = ST_POOLED;
+        if (count > limit && iv->sbig[c] > 0) {
+            iv->sbig[c]--;
+            p = (int)lim->src_big_p;
+            state = ST_BIG;
+        }
+        uint8_t *reg = set_to_sketch(s, p, item);
+        if (reg == NULL) {
+            iv->oom = 1;
+            return;
+        }
+        set64_free(s);
+        col->ext = reg;
+        row->state[c] = state;
+        return;
+    }
+    hll_add(col->ext, n == ST_POOLED ? (int)lim->src_small_p : (int)lim->src_big_p, item);
+}
+
+static inline int fingerprint_bits(const pkt_t *r)
+{
+    if (r->version != 4 || r->later)
+        return 0;
+    int bits = r->ip_id == ZMAP_IP_ID ? 2 : 0;
+    if (r->proto == P_TCP && (r->flags & (F_SYN | F_ACK)) == F_SYN) {
+        uint32_t dst = (uint32_t)r->dst_lo;
+        if (r->seq == dst)
+            bits |= 1;
+        uint32_t dport = r->dport < 0 ? 0 : (uint32_t)r->dport;
+        if (r->ip_id == ((dst ^ dport ^ r->seq) & 0xFFFF))
+            bits |= 4;
+    }
+    return bits;
+}
+
+static inline int backscatter_kind(const pkt_t *r)
+{
+    if (r->later)
+        return 0;
+    if (r->proto == P_TCP) {
+        if (r->flags & F_RST)
+            return 2;
+        if ((r->flags & (F_SYN | F_ACK)) == (F_SYN | F_ACK))
+            return 1;
+        return 0;
+    }
+    int t = r->icmp_type;
+    if (r->proto == P_ICMP) {
+        if (t == 3 || t == 4 || t == 5 || t == 11 || t == 12)
+            return 3;
+        return t == 0 ? 4 : 0;
+    }
+    if (r->proto == P_ICMPV6) {
+        if (t >= 1 && t <= 4)
+            return 3;
+        return t == 129 ? 4 : 0;
+    }
+    return 0;
+}
+
+/* HourAggregator.add */
+static void agg_add(interval_t *iv, const pkt_t *r)
+{
+    const limits_t *lim = iv->lim;
+    uint32_t ip_len = r->ip_len;
+    int bs = 0, fp = 0, port;
+    int64_t port_of_source = -1;
+    iv->packets++;
+    iv->bytes += ip_len;
+    if (r->later) {
+        iv->fragments++;
+        port = -1;
+    } else if (r->proto == P_TCP) {
+        port = r->dport;
+        port_of_source = port | (P_TCP << 16);
+        iv->tcp_flags[r->flags]++;
+        bs = backscatter_kind(r);
+        fp = fingerprint_bits(r);
+    } else if (r->proto == P_UDP) {
+        port = r->dport;
+        port_of_source = port | (P_UDP << 16);
+        fp = fingerprint_bits(r);
+    } else if (r->proto == P_ICMP || r->proto == P_ICMPV6) {
+        port = r->icmp_type;
+        fk_t ck = {(uint64_t)((r->proto << 16) | (port << 8) | r->icmp_code), 0, 0, 0};
+        uint64_t h = fk_hash(&ck);
+        int64_t i = map_find(&iv->icmp, &ck, h);
+        if (i < 0) {
+            void *v[1] = {iv->icmp_n};
+            size_t vs[1] = {sizeof(uint64_t)};
+            i = map_add(&iv->icmp, &ck, h, v, vs, 1);
+            iv->icmp_n = v[0];
+            if (i < 0) {
+                iv->oom = 1;
+                return;
+            }
+        }
+        iv->icmp_n[i]++;
+        bs = backscatter_kind(r);
+        fp = fingerprint_bits(r);
+    } else {
+        port = -1;
+        fp = fingerprint_bits(r);
+    }
+    fk_t pk = {(uint64_t)(((uint32_t)r->proto << 17) | (uint32_t)(port + 1)), 0, 0, 0};
+    uint64_t ph = fk_hash(&pk);
+    int64_t pi = map_find(&iv->ports, &pk, ph);
+    if (pi < 0) {
+        void *v[1] = {iv->port};
+        size_t vs[1] = {sizeof(port_t)};
+        pi = map_add(&iv->ports, &pk, ph, v, vs, 1);
+        iv->port = v[0];
+        if (pi < 0) {
+            iv->oom = 1;
+            return;
+        }
+    }
+    port_t *pt = &iv->port[pi];
+    pt->packets++;
+    pt->bytes += ip_len;
+    if (bs) {
+        pt->bs++;
+        iv->bs[bs]++;
+    }
+    if (fp) {
+        if (fp & 1)
+            iv->fps[0]++;
+        if (fp & 2)
+            iv->fps[1]++;
+        if (fp & 4)
+            iv->fps[2]++;
+    }
+    fk_t sk = {r->src_lo, r->src_hi, r->version == 6, 0};
+    port_sources_add(iv, pt, &sk);
+    fk_t dk = r->version == 4 ? (fk_t){r->dst_lo, 0, 0, 0} : (fk_t){r->dst_hi, 0, 1, 0};
+    iv->ttl[r->ttl]++;
+    int b = N_SIZES - 1;
+    while (SIZE_BUCKETS[b] > ip_len)
+        b--;
+    iv->sizes[b]++;
+
+    uint64_t sh = fk_hash(&sk);
+    int64_t ri = map_find(&iv->src, &sk, sh);
+    if (ri < 0) {
+        if ((int64_t)iv->src.n < lim->max_sources) {
+            void *v[1] = {iv->row};
+            size_t vs[1] = {sizeof(row_t)};
+            ri = map_add(&iv->src, &sk, sh, v, vs, 1);
+            iv->row = v[0];
+            if (ri < 0) {
+                iv->oom = 1;
+                return;
+            }
+            row_t *nr = &iv->row[ri];
+            nr->first = nr->last = r->ts;
+            nr->ttl = (uint8_t)r->ttl;
+        } else {
+            iv->src_overflow++;
+            if (iv->overflow_hll == NULL &&
+                (iv->overflow_hll = calloc((size_t)1 << lim->overflow_p, 1)) == NULL) {
+                iv->oom = 1;
+                return;
+            }
+            hll_add(iv->overflow_hll, (int)lim->overflow_p, fk_fold(&sk));
+        }
+    }
+    if (ri >= 0) {
+        row_t *row = &iv->row[ri];
+        row->packets++;
+        row->bytes += ip_len;
+        if (r->ts < row->first)
+            row->first = r->ts;
+        if (r->ts > row->last)
+            row->last = r->ts;
+        row->fp |= (uint8_t)fp;
+        if (port_of_source >= 0)
+            row_distinct_add(iv, row, 0, (uint64_t)port_of_source);
+        row_distinct_add(iv, row, 1, dk.lo);
+    }
+
+    uint64_t dh = fk_hash(&dk);
+    int64_t di = map_find(&iv->dst, &dk, dh);
+    if (di >= 0) {
+        iv->dst_n[di]++;
+    } else if ((int64_t)iv->dst.n < lim->max_destinations) {
+        void *v[1] = {iv->dst_n};
+        size_t vs[1] = {sizeof(uint64_t)};
+        di = map_add(&iv->dst, &dk, dh, v, vs, 1);
+        iv->dst_n = v[0];
+        if (di < 0) {
+            iv->oom = 1;
+            return;
+        }
+        iv->dst_n[di] = 1;
+    } else {
+        iv->dst_overflow++;
+    }
+}
+
+/* ------------------------------------------------------------------ routing (HourlyAggregation) */
+
+#define MAX_OPEN 64
+
+typedef struct {
+    interval_t *iv;
+    int complete;
+} closed_t;
+
+typedef struct {
+    int linktype;
+    int64_t bucket, nopen;
+    limits_t lim;
+    interval_t *open[MAX_OPEN];
+    int n_open;
+    int have_first;
+    int64_t first_start;
+    closed_t *closed;
+    size_t n_closed, cap_closed;
+    int oom;
+    long long frames;    /* frames routed (after the BPF filter) */
+    pcap_t *stop_handle; /* file reads: break out as soon as an interval closes */
+} router_t;
+
+static inline int64_t floordiv(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+static int push_closed(router_t *rt, interval_t *iv, int complete)
+{
+    if (rt->n_closed == rt->cap_closed) {
+        size_t ncap = rt->cap_closed ? rt->cap_closed * 2 : 8;
+        closed_t *nc = realloc(rt->closed, ncap * sizeof(closed_t));
+        if (nc == NULL)
+            return -1;
+        rt->closed = nc;
+        rt->cap_closed = ncap;
+    }
+    rt->closed[rt->n_closed].iv = iv;
+    rt->closed[rt->n_closed].complete = complete;
+    rt->n_closed++;
+    return 0;
+}
+
+/* Remove open[i], keeping the rest. */
+static interval_t *take_open(router_t *rt, int i)
+{
+    interval_t *iv = rt->open[i];
+    rt->open[i] = rt->open[--rt->n_open];
+    return iv;
+}
+
+static int oldest_index(router_t *rt, int64_t below, int any)
+{
+    int best = -1;
+    for (int i = 0; i < rt->n_open; i++)
+        if ((any || rt->open[i]->start < below) && (best < 0 || rt->open[i]->start < rt->open[best]->start))
+            best = i;
+    return best;
+}
+
+/* HourlyAggregation._interval: the interval for ts, or NULL (late, counted) */
+static interval_t *route(router_t *rt, int64_t ts)
+{
+    int64_t seconds = floordiv(ts, 1000000);
+    int64_t start = seconds - (seconds - floordiv(seconds, rt->bucket) * rt->bucket);
+    int64_t newest = INT64_MIN;
+    for (int i = 0; i < rt->n_open; i++) {
+        if (rt->open[i]->start == start)
+            return rt->open[i];
+        if (rt->open[i]->start > newest)
+            newest = rt->open[i]->start;
+    }
+    if (rt->n_open) {
+        if (start < newest - (rt->nopen - 1) * rt->bucket) {
+            rt->open[oldest_index(rt, 0, 1)]->late++;
+            return NULL;
+        }
+    }
+    interval_t *iv = interval_new(start, &rt->lim);
+    if (iv == NULL || rt->n_open == MAX_OPEN) {
+        interval_free(iv);
+        rt->oom = 1;
+        return NULL;
+    }
+    rt->open[rt->n_open++] = iv;
+    if (!rt->have_first) {
+        rt->have_first = 1;
+        rt->first_start = start;
+    }
+    if (start > newest)
+        newest = start;
+    int64_t horizon = newest - (rt->nopen - 1) * rt->bucket;
+    int i;
+    while ((i = oldest_index(rt, horizon, 0)) >= 0) {
+        interval_t *old = take_open(rt, i);
+        if (push_closed(rt, old, old->start != rt->first_start) < 0) {
+            interval_free(old);
+            rt->oom = 1;
+        }
+        if (rt->stop_handle)
+            pcap_breakloop(rt->stop_handle);
+    }
+    return iv;
+}
+
+static inline void route_frame(router_t *rt, int64_t ts, const uint8_t *data, long caplen, long wire_len)
+{
+    pkt_t r;
+    r.ts = ts;
+    rt->frames++;
+    int reason = decode(rt->linktype, data, caplen, wire_len, &r);
+    interval_t *iv = route(rt, ts);
+    if (iv == NULL)
+        return;
+    if (reason >= 0)
+        iv->malformed[reason]++;
+    else
+        agg_add(iv, &r);
+    if (iv->oom)
+        rt->oom = 1;
+}
+
+/* ------------------------------------------------------------------ Python: Interval */
+
+typedef struct {
+    PyObject_HEAD
+    interval_t *iv;
+} IntervalObject;
+
+static void Interval_dealloc(IntervalObject *self)
+{
+    interval_free(self->iv);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *regs_bytes(const uint8_t *reg, int p)
+{
+    return PyBytes_FromStringAndSize((const char *)reg, (Py_ssize_t)1 << p);
+}
+
+/* A distinct count: an int (exact) or the sketch's registers (bytes) to estimate. */
+static PyObject *col_count(const interval_t *iv, const row_t *row, int c)
+{
+    uint8_t n = row->state[c];
+    if (n <= SLOTS)
+        return PyLong_FromLong(n);
+    if (n == ST_SET)
+        return PyLong_FromUnsignedLong(((set64_t *)row->col[c].ext)->n);
+    return regs_bytes(row->col[c].ext, n == ST_POOLED ? (int)iv->lim->src_small_p : (int)iv->lim->src_big_p);
+}
+
+static PyObject *addr_bytes(const fk_t *k, int dest)
+{
+    uint8_t b[16];
+    if (k->tag == 0) {
+        uint32_t v = (uint32_t)k->lo;
+        b[0] = v >> 24; b[1] = v >> 16; b[2] = v >> 8; b[3] = (uint8_t)v;
+        return PyBytes_FromStringAndSize((char *)b, 4);
+    }
+    uint64_t words[2] = {dest ? k->lo : k->hi, k->lo};
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 8; i++)
+            b[w * 8 + i] = (uint8_t)(words[w] >> (56 - 8 * i));
+    return PyBytes_FromStringAndSize((char *)b, dest ? 8 : 16);
+}
+
+static PyObject *u64_list(const uint64_t *v, int n)
+{
+    PyObject *l = PyList_New(n);
+    if (l == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *x = PyLong_FromUnsignedLongLong(v[i]);
+        if (x == NULL) {
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(l, i, x);
+    }
+    return l;
+}
+
+#define CHECK(x)            \
+    do {                    \
+        if ((x) == NULL)    \
+            goto fail;      \
+    } while (0)
+
+static PyObject *Interval_export(IntervalObject *self, PyObject *Py_UNUSED(a))
+{
+    const interval_t *iv = self->iv;
+    PyObject *ports = NULL, *icmp = NULL, *sources = NULL, *dests = NULL, *mal = NULL, *t = NULL;
+    CHECK(ports = PyList_New(iv->ports.n));
+    for (uint32_t i = 0; i < iv->ports.n; i++) {
+        const port_t *pt = &iv->port[i];
+        PyObject *cnt = pt->exact ? PyLong_FromUnsignedLong(pt->exact->n)
+                        : pt->sketch ? regs_bytes(pt->sketch, pt->sketch_p)
+                                     : PyLong_FromLong(0);
+        CHECK(cnt);
+        PyObject *row = Py_BuildValue("(KKKKN)", (unsigned long long)iv->ports.keys[i].lo,
+                                      (unsigned long long)pt->packets, (unsigned long long)pt->bytes,
+                                      (unsigned long long)pt->bs, cnt);
+        CHECK(row);
+        PyList_SET_ITEM(ports, i, row);
+    }
+    CHECK(icmp = PyList_New(iv->icmp.n));
+    for (uint32_t i = 0; i < iv->icmp.n; i++) {
+        PyObject *row = Py_BuildValue("(KK)", (unsigned long long)iv->icmp.keys[i].lo,
+                                      (unsigned long long)iv->icmp_n[i]);
+        CHECK(row);
+        PyList_SET_ITEM(icmp, i, row);
+    }
+    CHECK(sources = PyList_New(iv->src.n));
+    for (uint32_t i = 0; i < iv->src.n; i++) {
+        const row_t *r = &iv->row[i];
+        PyObject *a = addr_bytes(&iv->src.keys[i], 0);
+        PyObject *np = a ? col_count(iv, r, 0) : NULL;
+        PyObject *nd = np ? col_count(iv, r, 1) : NULL;
+        if (nd == NULL) {
+            Py_XDECREF(a);
+            Py_XDECREF(np);
+            goto fail;
+        }
+        PyObject *row = Py_BuildValue("(NKKLLNNii)", a, (unsigned long long)r->packets,
+                                      (unsigned long long)r->bytes, (long long)r->first,
+                                      (long long)r->last, np, nd, (int)r->ttl, (int)r->fp);
+        CHECK(row);
+        PyList_SET_ITEM(sources, i, row);
+    }
+    CHECK(dests = PyList_New(iv->dst.n));
+    for (uint32_t i = 0; i < iv->dst.n; i++) {
+        PyObject *a = addr_bytes(&iv->dst.keys[i], 1);
+        CHECK(a);
+        PyObject *row = Py_BuildValue("(NK)", a, (unsigned long long)iv->dst_n[i]);
+        CHECK(row);
+        PyList_SET_ITEM(dests, i, row);
+    }
+    CHECK(mal = PyDict_New());
+    for (int i = 0; i < N_REASONS; i++) {
+        if (!iv->malformed[i])
+            continue;
+        PyObject *v = PyLong_FromUnsignedLongLong(iv->malformed[i]);
+        CHECK(v);
+        int rc = PyDict_SetItemString(mal, REASONS[i], v);
+        Py_DECREF(v);
+        if (rc < 0)
+            goto fail;
+    }
+    PyObject *ovf;
+    if (iv->overflow_hll)
+        ovf = regs_bytes(iv->overflow_hll, (int)iv->lim->overflow_p);
+    else {
+        ovf = Py_None;
+        Py_INCREF(ovf);
+    }
+    CHECK(ovf);
+    t = Py_BuildValue("{s:L,s:K,s:K,s:K,s:L,s:K,s:K,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}",
+                      "hour_start", (long long)iv->start, "packets", (unsigned long long)iv->packets,
+                      "bytes", (unsigned long long)iv->bytes, "fragments",
+                      (unsigned long long)iv->fragments, "late", (long long)iv->late,
+                      "sources_overflow", (unsigned long long)iv->src_overflow,
+                      "destinations_overflow", (unsigned long long)iv->dst_overflow, "ports", ports,
+                      "icmp_codes", icmp, "sources", sources, "destinations", dests, "malformed", mal,
+                      "overflow_registers", ovf, "tcp_flags", u64_list(iv->tcp_flags, 256), "ttl",
+                      u64_list(iv->ttl, 256), "sizes", u64_list(iv->sizes, N_SIZES),
+                      "fingerprints", u64_list(iv->fps, 3), "backscatter", u64_list(iv->bs, 5));
+    return t;
+fail:
+    Py_XDECREF(ports);
+    Py_XDECREF(icmp);
+    Py_XDECREF(sources);
+    Py_XDECREF(dests);
+    Py_XDECREF(mal);
+    return NULL;
+}
+
+static PyObject *Interval_get_hour_start(IntervalObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLongLong(self->iv->start);
+}
+
+static PyObject *Interval_get_late(IntervalObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromLongLong(self->iv->late);
+}
+
+static PyObject *Interval_get_packets(IntervalObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->iv->packets);
+}
+
+static PyMethodDef Interval_methods[] = {
+    {"export", (PyCFunction)Interval_export, METH_NOARGS, "the interval's tables as a dict"},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Interval_getset[] = {
+    {"hour_start", (getter)Interval_get_hour_start, NULL, "start of the interval (Unix s)", NULL},
+    {"late", (getter)Interval_get_late, NULL, "late packets counted here", NULL},
+    {"packets", (getter)Interval_get_packets, NULL, "packets aggregated", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject IntervalType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sensor._fast.Interval",
+    .tp_basicsize = sizeof(IntervalObject),
+    .tp_dealloc = (destructor)Interval_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "One closed interval's aggregation state (made by Kernel).",
+    .tp_methods = Interval_methods,
+    .tp_getset = Interval_getset,
+};
+
+/* ------------------------------------------------------------------ Python: FileReader */
+
+static PyObject *FastError;
+
+typedef struct {
+    PyObject_HEAD
+    pcap_t *p;
+    int busy;
+    int err_pending;
+    char err_msg[PCAP_ERRBUF_SIZE + 64];
+    long long err_off;
+} ReaderObject;
+
+static PyObject *raise_fast(const char *message, long long offset)
+{
+    PyObject *exc = PyObject_CallFunction(FastError, "sL", message, offset);
+    if (exc == NULL)
+        return NULL;
+    PyErr_SetObject(FastError, exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *path_obj;
+    char errbuf[PCAP_ERRBUF_SIZE] = "";
+    static char *kwlist[] = {"path", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&:FileReader", kwlist, PyUnicode_FSConverter, &path_obj))
+        return NULL;
+    pcap_t *p;
+    const char *path = PyBytes_AS_STRING(path_obj);
+    Py_BEGIN_ALLOW_THREADS
+    p = pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_MICRO, errbuf);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (p == NULL)
+        return raise_fast(errbuf, -1);
+    ReaderObject *self = (ReaderObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        pcap_close(p);
+        return NULL;
+    }
+    self->p = p;
+    self->err_off = -1;
+    return (PyObject *)self;
+}
+
+static int reader_check(ReaderObject *r)
+{
+    if (r->p == NULL) {
+        PyErr_SetString(PyExc_ValueError, "operation on a closed FileReader");
+        return -1;
+    }
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "FileReader is in use in another thread");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Reader_setfilter(ReaderObject *self, PyObject *args)
+{
+    const char *expr;
+    struct bpf_program prog;
+    if (!PyArg_ParseTuple(args, "s:setfilter", &expr) || reader_check(self) < 0)
+        return NULL;
+    if (pcap_compile(self->p, &prog, expr, 1, PCAP_NETMASK_UNKNOWN) != 0)
+        return raise_fast(pcap_geterr(self->p), -1);
+    int rc = pcap_setfilter(self->p, &prog);
+    pcap_freecode(&prog);
+    if (rc != 0)
+        return raise_fast(pcap_geterr(self->p), -1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Reader_datalink(ReaderObject *self, PyObject *Py_UNUSED(a))
+{
+    return reader_check(self) < 0 ? NULL : PyLong_FromLong(pcap_datalink(self->p));
+}
+
+static PyObject *Reader_close(ReaderObject *self, PyObject *Py_UNUSED(a))
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "FileReader is in use");
+        return NULL;
+    }
+    if (self->p) {
+        pcap_close(self->p);
+        self->p = NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void Reader_dealloc(ReaderObject *self)
+{
+    if (self->p)
+        pcap_close(self->p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Reader_methods[] = {
+    {"setfilter", (PyCFunction)Reader_setfilter, METH_VARARGS, "compile and set a BPF filter"},
+    {"datalink", (PyCFunction)Reader_datalink, METH_NOARGS, "DLT_ link type"},
+    {"close", (PyCFunction)Reader_close, METH_NOARGS, "close the file"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sensor._fast.FileReader",
+    .tp_basicsize = sizeof(ReaderObject),
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "FileReader(path): a pcap/pcapng file for Kernel.feed_file.",
+    .tp_methods = Reader_methods,
+    .tp_new = Reader_new,
+};
+
+/* ------------------------------------------------------------------ Python: Kernel */
+
+typedef struct {
+    PyObject_HEAD
+    router_t rt;
+    int busy;
+} KernelObject;
+
+static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    int linktype;
+    long long bucket, nopen;
+    static char *kwlist[] = {"linktype", "bucket_seconds", "open_intervals", "limits", NULL};
+    limits_t l;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iLL(LLLLLLLLLLLLL):Kernel", kwlist, &linktype, &bucket,
+                                     &nopen, &l.max_sources, &l.max_destinations, &l.src_budget,
+                                     &l.src_limit, &l.src_big_p, &l.src_max_big, &l.src_small_p,
+                                     &l.port_budget, &l.port_limit, &l.port_big_p, &l.port_max_big,
+                                     &l.port_small_p, &l.overflow_p))
+        return NULL;
+    int64_t ps[5] = {l.src_big_p, l.src_small_p, l.port_big_p, l.port_small_p, l.overflow_p};
+    for (int i = 0; i < 5; i++)
+        if (ps[i] < 4 || ps[i] > 16) {
+            PyErr_SetString(PyExc_ValueError, "sketch precisions must be 4..16");
+            return NULL;
+        }
+    if (bucket <= 0 || nopen < 1 || nopen > MAX_OPEN - 1 || l.max_sources < 1 ||
+        l.max_sources > 0x7FFFFFFF || l.max_destinations > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "bad bucket_seconds, open_intervals or limits");
+        return NULL;
+    }
+    KernelObject *self = (KernelObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->rt.linktype = linktype;
+    self->rt.bucket = bucket;
+    self->rt.nopen = nopen;
+    self->rt.lim = l;
+    return (PyObject *)self;
+}
+
+static void Kernel_dealloc(KernelObject *self)
+{
+    for (int i = 0; i < self->rt.n_open; i++)
+        interval_free(self->rt.open[i]);
+    for (size_t i = 0; i < self->rt.n_closed; i++)
+        interval_free(self->rt.closed[i].iv);
+    free(self->rt.closed);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Hand the closed intervals over as a list of (Interval, complete). */
+static PyObject *take_closed(KernelObject *self)
+{
+    router_t *rt = &self->rt;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    size_t i;
+    for (i = 0; i < rt->n_closed; i++) {
+        IntervalObject *o = PyObject_New(IntervalObject, &IntervalType);
+        if (o == NULL)
+            break;
+        o->iv = rt->closed[i].iv;
+        rt->closed[i].iv = NULL;
+        PyObject *t = Py_BuildValue("(NO)", o, rt->closed[i].complete ? Py_True : Py_False);
+        if (t == NULL || PyList_Append(list, t) < 0) {
+            Py_XDECREF(t);
+            break;
+        }
+        Py_DECREF(t);
+    }
+    if (i < rt->n_closed) {
+        for (; i < rt->n_closed; i++)
+            interval_free(rt->closed[i].iv);
+        rt->n_closed = 0;
+        Py_DECREF(list);
+        return NULL;
+    }
+    rt->n_closed = 0;
+    return list;
+}
+
+static int kernel_enter(KernelObject *self)
+{
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Kernel is in use in another thread");
+        return -1;
+    }
+    if (self->rt.oom) {
+        PyErr_SetString(PyExc_MemoryError, "Kernel ran out of memory earlier; its state is incomplete");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *kernel_result(KernelObject *self, PyObject *first)
+{
+    if (self->rt.oom) {
+        Py_XDECREF(first);
+        for (size_t i = 0; i < self->rt.n_closed; i++)
+            interval_free(self->rt.closed[i].iv);
+        self->rt.n_closed = 0;
+        return PyErr_NoMemory();
+    }
+    PyObject *closed = take_closed(self);
+    if (closed == NULL) {
+        Py_XDECREF(first);
+        return NULL;
+    }
+    if (first == NULL)
+        return closed;
+    return Py_BuildValue("(NN)", first, closed);
+}
+
+static void file_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *data)
+{
+    router_t *rt = (router_t *)user;
+    int64_t ts = (int64_t)h->ts.tv_sec * 1000000 + (int64_t)h->ts.tv_usec;
+    route_frame(rt, ts, data, (long)h->caplen, (long)h->len);
+    if (rt->oom)
+        pcap_breakloop(rt->stop_handle);
+}
+
+/* feed_file(reader, max_packets) -> (frames read, [(Interval, complete)]); frames is -1 at EOF */
+static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
+{
+    ReaderObject *rd;
+    int max_packets;
+    if (!PyArg_ParseTuple(args, "O!i:feed_file", &ReaderType, &rd, &max_packets) ||
+        kernel_enter(self) < 0 || reader_check(rd) < 0)
+        return NULL;
+    if (max_packets < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_packets must be at least 1");
+        return NULL;
+    }
+    if (rd->err_pending)
+        return raise_fast(rd->err_msg, rd->err_off);
+    router_t *rt = &self->rt;
+    long long total;
+    int rc = 0;
+    self->busy = rd->busy = 1;
+    rt->stop_handle = rd->p;
+    rt->frames = 0;
+    Py_BEGIN_ALLOW_THREADS
+    /* Stop early when an interval closed, so closed intervals never pile up in memory.
+     * pcap_breakloop makes pcap_dispatch return early (it may not count that batch), so
+     * the frames are counted by the callback. */
+    while (rt->frames < max_packets) {
+        rc = pcap_dispatch(rd->p, (int)(max_packets - rt->frames), file_cb, (u_char *)rt);
+        if (rc <= 0 || rt->n_closed || rt->oom)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    total = rt->frames;
+    rt->stop_handle = NULL;
+    self->busy = rd->busy = 0;
+    if (rc == PCAP_ERROR) {
+        FILE *f = pcap_file(rd->p);
+        rd->err_pending = 1;
+        rd->err_off = f ? (long long)ftell(f) : -1;
+        snprintf(rd->err_msg, sizeof rd->err_msg, "%s", pcap_geterr(rd->p));
+        if (total == 0 && rt->n_closed == 0)
+            return raise_fast(rd->err_msg, rd->err_off);
+    } else if (rc == 0 && total == 0 && rt->n_closed == 0 && !rt->oom) {
+        return kernel_result(self, PyLong_FromLong(-1));
+    }
+    return kernel_result(self, PyLong_FromLongLong(total));
+}
+
+/* feed_frames(frames) -> [(Interval, complete)]; frames: sequence of (ts_us, wire_len, data) */
+static PyObject *Kernel_feed_frames(KernelObject *self, PyObject *arg)
+{
+    if (kernel_enter(self) < 0)
+        return NULL;
+    PyObject *seq = PySequence_Fast(arg, "feed_frames needs a sequence of (ts_us, wire_len, bytes)");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = items[i];
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 3 || !PyBytes_Check(PyTuple_GET_ITEM(t, 2))) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "each frame must be a (ts_us, wire_len, bytes) tuple");
+            return NULL;
+        }
+        long long ts = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 0));
+        long long wire = PyLong_AsLongLong(PyTuple_GET_ITEM(t, 1));
+        if ((ts == -1 || wire == -1) && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        PyObject *b = PyTuple_GET_ITEM(t, 2);
+        route_frame(&self->rt, ts, (const uint8_t *)PyBytes_AS_STRING(b), (long)PyBytes_GET_SIZE(b),
+                    (long)wire);
+        if (self->rt.oom)
+            break;
+    }
+    Py_DECREF(seq);
+    return kernel_result(self, NULL);
+}
+
+/* close_before(ts_us) -> closed intervals that end at or before ts_us */
+static PyObject *Kernel_close_before(KernelObject *self, PyObject *args)
+{
+    long long ts;
+    if (!PyArg_ParseTuple(args, "L:close_before", &ts) || kernel_enter(self) < 0)
+        return NULL;
+    router_t *rt = &self->rt;
+    int64_t seconds = floordiv(ts, 1000000);
+    int i;
+    while ((i = oldest_index(rt, INT64_MAX, 1)) >= 0 && rt->open[i]->start + rt->bucket <= seconds) {
+        interval_t *iv = take_open(rt, i);
+        if (push_closed(rt, iv, iv->start != rt->first_start) < 0) {
+            interval_free(iv);
+            return PyErr_NoMemory();
+        }
+    }
+    return kernel_result(self, NULL);
+}
+
+/* flush(complete) -> every open interval, oldest first */
+static PyObject *Kernel_flush(KernelObject *self, PyObject *args)
+{
+    int complete;
+    if (!PyArg_ParseTuple(args, "p:flush", &complete) || kernel_enter(self) < 0)
+        return NULL;
+    router_t *rt = &self->rt;
+    int i;
+    while ((i = oldest_index(rt, INT64_MAX, 1)) >= 0) {
+        interval_t *iv = take_open(rt, i);
+        if (push_closed(rt, iv, complete) < 0) {
+            interval_free(iv);
+            return PyErr_NoMemory();
+        }
+    }
+    return kernel_result(self, NULL);
+}
+
+static PyMethodDef Kernel_methods[] = {
+    {"feed_file", (PyCFunction)Kernel_feed_file, METH_VARARGS,
+     "feed_file(reader, max_packets) -> (frames or -1 at end of file, [(Interval, complete)])"},
+    {"feed_frames", (PyCFunction)Kernel_feed_frames, METH_O,
+     "feed_frames([(ts_us, wire_len, data)]) -> [(Interval, complete)]"},
+    {"close_before", (PyCFunction)Kernel_close_before, METH_VARARGS,
+     "close_before(ts_us) -> [(Interval, complete)]"},
+    {"flush", (PyCFunction)Kernel_flush, METH_VARARGS, "flush(complete) -> [(Interval, complete)]"},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject KernelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sensor._fast.Kernel",
+    .tp_basicsize = sizeof(KernelObject),
+    .tp_dealloc = (destructor)Kernel_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Kernel(linktype, bucket_seconds, open_intervals, limits): decode + hourly aggregation.",
+    .tp_methods = Kernel_methods,
+    .tp_new = Kernel_new,
+};
+
+/* ------------------------------------------------------------------ module */
+
+/* decode(linktype, frame, wire_len=0) -> reason str, or a tuple of the decoded fields (tests) */
+static PyObject *fast_decode(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    int linktype;
+    Py_buffer buf;
+    long long wire = 0;
+    if (!PyArg_ParseTuple(args, "iy*|L:decode", &linktype, &buf, &wire))
+        return NULL;
+    pkt_t r;
+    memset(&r, 0, sizeof r);
+    int reason = decode(linktype, buf.buf, (long)buf.len, (long)wire, &r);
+    PyBuffer_Release(&buf);
+    if (reason >= 0)
+        return PyUnicode_FromString(REASONS[reason]);
+    PyObject *src = NULL, *dst = NULL;
+    if (r.version == 4) {
+        src = PyLong_FromUnsignedLongLong(r.src_lo);
+        dst = PyLong_FromUnsignedLongLong(r.dst_lo);
+    } else {
+        uint8_t b[16];
+        for (int i = 0; i < 8; i++) {
+            b[i] = (uint8_t)(r.src_hi >> (56 - 8 * i));
+            b[8 + i] = (uint8_t)(r.src_lo >> (56 - 8 * i));
+        }
+        src = _PyLong_FromByteArray(b, 16, 0, 0);
+        for (int i = 0; i < 8; i++) {
+            b[i] = (uint8_t)(r.dst_hi >> (56 - 8 * i));
+            b[8 + i] = (uint8_t)(r.dst_lo >> (56 - 8 * i));
+        }
+        dst = src ? _PyLong_FromByteArray(b, 16, 0, 0) : NULL;
+    }
+    if (dst == NULL) {
+        Py_XDECREF(src);
+        return NULL;
+    }
+    int tcp = !r.later && r.proto == P_TCP;
+    int icmp = !r.later && (r.proto == P_ICMP || r.proto == P_ICMPV6);
+    int ports = !r.later && (r.proto == P_TCP || r.proto == P_UDP);
+    PyObject *none = Py_None;
+#define OPT(cond, v) ((cond) ? PyLong_FromLong(v) : (Py_INCREF(none), none))
+    return Py_BuildValue("(iNNiiIIONNiINN)", r.version, src, dst, r.proto, r.ttl, r.ip_len, r.ip_id,
+                         r.later ? Py_True : Py_False, OPT(ports, r.sport), OPT(ports, r.dport),
+                         tcp ? r.flags : 0, tcp ? r.seq : 0, OPT(icmp, r.icmp_type),
+                         OPT(icmp, r.icmp_code));
+#undef OPT
+}
+
+static PyMethodDef module_methods[] = {
+    {"decode", fast_decode, METH_VARARGS,
+     "decode(linktype, frame, wire_len=0) -> malformed reason (str) or (version, src, dst, proto, "
+     "ttl, ip_len, ip_id, later_fragment, sport, dport, tcp_flags, tcp_seq, icmp_type, icmp_code)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sensor._fast",
+    .m_doc = "Teiten's compiled hot path: decode and hourly aggregation in C.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+    table_seed = mix64((uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&table_seed ^ (uint64_t)clock());
+    if (PyType_Ready(&IntervalType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&KernelType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    FastError = PyErr_NewExceptionWithDoc("sensor._fast.FastError",
+                                          "a capture file error: args are (message, offset or -1)",
+                                          NULL, NULL);
+    if (FastError == NULL || PyModule_AddObjectRef(m, "FastError", FastError) < 0 ||
+        PyModule_AddObjectRef(m, "Kernel", (PyObject *)&KernelType) < 0 ||
+        PyModule_AddObjectRef(m, "FileReader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "Interval", (PyObject *)&IntervalType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

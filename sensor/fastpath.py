@@ -1,0 +1,215 @@
+"""The compiled hot path: decode + hourly aggregation in C (sensor._fast), same summaries.
+
+Strategy: `sensor._fast.Kernel` holds the state `HourlyAggregation` holds, one C structure
+per Python one (sources, ports, destinations, budgeted exact sets that turn into
+HyperLogLog sketches, the overflow sketch), and folds frames into it without creating a
+Python object per packet: straight from a pcap file with `pcap_dispatch`
+(`FastHourlyAggregation.feed_file`), or from the batches a live capture hands over
+(`feed_frames`).  Closed intervals come back as `FastInterval`, whose `finish()` builds the
+`Summary` from the exported tables; sketch estimates use `sensor.sketch._estimate` over
+the exported registers, so the floating-point part is the reference's own code.
+
+The pure-Python path (`sensor.decode` + `sensor.aggregate`) stays the reference and the
+fallback: `available()` is False when the extension is not built, and
+tests/integration/test_fastpath_equivalence.py checks that both give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sensor.aggregate import HOUR, HourAggregator, HourlyAggregation, Limits
+from sensor.classify import BACKSCATTER_NAMES
+from sensor.sketch import _estimate
+from sensor.summary import (
+    EST_DESTINATIONS,
+    EST_PORTS,
+    FINGERPRINTS,
+    SIZE_BUCKETS,
+    DestinationRow,
+    IcmpCodeRow,
+    PortRow,
+    SourceRow,
+    Summary,
+)
+
+try:
+    from sensor import _fast
+except ImportError:  # not built: the reference path is used
+    _fast = None  # type: ignore[assignment]
+
+FILE_CHUNK: Final = 1 << 18  # frames per feed_file call (progress and Ctrl-C granularity)
+
+
+def available() -> bool:
+    """True when the compiled kernel is built and importable."""
+    return _fast is not None
+
+
+def _limits_tuple(lim: Limits) -> tuple[int, ...]:
+    return (
+        lim.max_sources, lim.max_destinations,
+        lim.source_exact_budget, lim.source_exact_limit, lim.source_big_p,
+        lim.source_max_big, lim.source_small_p,
+        lim.port_exact_budget, lim.port_exact_limit, lim.port_big_p, lim.port_max_big,
+        lim.port_small_p, lim.overflow_sketch_p,
+    )
+
+
+def _count(value: int | bytes) -> tuple[int, bool]:
+    """An exported distinct count: an exact int, or sketch registers to estimate."""
+    if type(value) is int:
+        return value, False
+    return _estimate(value), True  # type: ignore[arg-type]
+
+
+class FastInterval:
+    """One closed interval from the kernel; `finish()` is `HourAggregator.finish`."""
+
+    __slots__ = ("_iv", "bucket_seconds", "limits")
+
+    def __init__(self, iv: Any, bucket_seconds: int, limits: Limits) -> None:
+        self._iv = iv
+        self.bucket_seconds = bucket_seconds
+        self.limits = limits
+
+    @property
+    def hour_start(self) -> int:
+        return int(self._iv.hour_start)
+
+    @property
+    def late(self) -> int:
+        return int(self._iv.late)
+
+    @property
+    def packets(self) -> int:
+        return int(self._iv.packets)
+
+    def finish(
+        self,
+        *,
+        sensor_id: str,
+        darknet: Iterable[str] = (),
+        complete: bool = True,
+        health: Mapping[str, Any] | None = None,
+    ) -> Summary:
+        t = self._iv.export()
+        ports = []
+        for key, packets, nbytes, bs, sources in t["ports"]:
+            port = (key & 0x1FFFF) - 1
+            n_sources, estimated = _count(sources)
+            ports.append(PortRow(key >> 17, None if port == -1 else port, packets, nbytes, bs,
+                                 n_sources, estimated))
+        rows = []
+        for address, packets, nbytes, first, last, n_ports, n_dests, ttl, fp in t["sources"]:
+            est = 0
+            if type(n_ports) is not int:
+                n_ports, est = _estimate(n_ports), EST_PORTS
+            if type(n_dests) is not int:
+                n_dests, est = _estimate(n_dests), est | EST_DESTINATIONS
+            rows.append(SourceRow(address, packets, nbytes, first, last, n_ports, n_dests, ttl,
+                                  fp, est))
+        overflow = t["sources_overflow"]
+        registers = t["overflow_registers"]
+        overflow_distinct = _estimate(registers) if overflow and registers is not None else 0
+        merged_health: dict[str, Any] = dict(health or {})
+        merged_health["partial"] = not complete
+        if t["late"]:
+            merged_health["late_packets"] = t["late"]
+        tcp_flags, ttls, sizes = t["tcp_flags"], t["ttl"], t["sizes"]
+        return Summary(
+            sensor_id=sensor_id,
+            hour_start=t["hour_start"],
+            bucket_seconds=self.bucket_seconds,
+            darknet=tuple(darknet),
+            packets=t["packets"],
+            bytes=t["bytes"],
+            fragments=t["fragments"],
+            sources_distinct=len(rows) + overflow_distinct,
+            sources_distinct_estimated=overflow > 0,
+            sources_overflow=overflow,
+            destinations_overflow=t["destinations_overflow"],
+            ports=tuple(ports),
+            icmp_codes=tuple(
+                IcmpCodeRow(k >> 16, (k >> 8) & 0xFF, k & 0xFF, n) for k, n in t["icmp_codes"]
+            ),
+            sources=tuple(rows),
+            destinations=tuple(DestinationRow(a, n) for a, n in t["destinations"]),
+            tcp_flags=tuple((f, n) for f, n in enumerate(tcp_flags) if n),
+            ttl=tuple((v, n) for v, n in enumerate(ttls) if n),
+            sizes=tuple((SIZE_BUCKETS[i], n) for i, n in enumerate(sizes) if n),
+            fingerprints=dict(zip(FINGERPRINTS, t["fingerprints"], strict=True)),
+            backscatter={
+                name: t["backscatter"][i] for i, name in enumerate(BACKSCATTER_NAMES) if i
+            },
+            malformed=t["malformed"],
+            sketch=self.limits.sketch_description(),
+            health=merged_health,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FastClosed:
+    """An interval handed back by `FastHourlyAggregation`, ready to `finish()`."""
+
+    aggregator: FastInterval
+    complete: bool
+
+
+class FastHourlyAggregation:
+    """`HourlyAggregation` fed with frames instead of records, decoded and counted in C.
+
+    Same routing (`open_intervals` open, late packets counted in the oldest open one), same
+    `close_before` / `flush`; frames of `linktype` go in through `feed_frames` (batches from
+    a live capture) or `feed_file` (a `sensor._fast.FileReader`, no Python per packet).
+    """
+
+    def __init__(
+        self,
+        linktype: int,
+        bucket_seconds: int = HOUR,
+        limits: Limits | None = None,
+        open_intervals: int = 2,
+    ) -> None:
+        if _fast is None:
+            raise RuntimeError("sensor._fast is not built; run `pip install -e .` or use the "
+                               "reference path (sensor.aggregate)")
+        # The reference validates the arguments: same errors, same messages.
+        HourlyAggregation(bucket_seconds, limits, open_intervals)
+        self.limits = limits or Limits()
+        HourAggregator(0, bucket_seconds, self.limits)
+        self.linktype = linktype
+        self.bucket_seconds = bucket_seconds
+        self._k = _fast.Kernel(linktype, bucket_seconds, max(1, open_intervals),
+                               _limits_tuple(self.limits))
+
+    def _wrap(self, closed: list[tuple[Any, bool]]) -> list[FastClosed]:
+        return [
+            FastClosed(FastInterval(iv, self.bucket_seconds, self.limits), complete)
+            for iv, complete in closed
+        ]
+
+    def feed_frames(self, frames: Sequence[tuple[int, int, bytes]]) -> list[FastClosed]:
+        """Decode and count `(ts_us, wire_len, data)` frames; return intervals that closed."""
+        return self._wrap(self._k.feed_frames(frames))
+
+    def feed_file(self, reader: Any, max_frames: int = FILE_CHUNK) -> tuple[int, list[FastClosed]]:
+        """Read up to `max_frames` frames of `reader` (a `sensor._fast.FileReader`).
+
+        Returns (frames read, closed intervals); frames is -1 at the end of the file.  It
+        returns early when an interval closes, so closed state never piles up.  Raises
+        `sensor._fast.FastError(message, offset)` on a corrupt file, after the frames before
+        it were returned.
+        """
+        n, closed = self._k.feed_file(reader, max_frames)
+        return int(n), self._wrap(closed)
+
+    def close_before(self, ts_us: int) -> list[FastClosed]:
+        """Close every interval that ends at or before `ts_us` (a timer's decision)."""
+        return self._wrap(self._k.close_before(ts_us))
+
+    def flush(self, *, complete: bool = False) -> list[FastClosed]:
+        """Close every open interval (end of a file, or shutdown: partial by default)."""
+        return self._wrap(self._k.flush(complete))
