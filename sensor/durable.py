@@ -2,17 +2,21 @@
 
 temp file (O_EXCL) -> write all -> fsync(file) -> rename -> fsync(directory).  After
 `write_durably` returns, the file is complete under its final name even if power is cut;
-before it returns, the final name holds either the old content or nothing.
+before it returns, the final name holds either the old content or nothing.  The spool, the
+sequence state and the summary files of `teiten replay` all write through here, and
+tests/privileged/test_spool_durability.py checks the order under strace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 from pathlib import Path
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -26,22 +30,27 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def write_durably(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that a crash leaves either no file or the whole file."""
+def write_durably(
+    path: str | os.PathLike[str], data: bytes, *, tmp_name: str | None = None, mode: int = 0o644
+) -> None:
+    """Write `data` to `path` so that a crash leaves either no file or the whole file.
+
+    OSError propagates (ENOSPC, EIO...); the temporary file is removed before it does.
+    """
     final = Path(path)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    # A random part: a board's PIDs repeat after a reboot, and a stale temporary file left
+    # by a power cut must never block the next write (O_EXCL).
+    tmp = final.with_name(tmp_name or f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
     except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     fsync_dir(final.parent)

@@ -27,6 +27,8 @@ import secrets
 from pathlib import Path
 from typing import Final
 
+from sensor.durable import write_durably
+
 STATE_FORMAT: Final = 1
 COUNTER_LIMIT: Final = 2**32
 
@@ -85,20 +87,8 @@ class SequenceAllocator:
 
     def _persist(self, limit: int) -> None:
         data = json.dumps({"format": STATE_FORMAT, "next": limit}).encode() + b"\n"
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_durably(self.path, data, mode=0o600)
         except OSError as exc:
             raise SequenceStateError(
                 f"cannot persist sequence state {self.path}: {exc.strerror}; "

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from sensor.durable import fsync_dir, write_durably
 from uplink.envelope import EnvelopeError, parse_envelope
 
 # A busy /24 hour (100,000 packets, 20,000 sources) seals to 355,779 bytes
@@ -91,40 +92,8 @@ def parse_entry_name(name: str) -> tuple[int, int] | None:
     return int(m.group(1), 16), int(m.group(2), 16)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _durable_write(directory: Path, final: Path, data: bytes, tmp_name: str) -> None:
-    """temp (O_EXCL) -> write -> fsync file -> rename -> fsync directory.
-
-    OSError propagates; the temporary file is removed on failure before the rename.
-    """
-    tmp = directory / tmp_name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
+    write_durably(final, data, tmp_name=tmp_name, mode=0o600)
 
 
 class Spool:
@@ -236,7 +205,7 @@ class Spool:
             total -= entry.size
             evicted.append(entry)
         if evicted:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             self._health["spool_evicted"] += len(evicted)
             hours = set(self._health["spool_evicted_hours"])
             hours.update(e.hour_start for e in evicted)
@@ -251,7 +220,7 @@ class Spool:
             return
         except OSError as exc:
             raise SpoolError(f"cannot remove {entry.name}: {exc.strerror}") from None
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -284,9 +253,9 @@ class Spool:
             if self._quarantine(path):
                 quarantined.append(name)
         if quarantined or removed:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         if quarantined:
-            _fsync_dir(self.quarantine_path)
+            fsync_dir(self.quarantine_path)
             self._health["spool_quarantined"] += len(quarantined)
             files = self._health["spool_quarantined_files"] + quarantined
             self._health["spool_quarantined_files"] = files[-MAX_REPORTED_HOURS:]
@@ -372,7 +341,7 @@ class Spool:
         self._health = self._empty_health()
         try:
             (self.path / HEALTH_FILE).unlink()
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except FileNotFoundError:
             pass
         except OSError:

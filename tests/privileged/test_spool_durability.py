@@ -166,7 +166,7 @@ def test_system_call_order_is_durable(tmp_path: Path) -> None:
         _check_envelope_calls(calls, spool_dir, name)
     # The sequence is durable before the envelope that carries it is written.
     state_fsyncs = [i for i, c in enumerate(calls)
-                    if c[0] == "fsync" and ".sequence.state.tmp" in c[1]]
+                    if c[0] == "fsync" and ".sequence.state." in c[1] and ".tmp" in c[1]]
     state_renames = [i for i, c in enumerate(calls)
                      if c[0].startswith("rename") and "sequence.state" in c[1]]
     first_tmp = [i for i, c in enumerate(calls)
