@@ -1660,7 +1660,18 @@ static PyObject *Kernel_flush(KernelObject *self, PyObject *args)
     return kernel_result(self, NULL);
 }
 
+static PyObject *Kernel_set_linktype(KernelObject *self, PyObject *args)
+{
+    int lt;
+    if (!PyArg_ParseTuple(args, "i:set_linktype", &lt) || kernel_enter(self) < 0)
+        return NULL;
+    self->rt.linktype = lt;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Kernel_methods[] = {
+    {"set_linktype", (PyCFunction)Kernel_set_linktype, METH_VARARGS,
+     "set_linktype(linktype): decode what follows as frames of this link type"},
     {"feed_file", (PyCFunction)Kernel_feed_file, METH_VARARGS,
      "feed_file(reader, max_packets) -> (frames or -1 at end of file, [(Interval, complete)])"},
     {"feed_frames", (PyCFunction)Kernel_feed_frames, METH_O,

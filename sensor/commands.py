@@ -41,6 +41,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--spool", help="spool directory for signed envelopes (with --key)")
     p.add_argument("--state", help="sequence state file (default: SPOOL/../sequence.state)")
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
+    p.add_argument("--reference", action="store_true",
+                   help="use the pure-Python decode/aggregate path instead of the compiled one")
     p.set_defaults(handler=cmd_replay)
 
     s = subparsers.add_parser("show", help="print a summary file")
@@ -128,7 +130,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         stats = replay(
             args.pcaps, darknet=darknet, sensor_id=args.sensor_id, emit=emit, limits=limits,
-            bucket_seconds=args.bucket_seconds, progress=Progress(),
+            bucket_seconds=args.bucket_seconds, progress=Progress(), reference=args.reference,
         )
     except CaptureFileError as exc:
         failure = str(exc)

@@ -16,12 +16,15 @@ tests/integration/test_fastpath_equivalence.py checks that both give the same by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sensor.aggregate import HOUR, HourAggregator, HourlyAggregation, Limits
+from sensor.bpf import darknet_filter
 from sensor.classify import BACKSCATTER_NAMES
+from sensor.pcap import CaptureFileError, FilterError, open_file
+from sensor.records import LINKTYPE_ETHERNET
 from sensor.sketch import _estimate
 from sensor.summary import (
     EST_DESTINATIONS,
@@ -34,6 +37,9 @@ from sensor.summary import (
     SourceRow,
     Summary,
 )
+
+if TYPE_CHECKING:
+    from sensor.replay import Progress, ReplayStats
 
 try:
     from sensor import _fast
@@ -191,6 +197,11 @@ class FastHourlyAggregation:
             for iv, complete in closed
         ]
 
+    def set_linktype(self, linktype: int) -> None:
+        """Decode what follows as frames of `linktype` (the state carries on)."""
+        self._k.set_linktype(linktype)
+        self.linktype = linktype
+
     def feed_frames(self, frames: Sequence[tuple[int, int, bytes]]) -> list[FastClosed]:
         """Decode and count `(ts_us, wire_len, data)` frames; return intervals that closed."""
         return self._wrap(self._k.feed_frames(frames))
@@ -213,3 +224,79 @@ class FastHourlyAggregation:
     def flush(self, *, complete: bool = False) -> list[FastClosed]:
         """Close every open interval (end of a file, or shutdown: partial by default)."""
         return self._wrap(self._k.flush(complete))
+
+
+def replay_fast(
+    paths: Sequence[str],
+    *,
+    darknet: Sequence[str],
+    sensor_id: str,
+    emit: Callable[[Summary], None],
+    limits: Limits | None = None,
+    bucket_seconds: int = HOUR,
+    progress: Progress | None = None,
+) -> ReplayStats:
+    """`sensor.replay.replay` on the compiled path: same arguments, summaries and errors."""
+    from sensor.replay import ReplayStats
+
+    if _fast is None:
+        raise RuntimeError("sensor._fast is not built")
+    stats = ReplayStats()
+    health = {"source": "replay"}
+    aggregation: FastHourlyAggregation | None = None
+
+    def finish(closed: list[FastClosed]) -> None:
+        for interval in closed:
+            emit(
+                interval.aggregator.finish(
+                    sensor_id=sensor_id, darknet=darknet, complete=interval.complete,
+                    health=health,
+                )
+            )
+            stats.summaries += 1
+
+    try:
+        for path in paths:
+            with open_file(path) as probe:  # same checks and errors as the reference
+                linktype = probe.linktype
+            bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+            stats.files += 1
+            if aggregation is None:
+                aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits)
+            aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
+            try:
+                reader = _fast.FileReader(path)
+            except _fast.FastError as exc:
+                raise CaptureFileError(path, -1, f"not a pcap or pcapng capture ({exc.args[0]})"
+                                       ) from exc
+            try:
+                if bpf.strip():
+                    try:
+                        reader.setfilter(bpf)
+                    except _fast.FastError as exc:
+                        raise FilterError(bpf, str(exc.args[0])) from exc
+                while True:
+                    try:
+                        n, closed = aggregation.feed_file(reader)
+                    except _fast.FastError as exc:
+                        message, offset = exc.args
+                        raise CaptureFileError(path, int(offset), str(message)) from exc
+                    if closed:
+                        finish(closed)
+                    if n < 0:
+                        break
+                    stats.frames += n
+                    if progress is not None:
+                        progress.update(path, stats.frames)
+            finally:
+                reader.close()
+    except CaptureFileError:
+        if aggregation is not None:
+            finish(aggregation.flush(complete=False))
+        raise
+    finally:
+        if progress is not None:
+            progress.done()
+    if aggregation is not None:
+        finish(aggregation.flush(complete=False))
+    return stats

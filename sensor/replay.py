@@ -69,11 +69,21 @@ def replay(
     limits: Limits | None = None,
     bucket_seconds: int = HOUR,
     progress: Progress | None = None,
+    reference: bool = False,
 ) -> ReplayStats:
     """Replay `paths` and call `emit` with each finished hourly summary, oldest first.
 
+    Uses the compiled path (sensor.fastpath) when it is built, unless `reference` asks for
+    the pure-Python decode + aggregate below; both give the same summaries, byte for byte.
     Raises CaptureFileError after emitting everything read before the error.
     """
+    from sensor import fastpath
+
+    if not reference and fastpath.available():
+        return fastpath.replay_fast(
+            paths, darknet=darknet, sensor_id=sensor_id, emit=emit, limits=limits,
+            bucket_seconds=bucket_seconds, progress=progress,
+        )
     aggregation = HourlyAggregation(bucket_seconds, limits)
     stats = ReplayStats()
     health = {"source": "replay"}
