@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgpack
 
@@ -37,8 +37,9 @@ class SummaryFormatError(ValueError):
     """The bytes are not a valid summary; the message names the field."""
 
 
-@dataclass(frozen=True, slots=True)
-class PortRow:
+# Table rows are named tuples: immutable and hashable like the frozen records elsewhere,
+# and cheap to build, which matters when a summary holds 262,144 source rows.
+class PortRow(NamedTuple):
     proto: int
     port: int | None  # TCP/UDP destination port, ICMP type, None for fragments/other protocols
     packets: int
@@ -48,16 +49,14 @@ class PortRow:
     sources_estimated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class IcmpCodeRow:
+class IcmpCodeRow(NamedTuple):
     proto: int
     type: int
     code: int
     packets: int
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRow:
+class SourceRow(NamedTuple):
     address: bytes  # 4 bytes IPv4 or 16 bytes IPv6, network order
     packets: int
     bytes: int
@@ -70,8 +69,7 @@ class SourceRow:
     estimated: int = 0  # EST_PORTS | EST_DESTINATIONS
 
 
-@dataclass(frozen=True, slots=True)
-class DestinationRow:
+class DestinationRow(NamedTuple):
     address: bytes  # 4 bytes IPv4 address, or 8 bytes IPv6 /64 prefix
     packets: int
 
@@ -264,7 +262,25 @@ def _address(value: object, what: str, sizes: tuple[int, ...]) -> bytes:
     return value
 
 
+_INT_ONLY: Final = {int}
+
+
 def _source_row(r: list[Any], w: str) -> SourceRow:
+    # Fast path for the common, valid row (a summary can hold 262,144 of them): one pass of
+    # checks; anything odd falls through to the field-by-field checks that name the field.
+    a = r[0]
+    v = r[1:10]
+    if (
+        type(a) is bytes
+        and len(a) in (4, 16)
+        and set(map(type, v)) == _INT_ONLY
+        and min(v) >= 0
+        and max(v[0], v[1], v[4], v[5]) <= _U64
+        and v[2] <= MAX_TIME_US
+        and v[3] <= MAX_TIME_US
+        and max(v[6], v[7], v[8]) <= 0xFF
+    ):
+        return SourceRow(a, *v)
     return SourceRow(
         _address(r[0], f"{w}.address", (4, 16)), _uint(r[1], f"{w}.packets"),
         _uint(r[2], f"{w}.bytes"), _uint(r[3], f"{w}.first_us", MAX_TIME_US),
