@@ -335,6 +335,11 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
         step_threshold_s=tm.number("step_threshold_s", 2.0, strict=True),
     )
 
+    if tcfg.close_grace_s * 1000 < 2 * timeout_ms:
+        tm.bad("close_grace_s", f"{tcfg.close_grace_s:g} s is shorter than twice "
+               f"capture.timeout_ms ({timeout_ms} ms): packets still in the kernel's capture "
+               "buffer at the end of an hour would be counted late")
+
     rp = _Reader("responder", tables["responder"], findings, base_dir)
     enabled = rp.get("enabled", bool, topology == "onlink")
     if enabled and topology != "onlink":

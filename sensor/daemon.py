@@ -249,6 +249,32 @@ class Daemon:
                 elif state in ("up", "unknown") and down:
                     down = False
                     self._gap_end()
+        self._drain(src, linktype, shift)
+
+    def _drain(self, src: LiveSource, linktype: int, shift: bool) -> None:
+        """On stop: file what the kernel already captured, so SIGTERM loses nothing."""
+        # A stop request (breakloop) can leave one or two immediate empty returns behind,
+        # and TPACKET_V3 hands over a partly filled ring block only when its timer
+        # (timeout_ms) retires it: read until that has surely happened.
+        deadline = time.monotonic() + 3 * self.cfg.capture.timeout_ms / 1000 + 0.1
+        drained = 0
+        for _ in range(1024):
+            try:
+                frames = src.next_batch(4096)
+            except CaptureError:
+                return
+            if not frames:
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            self._file([
+                decode_frame(self.clock.adjust(f.ts_us) if shift else f.ts_us, linktype,
+                             f.data, f.wire_len)
+                for f in frames
+            ])
+            self.frames += len(frames)
+            drained += len(frames)
+        log.info("capture stopped; %d frames read after the stop request", drained)
 
     def _file(self, records: list[Any]) -> None:
         bucket = self.cfg.bucket_seconds

@@ -17,7 +17,7 @@ from typing import Any
 
 from sensor.clock import Clock, SystemClock
 from sensor.config import SensorConfig
-from sensor.netsetup import Sysctl, has_address, plan_sysctls
+from sensor.netsetup import Sysctl, has_address, has_blackhole, plan_sysctls
 
 OK = "ok"
 WARN = "warning"
@@ -142,6 +142,12 @@ def check_network(cfg: SensorConfig, sysctl: Sysctl | None = None) -> list[Check
                                      "board treats them as its own and answers",
                                      f"remove it: `sudo ip route del local {net} table "
                                      "local`, and find what added it"))
+        for block in cfg.capture.darknet:
+            if not has_blackhole(ipr, block):
+                out.append(Check("no_blackhole_route", ERROR,
+                                 f"no blackhole route for {block}: the board answers packets "
+                                 "for dark addresses it has no route to with ICMP 'no route' "
+                                 "errors (IPv6 does, even with forwarding off)", NETSETUP))
     plan = plan_sysctls(cfg.topology, iface, has_v4=has_v4, has_v6=has_v6)
     bad_codes: set[str] = set()
     for key, want in plan:

@@ -13,10 +13,16 @@ network runs once, earlier, as root (`teiten netsetup`, the oneshot
 | arp_ignore (kernel ARP replies)         | 1      | 8 (never) | 1 (8 without address) |
 | no redirects, no source routes          | yes    | yes       | yes    |
 | IPv4/IPv6 forwarding off (board-wide)   | yes    | yes       | yes    |
+| blackhole route for every dark block    | yes    | yes       | yes    |
 
 Forwarding off matters most: a packet for a non-local address is then dropped silently by
 the kernel, where a forwarding board would route it or answer with ICMP.  After the changes
 `netsetup` runs the doctor's checks (sensor/doctor.py) and fails if any of them fails.
+
+The blackhole routes close the last hole, measured on the virtual board: a board with IPv6
+on the capture interface and no route for a dark IPv6 block answers every packet to it with
+an ICMPv6 "no route" error, forwarding or not.  A blackhole route drops silently, and
+capture (AF_PACKET) sees the packet before routing does.
 
 `Sysctl` reads and writes `/proc/sys/net/...` of the current network namespace; it is a
 class so tests can point it at another tree.
@@ -25,6 +31,7 @@ class so tests can point it at another tree.
 from __future__ import annotations
 
 import errno
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +90,19 @@ def has_address(ipr: Any, index: int) -> tuple[bool, bool]:
         elif a["family"] == 10 and a.get("scope", 0) == 0:
             v6 = True
     return v4, v6
+
+
+def has_blackhole(ipr: Any, block: str) -> bool:
+    """True if a blackhole route in the main table covers all of `block`."""
+    net = ipaddress.ip_network(block)
+    for r in ipr.get_routes(family=10 if net.version == 6 else 2, table=254):
+        if r["type"] != 6:  # RTN_BLACKHOLE
+            continue
+        dst = r.get_attr("RTA_DST") or ("::" if net.version == 6 else "0.0.0.0")
+        route = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
+        if route.version == net.version and net.subnet_of(route):  # type: ignore[arg-type]
+            return True
+    return False
 
 
 def plan_sysctls(topology: str, iface: str, *, has_v4: bool, has_v6: bool) -> list[tuple[str, str]]:
@@ -145,6 +165,16 @@ def setup(cfg: SensorConfig, *, sysctl: Sysctl | None = None) -> list[Action]:
                 raise NetSetupError(f"changing {iface}: permission denied; run as root") from None
             raise NetSetupError(f"changing {iface}: {exc}") from None
         has_v4, has_v6 = has_address(ipr, index)
+        for block in cfg.capture.darknet:
+            family = 10 if ":" in block else 2
+            if has_blackhole(ipr, block):
+                actions.append(Action(f"blackhole route {block}", False))
+                continue
+            try:
+                ipr.route("replace", dst=block, type="blackhole", family=family)
+            except NetlinkError as exc:
+                raise NetSetupError(f"adding blackhole route {block}: {exc}") from None
+            actions.append(Action(f"blackhole route {block}", True))
     for key, value in plan_sysctls(cfg.topology, iface, has_v4=has_v4, has_v6=has_v6):
         actions.append(Action(f"{key.replace('/', '.')} = {value}", sc.set(key, value)))
     return actions
