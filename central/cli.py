@@ -61,6 +61,10 @@ def register(subparsers: Any) -> None:
     db.add_argument("--json", action="store_true")
     db.set_defaults(handler=_db)
 
+    from central import report_cli  # report, rollup, sensors, regions, backup, retention
+
+    report_cli.register(sub)
+
 
 def _err(msg: object) -> int:
     print(f"teiten central: {msg}", file=sys.stderr)
