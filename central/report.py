@@ -470,7 +470,7 @@ class _Section:
 
 
 def _document(data: ReportData, lang: str) -> list[_Section]:
-    def L(key: str, **kw: Any) -> str:  # noqa: N802 - reads like the label table
+    def L(key: str, **kw: Any) -> str:
         return label(key, lang, **kw)
 
     out = [_Section("h1", L("title", quarter=data.quarter)),
