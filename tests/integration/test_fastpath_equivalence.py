@@ -1,0 +1,148 @@
+"""The compiled path (sensor._fast) and the reference path give the same summary bytes.
+
+Generated captures with every link type and feature (VLAN/QinQ, SLL/SLL2, raw, null,
+IPv6 extension headers, fragments, malformed frames, a short snap length) are replayed
+through both paths; `encode_summary` of every hour must be equal.  Small `Limits` push
+the source cap, the destination cap and every exact-set-to-sketch conversion; short
+buckets and out-of-order files exercise routing and late packets.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sensor import fastpath
+from sensor.aggregate import HourlyAggregation, Limits
+from sensor.decode import decode_frame
+from sensor.records import LINKTYPE_ETHERNET
+from sensor.replay import replay
+from sensor.summary import decode_summary, encode_summary
+
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+
+DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]
+ROOT = Path(__file__).resolve().parents[2]
+
+SMALL = Limits(
+    max_sources=300, max_destinations=40, source_exact_budget=400, source_exact_limit=6,
+    source_big_p=8, source_max_big=4, source_small_p=5, port_exact_budget=500,
+    port_exact_limit=20, port_big_p=9, port_max_big=3, port_small_p=4, overflow_sketch_p=10,
+)
+
+
+def generate(tmp: Path, *args: str) -> Path:
+    pcap = tmp / ("cap.pcapng" if "pcapng" in args else "cap.pcap")
+    subprocess.run(
+        [sys.executable, "-m", "bench.synth", "--out", str(pcap), "--truth",
+         str(tmp / "truth.json"), "--quiet", *args],
+        check=True, cwd=ROOT,
+    )
+    return pcap
+
+
+def both(paths: list[Path], **kw: object) -> tuple[list[bytes], list[bytes]]:
+    out: dict[bool, list[bytes]] = {True: [], False: []}
+    for reference in (True, False):
+        replay([str(p) for p in paths], darknet=DARKNET, sensor_id="eq",
+               emit=lambda s, r=reference: out[r].append(encode_summary(s)),  # type: ignore[misc]
+               reference=reference, **kw)  # type: ignore[arg-type]
+    return out[True], out[False]
+
+
+CASES = {
+    "ethernet": ("--packets", "20000", "--hours", "3", "--seed", "11"),
+    "pcapng": ("--packets", "6000", "--hours", "2", "--seed", "12", "--format", "pcapng"),
+    "snaplen128": ("--packets", "8000", "--hours", "2", "--seed", "13", "--snaplen", "128"),
+    "snaplen60": ("--packets", "5000", "--hours", "1", "--seed", "14", "--snaplen", "60"),
+    "sll": ("--packets", "5000", "--hours", "2", "--seed", "15", "--linktype", "sll"),
+    "sll2": ("--packets", "5000", "--hours", "2", "--seed", "16", "--linktype", "sll2"),
+    "raw": ("--packets", "5000", "--hours", "2", "--seed", "17", "--linktype", "raw"),
+    "null": ("--packets", "5000", "--hours", "2", "--seed", "18", "--linktype", "null"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_default_limits(tmp_path: Path, case: str) -> None:
+    ref, fast = both([generate(tmp_path, *CASES[case])])
+    assert len(ref) >= 1
+    assert ref == fast
+
+
+@pytest.mark.parametrize("case", ["ethernet", "snaplen128", "sll"])
+def test_small_limits_overflow_and_sketches(tmp_path: Path, case: str) -> None:
+    ref, fast = both([generate(tmp_path, *CASES[case])], limits=SMALL)
+    assert ref == fast
+    hours = [decode_summary(r) for r in ref]
+    # Every bound was reached: the test compares overflow and sketch paths, not just counts.
+    assert any(h.sources_overflow for h in hours)
+    assert any(h.destinations_overflow for h in hours)
+    assert any(r.sources_estimated for h in hours for r in h.ports)
+    assert any(r.estimated for h in hours for r in h.sources)
+
+
+def test_short_buckets_late_packets_and_file_order(tmp_path: Path) -> None:
+    """Files replayed out of order: late packets, several intervals open and closing."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = generate(tmp_path / "a", "--packets", "4000", "--hours", "2", "--seed", "21",
+                 "--start", "2026-11-02T03:00:00Z")
+    b = generate(tmp_path / "b", "--packets", "4000", "--hours", "2", "--seed", "22",
+                 "--linktype", "sll")
+    ref, fast = both([a, b], bucket_seconds=600, limits=SMALL)
+    assert ref == fast
+    assert len(ref) > 4
+    assert any(decode_summary(r).health.get("late_packets") for r in ref)
+
+
+def test_sketch_conversions_with_default_budgets() -> None:
+    """Frames fed directly: a heavy scanner outgrows its exact sets (big sketches)."""
+    rng = random.Random(5)
+    base = 1_800_000_000 * 1_000_000
+    frames = []
+    for i in range(30_000):
+        src = bytes((11, 0, rng.randrange(4), rng.randrange(256))) if i % 3 else bytes(
+            (12, 0, 0, 1))
+        dst = bytes((198, 51, 100, rng.randrange(256)))
+        ip = (bytes((0x45, 0, 0, 40)) + rng.randbytes(2) + b"\x00\x00\x40\x06\x00\x00" + src
+              + dst)
+        tcp = rng.randbytes(4) + rng.randbytes(8) + b"\x50\x02\xff\xff\x00\x00\x00\x00"
+        frame = b"\x00" * 12 + b"\x08\x00" + ip + tcp
+        frames.append((base + i * 1000, len(frame), frame))
+    limits = Limits(source_exact_limit=50, port_exact_limit=100, source_exact_budget=5000)
+    ref_agg = HourlyAggregation(limits=limits)
+    for ts, wire, data in frames:
+        ref_agg.add(decode_frame(ts, LINKTYPE_ETHERNET, data, wire))
+    fast_agg = fastpath.FastHourlyAggregation(LINKTYPE_ETHERNET, limits=limits)
+    for i in range(0, len(frames), 1000):
+        assert fast_agg.feed_frames(frames[i : i + 1000]) == []
+    ref = [encode_summary(c.aggregator.finish(sensor_id="x", complete=c.complete))
+           for c in ref_agg.flush()]
+    fast = [encode_summary(c.aggregator.finish(sensor_id="x", complete=c.complete))
+            for c in fast_agg.flush()]
+    assert ref == fast
+    (hour,) = [decode_summary(r) for r in ref]
+    assert any(r.estimated for r in hour.sources)  # the heavy scanner's sets became sketches
+
+
+def test_close_before_matches_reference() -> None:
+    base = 1_800_000_000 * 1_000_000
+    frame = bytes(12) + b"\x08\x00" + bytes((0x45, 0, 0, 28)) + bytes(4) + b"\x40\x11\x00\x00" \
+        + bytes((1, 2, 3, 4, 198, 51, 100, 7)) + b"\x00\x35\x00\x35\x00\x08\x00\x00"
+    frames = [(base + k * 600_000_000, len(frame), frame) for k in range(8)]
+    ref_agg = HourlyAggregation(bucket_seconds=600, open_intervals=3)
+    fast_agg = fastpath.FastHourlyAggregation(LINKTYPE_ETHERNET, 600, open_intervals=3)
+    ref, fast = [], []
+    for ts, wire, data in frames:
+        ref += ref_agg.add(decode_frame(ts, LINKTYPE_ETHERNET, data, wire))
+        fast += fast_agg.feed_frames([(ts, wire, data)])
+    ref += ref_agg.close_before(base + 8 * 600_000_000)
+    fast += fast_agg.close_before(base + 8 * 600_000_000)
+    assert [(c.aggregator.hour_start, c.complete) for c in ref] == [
+        (c.aggregator.hour_start, c.complete) for c in fast]
+    assert [encode_summary(c.aggregator.finish(sensor_id="x")) for c in ref] == [
+        encode_summary(c.aggregator.finish(sensor_id="x")) for c in fast]
