@@ -296,6 +296,33 @@ def cached_dataset(bucket_seconds: int = 3600) -> tuple[Path, Truth]:
     return _CACHE[bucket_seconds]
 
 
+_ROLLED: dict[int, tuple[Path, Truth]] = {}
+
+
+def rolled_up_dataset(bucket_seconds: int = 3600) -> tuple[Path, Truth]:
+    """The data set with the fixture regions imported and every summary rolled up (cached)."""
+    if bucket_seconds not in _ROLLED:
+        from central.report_cli import rollup
+
+        src, truth = cached_dataset(bucket_seconds)
+        dest = src.with_name("central-rolled.db")
+        with Store(src) as store:
+            store.backup(dest)
+        table = region_table()
+        with Store(dest) as store:
+            store.save_regions(list(table.rows()), [str(RIR_DIR)], ["fixtures"])
+            rollup(store)
+        _ROLLED[bucket_seconds] = (dest, truth)
+    return _ROLLED[bucket_seconds]
+
+
+def copy_db(src: Path, dest: Path) -> Path:
+    """A private copy for a test that writes (SQLite's backup API)."""
+    with Store(src) as store:
+        store.backup(dest)
+    return dest
+
+
 if __name__ == "__main__":
     import sys
     import time
