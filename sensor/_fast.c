@@ -1178,12 +1178,17 @@ static PyObject *u64_list(const uint64_t *v, int n)
             goto fail;      \
     } while (0)
 
-static PyObject *Interval_export(IntervalObject *self, PyObject *Py_UNUSED(a))
+static PyObject *Interval_export(IntervalObject *self, PyObject *args)
 {
     const interval_t *iv = self->iv;
     PyObject *ports = NULL, *icmp = NULL, *sources = NULL, *dests = NULL, *mal = NULL, *t = NULL;
-    CHECK(ports = PyList_New(iv->ports.n));
-    for (uint32_t i = 0; i < iv->ports.n; i++) {
+    int tables = 1;
+    if (!PyArg_ParseTuple(args, "|p:export", &tables))
+        return NULL;
+    uint32_t np_ = tables ? iv->ports.n : 0, ni_ = tables ? iv->icmp.n : 0;
+    uint32_t ns_ = tables ? iv->src.n : 0, nd_ = tables ? iv->dst.n : 0;
+    CHECK(ports = PyList_New(np_));
+    for (uint32_t i = 0; i < np_; i++) {
         const port_t *pt = &iv->port[i];
         PyObject *cnt = pt->exact ? PyLong_FromUnsignedLong(pt->exact->n)
                         : pt->sketch ? regs_bytes(pt->sketch, pt->sketch_p)
@@ -1195,15 +1200,15 @@ static PyObject *Interval_export(IntervalObject *self, PyObject *Py_UNUSED(a))
         CHECK(row);
         PyList_SET_ITEM(ports, i, row);
     }
-    CHECK(icmp = PyList_New(iv->icmp.n));
-    for (uint32_t i = 0; i < iv->icmp.n; i++) {
+    CHECK(icmp = PyList_New(ni_));
+    for (uint32_t i = 0; i < ni_; i++) {
         PyObject *row = Py_BuildValue("(KK)", (unsigned long long)iv->icmp.keys[i].lo,
                                       (unsigned long long)iv->icmp_n[i]);
         CHECK(row);
         PyList_SET_ITEM(icmp, i, row);
     }
-    CHECK(sources = PyList_New(iv->src.n));
-    for (uint32_t i = 0; i < iv->src.n; i++) {
+    CHECK(sources = PyList_New(ns_));
+    for (uint32_t i = 0; i < ns_; i++) {
         const row_t *r = &iv->row[i];
         PyObject *a = addr_bytes(&iv->src.keys[i], 0);
         PyObject *np = a ? col_count(iv, r, 0) : NULL;
@@ -1219,8 +1224,8 @@ static PyObject *Interval_export(IntervalObject *self, PyObject *Py_UNUSED(a))
         CHECK(row);
         PyList_SET_ITEM(sources, i, row);
     }
-    CHECK(dests = PyList_New(iv->dst.n));
-    for (uint32_t i = 0; i < iv->dst.n; i++) {
+    CHECK(dests = PyList_New(nd_));
+    for (uint32_t i = 0; i < nd_; i++) {
         PyObject *a = addr_bytes(&iv->dst.keys[i], 1);
         CHECK(a);
         PyObject *row = Py_BuildValue("(NK)", a, (unsigned long long)iv->dst_n[i]);
@@ -1246,11 +1251,11 @@ static PyObject *Interval_export(IntervalObject *self, PyObject *Py_UNUSED(a))
         Py_INCREF(ovf);
     }
     CHECK(ovf);
-    t = Py_BuildValue("{s:L,s:K,s:K,s:K,s:L,s:K,s:K,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}",
+    t = Py_BuildValue("{s:L,s:K,s:K,s:K,s:L,s:K,s:K,s:K,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}",
                       "hour_start", (long long)iv->start, "packets", (unsigned long long)iv->packets,
                       "bytes", (unsigned long long)iv->bytes, "fragments",
                       (unsigned long long)iv->fragments, "late", (long long)iv->late,
-                      "sources_overflow", (unsigned long long)iv->src_overflow,
+                      "sources_overflow", (unsigned long long)iv->src_overflow, "sources_rows", (unsigned long long)iv->src.n,
                       "destinations_overflow", (unsigned long long)iv->dst_overflow, "ports", ports,
                       "icmp_codes", icmp, "sources", sources, "destinations", dests, "malformed", mal,
                       "overflow_registers", ovf, "tcp_flags", u64_list(iv->tcp_flags, 256), "ttl",
@@ -1263,6 +1268,182 @@ fail:
     Py_XDECREF(sources);
     Py_XDECREF(dests);
     Py_XDECREF(mal);
+    return NULL;
+}
+
+
+/* ------------------------------------------------------------------ summary rows, built in C */
+
+/* Rows are sensor.summary's NamedTuples (PortRow, SourceRow, ...): made here the way
+ * tuple.__new__ makes them (tp_alloc, then the items), as sensor._pcap makes its Frames,
+ * without calling Python code per row.  The field names are checked once per call. */
+typedef struct {
+    PyTypeObject *t;
+    int n;
+} rowcls_t;
+
+static int rowcls_init(rowcls_t *rc, PyObject *cls, const char *const *names, int n)
+{
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &PyTuple_Type) ||
+        ((PyTypeObject *)cls)->tp_basicsize != PyTuple_Type.tp_basicsize ||
+        ((PyTypeObject *)cls)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError, "row classes must be NamedTuples");
+        return -1;
+    }
+    PyObject *fields = PyObject_GetAttrString(cls, "_fields");
+    if (fields == NULL)
+        return -1;
+    int ok = PyTuple_Check(fields) && PyTuple_GET_SIZE(fields) == n;
+    for (int i = 0; ok && i < n; i++) {
+        PyObject *f = PyTuple_GET_ITEM(fields, i);
+        ok = PyUnicode_Check(f) && PyUnicode_CompareWithASCIIString(f, names[i]) == 0;
+    }
+    Py_DECREF(fields);
+    if (!ok) {
+        PyErr_Format(PyExc_TypeError, "%s: unexpected fields", ((PyTypeObject *)cls)->tp_name);
+        return -1;
+    }
+    rc->t = (PyTypeObject *)cls;
+    rc->n = n;
+    return 0;
+}
+
+/* A new row from vals[0..n) (references stolen, also on failure). */
+static PyObject *rowcls_make(const rowcls_t *rc, PyObject **vals)
+{
+    PyObject *o = NULL;
+    for (int i = 0; i < rc->n; i++)
+        if (vals[i] == NULL)
+            goto fail;
+    o = rc->t->tp_alloc(rc->t, rc->n);
+    if (o == NULL)
+        goto fail;
+    for (int i = 0; i < rc->n; i++)
+        PyTuple_SET_ITEM(o, i, vals[i]);
+    return o;
+fail:
+    for (int i = 0; i < rc->n; i++)
+        Py_XDECREF(vals[i]);
+    return NULL;
+}
+
+static const char *const PORT_FIELDS[] = {"proto", "port", "packets", "bytes", "backscatter",
+                                          "sources", "sources_estimated"};
+static const char *const ICMP_FIELDS[] = {"proto", "type", "code", "packets"};
+static const char *const SOURCE_FIELDS[] = {"address", "packets", "bytes", "first_us", "last_us",
+                                            "ports", "destinations", "ttl", "fingerprints",
+                                            "estimated"};
+static const char *const DEST_FIELDS[] = {"address", "packets"};
+
+static PyObject *U64(uint64_t v)
+{
+    return PyLong_FromUnsignedLongLong(v);
+}
+
+/* A distinct count as (int, estimated): estimate(registers) for a sketch. */
+static PyObject *count_obj(PyObject *estimate, const uint8_t *reg, int p, uint64_t exact, int *est)
+{
+    if (reg == NULL) {
+        *est = 0;
+        return U64(exact);
+    }
+    *est = 1;
+    PyObject *b = regs_bytes(reg, p);
+    if (b == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(estimate, b);
+    Py_DECREF(b);
+    return r;
+}
+
+static PyObject *col_obj(PyObject *estimate, const interval_t *iv, const row_t *row, int c, int *est)
+{
+    uint8_t n = row->state[c];
+    if (n <= SLOTS)
+        return count_obj(estimate, NULL, 0, n, est);
+    if (n == ST_SET)
+        return count_obj(estimate, NULL, 0, ((set64_t *)row->col[c].ext)->n, est);
+    return count_obj(estimate, row->col[c].ext,
+                     n == ST_POOLED ? (int)iv->lim->src_small_p : (int)iv->lim->src_big_p, 0, est);
+}
+
+/* rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) -> 4 tuples of rows */
+static PyObject *Interval_rows(IntervalObject *self, PyObject *args)
+{
+    PyObject *pc, *ic, *sc, *dc, *estimate;
+    rowcls_t P, I, S, D;
+    if (!PyArg_ParseTuple(args, "OOOOO:rows", &pc, &ic, &sc, &dc, &estimate) ||
+        rowcls_init(&P, pc, PORT_FIELDS, 7) < 0 || rowcls_init(&I, ic, ICMP_FIELDS, 4) < 0 ||
+        rowcls_init(&S, sc, SOURCE_FIELDS, 10) < 0 || rowcls_init(&D, dc, DEST_FIELDS, 2) < 0)
+        return NULL;
+    const interval_t *iv = self->iv;
+    PyObject *ports = PyTuple_New(iv->ports.n), *icmp = PyTuple_New(iv->icmp.n);
+    PyObject *srcs = PyTuple_New(iv->src.n), *dsts = PyTuple_New(iv->dst.n);
+    if (!ports || !icmp || !srcs || !dsts)
+        goto fail;
+    for (uint32_t i = 0; i < iv->ports.n; i++) {
+        const port_t *pt = &iv->port[i];
+        uint32_t key = (uint32_t)iv->ports.keys[i].lo;
+        int port = (int)(key & 0x1FFFF) - 1, est;
+        PyObject *v[7];
+        v[0] = PyLong_FromLong(key >> 17);
+        if (port < 0) {
+            Py_INCREF(Py_None);
+            v[1] = Py_None;
+        } else {
+            v[1] = PyLong_FromLong(port);
+        }
+        v[2] = U64(pt->packets);
+        v[3] = U64(pt->bytes);
+        v[4] = U64(pt->bs);
+        v[5] = count_obj(estimate, pt->sketch, pt->sketch_p, pt->exact ? pt->exact->n : 0, &est);
+        v[6] = PyBool_FromLong(est);
+        PyObject *o = rowcls_make(&P, v);
+        if (o == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(ports, i, o);
+    }
+    for (uint32_t i = 0; i < iv->icmp.n; i++) {
+        uint32_t k = (uint32_t)iv->icmp.keys[i].lo;
+        PyObject *v[4] = {PyLong_FromLong(k >> 16), PyLong_FromLong((k >> 8) & 0xFF),
+                          PyLong_FromLong(k & 0xFF), U64(iv->icmp_n[i])};
+        PyObject *o = rowcls_make(&I, v);
+        if (o == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(icmp, i, o);
+    }
+    for (uint32_t i = 0; i < iv->src.n; i++) {
+        const row_t *r = &iv->row[i];
+        int e0 = 0, e1 = 0;
+        PyObject *v[10];
+        v[0] = addr_bytes(&iv->src.keys[i], 0);
+        v[1] = U64(r->packets);
+        v[2] = U64(r->bytes);
+        v[3] = PyLong_FromLongLong(r->first);
+        v[4] = PyLong_FromLongLong(r->last);
+        v[5] = col_obj(estimate, iv, r, 0, &e0);
+        v[6] = col_obj(estimate, iv, r, 1, &e1);
+        v[7] = PyLong_FromLong(r->ttl);
+        v[8] = PyLong_FromLong(r->fp);
+        v[9] = PyLong_FromLong((e0 ? 1 : 0) | (e1 ? 2 : 0)); /* EST_PORTS | EST_DESTINATIONS */
+        PyObject *o = rowcls_make(&S, v);
+        if (o == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(srcs, i, o);
+    }
+    for (uint32_t i = 0; i < iv->dst.n; i++) {
+        PyObject *v[2] = {addr_bytes(&iv->dst.keys[i], 1), U64(iv->dst_n[i])};
+        PyObject *o = rowcls_make(&D, v);
+        if (o == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(dsts, i, o);
+    }
+    return Py_BuildValue("(NNNN)", ports, icmp, srcs, dsts);
+fail:
+    Py_XDECREF(ports);
+    Py_XDECREF(icmp);
+    Py_XDECREF(srcs);
+    Py_XDECREF(dsts);
     return NULL;
 }
 
@@ -1282,7 +1463,10 @@ static PyObject *Interval_get_packets(IntervalObject *self, void *Py_UNUSED(c))
 }
 
 static PyMethodDef Interval_methods[] = {
-    {"export", (PyCFunction)Interval_export, METH_NOARGS, "the interval's tables as a dict"},
+    {"export", (PyCFunction)Interval_export, METH_VARARGS,
+     "export(tables=True) -> the interval's counters (and raw tables) as a dict"},
+    {"rows", (PyCFunction)Interval_rows, METH_VARARGS,
+     "rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) -> 4 tuples of rows"},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Interval_getset[] = {

@@ -1,6 +1,6 @@
 """Typed stub for sensor._fast, the compiled hot path (see sensor/_fast.c, sensor/fastpath.py)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any, final
 
@@ -22,7 +22,11 @@ class Interval:
     def late(self) -> int: ...
     @property
     def packets(self) -> int: ...
-    def export(self) -> dict[str, Any]: ...
+    def export(self, tables: bool = True, /) -> dict[str, Any]: ...
+    def rows(
+        self, port: type, icmp: type, source: type, destination: type,
+        estimate: Callable[[bytes], int], /
+    ) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]: ...
 
 @final
 class Kernel:

@@ -27,8 +27,6 @@ from sensor.pcap import CaptureFileError, FilterError, open_file
 from sensor.records import LINKTYPE_ETHERNET
 from sensor.sketch import _estimate
 from sensor.summary import (
-    EST_DESTINATIONS,
-    EST_PORTS,
     FINGERPRINTS,
     SIZE_BUCKETS,
     DestinationRow,
@@ -64,13 +62,6 @@ def _limits_tuple(lim: Limits) -> tuple[int, ...]:
     )
 
 
-def _count(value: int | bytes) -> tuple[int, bool]:
-    """An exported distinct count: an exact int, or sketch registers to estimate."""
-    if type(value) is int:
-        return value, False
-    return _estimate(value), True  # type: ignore[arg-type]
-
-
 class FastInterval:
     """One closed interval from the kernel; `finish()` is `HourAggregator.finish`."""
 
@@ -101,22 +92,11 @@ class FastInterval:
         complete: bool = True,
         health: Mapping[str, Any] | None = None,
     ) -> Summary:
-        t = self._iv.export()
-        ports = []
-        for key, packets, nbytes, bs, sources in t["ports"]:
-            port = (key & 0x1FFFF) - 1
-            n_sources, estimated = _count(sources)
-            ports.append(PortRow(key >> 17, None if port == -1 else port, packets, nbytes, bs,
-                                 n_sources, estimated))
-        rows = []
-        for address, packets, nbytes, first, last, n_ports, n_dests, ttl, fp in t["sources"]:
-            est = 0
-            if type(n_ports) is not int:
-                n_ports, est = _estimate(n_ports), EST_PORTS
-            if type(n_dests) is not int:
-                n_dests, est = _estimate(n_dests), est | EST_DESTINATIONS
-            rows.append(SourceRow(address, packets, nbytes, first, last, n_ports, n_dests, ttl,
-                                  fp, est))
+        t = self._iv.export(False)
+        # Rows are made in C (same values as the reference's finish; estimates by _estimate).
+        ports, icmp_codes, sources, destinations = self._iv.rows(
+            PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate
+        )
         overflow = t["sources_overflow"]
         registers = t["overflow_registers"]
         overflow_distinct = _estimate(registers) if overflow and registers is not None else 0
@@ -133,16 +113,14 @@ class FastInterval:
             packets=t["packets"],
             bytes=t["bytes"],
             fragments=t["fragments"],
-            sources_distinct=len(rows) + overflow_distinct,
+            sources_distinct=t["sources_rows"] + overflow_distinct,
             sources_distinct_estimated=overflow > 0,
             sources_overflow=overflow,
             destinations_overflow=t["destinations_overflow"],
-            ports=tuple(ports),
-            icmp_codes=tuple(
-                IcmpCodeRow(k >> 16, (k >> 8) & 0xFF, k & 0xFF, n) for k, n in t["icmp_codes"]
-            ),
-            sources=tuple(rows),
-            destinations=tuple(DestinationRow(a, n) for a, n in t["destinations"]),
+            ports=ports,
+            icmp_codes=icmp_codes,
+            sources=sources,
+            destinations=destinations,
             tcp_flags=tuple((f, n) for f, n in enumerate(tcp_flags) if n),
             ttl=tuple((v, n) for v, n in enumerate(ttls) if n),
             sizes=tuple((SIZE_BUCKETS[i], n) for i, n in enumerate(sizes) if n),
