@@ -341,6 +341,10 @@ class Daemon:
             h.update(self.responder.take_counters())
         return h
 
+    def _stepped_over(self, start: int, end: int) -> bool:
+        return any(g.reason == "clock step" and g.start_us < end * 1_000_000
+                   and (g.end_us or 0) > start * 1_000_000 for g in self._gaps)
+
     def close_due(self, *, final: bool = False) -> list[Summary]:
         """Close every bucket that ended `close_grace_s` ago (all of them if `final`)."""
         bucket = self.cfg.bucket_seconds
@@ -377,7 +381,8 @@ class Daemon:
                 agg = c.aggregator if c is not None else HourAggregator(
                     start, bucket, self.cfg.limits)
                 # complete: the daemon ran from the bucket's start to its end
-                complete = start * 1_000_000 >= self._start_us and start + bucket <= now_s
+                complete = (start * 1_000_000 >= self._start_us and start + bucket <= now_s
+                            and not self._stepped_over(start, start + bucket))
                 if self._late:
                     agg.late += self._late
                     self._late = 0
@@ -415,6 +420,11 @@ class Daemon:
             log.warning("clock step of %+.3f s detected", step.delta_us / 1e6)
             with self.lock:
                 self._steps_pending.append([step.seen_us, step.delta_us])
+                if step.delta_us > 0:
+                    # the time jumped over was never observed: a gap, so the empty
+                    # buckets sealed for it say so and are not marked complete
+                    self._gaps.append(Gap(step.seen_us - step.delta_us, step.seen_us,
+                                          "clock step"))
             # Back: sealed buckets stay sealed, and packets for them are counted late.
             # Forward: close_due fills (at most MAX_FILL) empty buckets, then records a gap.
 

@@ -1,0 +1,215 @@
+"""sensor.daemon without root: the timer's bucket closing, late packets, clock steps, gaps,
+reload, driven with an injected clock and a scripted capture source."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+from sensor.config import parse_config
+from sensor.daemon import Daemon
+from sensor.decode import decode_frame
+from sensor.pcap import CaptureError, CaptureStats, Frame
+
+BUCKET = 2
+T0 = 1_800_000_000  # a bucket boundary
+
+CONFIG = f"""
+[sensor]
+id = "unit-01"
+key = "/nonexistent/key"
+[capture]
+interface = "cap0"
+darknet = ["198.51.100.0/24"]
+timeout_ms = 50
+reopen_min_s = 0.05
+reopen_max_s = 0.1
+[time]
+wait_for_sync_s = 0
+close_grace_s = 0.5
+step_threshold_s = 1
+[test]
+bucket_seconds = {BUCKET}
+"""
+
+
+class Clock:
+    def __init__(self, wall_us: int) -> None:
+        self.wall = wall_us
+        self.mono = 1_000_000
+
+    def wall_us(self) -> int:
+        return self.wall
+
+    def monotonic_us(self) -> int:
+        return self.mono
+
+    def synchronized(self) -> bool | None:
+        return False
+
+    def adjust(self, ts: int) -> int:
+        return ts
+
+    def advance(self, seconds: float) -> None:
+        self.wall += int(seconds * 1e6)
+        self.mono += int(seconds * 1e6)
+
+
+def frame(ts_us: int, port: int = 23) -> Frame:
+    tcp = struct.pack("!HHIIBBHHH", 40000, port, 1, 0, 0x50, 0x02, 1024, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 7, 0, 64, 6, 0, bytes([203, 0, 113, 9]),
+                     bytes([198, 51, 100, 9]))
+    data = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp
+    return Frame(ts_us, len(data), data)
+
+
+def records(*ts: int) -> list[object]:
+    return [decode_frame(t, 1, frame(t).data, frame(t).wire_len) for t in ts]
+
+
+def make(start_offset_s: float = 0.5, path: Path | None = None) -> tuple[Daemon, Clock]:
+    cfg = parse_config(tomllib.loads(CONFIG))
+    clock = Clock(int((T0 + start_offset_s) * 1e6))
+    return Daemon(cfg, clock=clock, config_path=path), clock
+
+
+def test_timer_closes_empty_buckets_first_one_partial() -> None:
+    d, clock = make()
+    assert d.close_due() == []
+    clock.advance(BUCKET)  # T0+2.5: bucket T0 ended 0.5 s ago
+    (first,) = d.close_due()
+    assert first.hour_start == T0 and first.packets == 0
+    assert first.health["partial"] is True  # the daemon started inside it
+    clock.advance(BUCKET)
+    (second,) = d.close_due()
+    assert second.hour_start == T0 + BUCKET and second.packets == 0
+    assert second.health["partial"] is False
+    assert second.health["capture_received"] == 0
+    assert second.health["clock_synchronized"] is False
+
+
+def test_packets_filed_by_timestamp_and_late_ones_counted_in_the_next_summary() -> None:
+    d, clock = make()
+    d._file(records(int((T0 + 1) * 1e6), int((T0 + 2.2) * 1e6)))
+    clock.advance(BUCKET)
+    (s0,) = d.close_due()
+    assert s0.packets == 1
+    d._file(records(int((T0 + 1.9) * 1e6)))  # its bucket is sealed: late
+    clock.advance(BUCKET)
+    (s1,) = d.close_due()
+    assert s1.hour_start == T0 + BUCKET and s1.packets == 1
+    assert s1.health["late_packets"] == 1
+
+
+def test_sigterm_close_is_partial_and_complete_buckets_stay_complete() -> None:
+    d, clock = make(start_offset_s=0.0)
+    d._file(records(int((T0 + 0.5) * 1e6)))
+    clock.advance(BUCKET + 0.6)
+    d._file(records(int((T0 + BUCKET + 0.5) * 1e6)))
+    final = d.close_due(final=True)
+    assert [s.hour_start for s in final] == [T0, T0 + BUCKET]
+    assert final[0].health["partial"] is False and final[0].packets == 1
+    assert final[1].health["partial"] is True and final[1].packets == 1
+
+
+def test_forward_step_is_reported_and_jumped_hours_are_not_complete() -> None:
+    d, clock = make()
+    d._check_clock()
+    clock.advance(0.2)
+    clock.wall += 10_000_000  # NTP steps the clock 10 s forward
+    d._check_clock()
+    out = d.close_due()
+    assert len(out) == 5
+    steps = [st for s in out for st in s.health.get("clock_steps", [])]
+    assert steps and steps[0][1] == 10_000_000
+    assert all(s.health["partial"] for s in out)  # never observed in full
+    assert any(g[2] == "clock step" for s in out for g in s.health.get("capture_gaps", []))
+
+
+def test_huge_step_fills_at_most_48_buckets() -> None:
+    d, clock = make()
+    d._check_clock()
+    clock.wall += 86_400 * 1_000_000
+    d._check_clock()
+    out = d.close_due()
+    assert len(out) == 48
+
+
+def test_reload_refuses_a_bad_config_and_reopens_on_capture_changes(tmp_path: Path) -> None:
+    p = tmp_path / "sensor.toml"
+    p.write_text(CONFIG)
+    d, _ = make(path=p)
+    p.write_text(CONFIG.replace("timeout_ms = 50", "timeout_ms = -1"))
+    d.reload()
+    assert d.cfg.capture.timeout_ms == 50 and not d.reopen_requested.is_set()
+    p.write_text(CONFIG.replace('["198.51.100.0/24"]', '["198.51.100.0/25"]'))
+    d.reload()
+    assert d.cfg.capture.darknet == ("198.51.100.0/25",) and d.reopen_requested.is_set()
+    p.write_text(CONFIG.replace('id = "unit-01"', 'id = "unit-02"'))
+    d.reload()
+    assert d.cfg.sensor_id == "unit-01"  # needs a restart
+
+
+class Source:
+    linktype = 1
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames = frames
+        self.closed = False
+
+    def next_batch(self, n: int = 4096) -> list[Frame]:
+        if self.frames:
+            out, self.frames = self.frames, []
+            return out
+        time.sleep(0.02)
+        return []
+
+    def stats(self) -> CaptureStats:
+        return CaptureStats(7, 2, 1)
+
+    def breakloop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_capture_reopens_with_backoff_and_records_the_gap() -> None:
+    d, clock = make()
+    attempts: list[int] = []
+    link = {"state": "up"}
+
+    def open_source(*args: object, **kw: object) -> Source:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise CaptureError("cap0", "cannot open: No such device exists")
+        return Source([frame(int((T0 + 1) * 1e6))])
+
+    d.open_source = open_source
+    d.link_state = lambda iface: link["state"]
+    t = threading.Thread(target=d._capture_loop, daemon=True)
+    t.start()
+    try:
+        assert d._capture_open.wait(5)
+        deadline = time.monotonic() + 5
+        while d.frames < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        link["state"] = "down"
+        time.sleep(0.5)
+        link["state"] = "up"
+        time.sleep(0.5)
+    finally:
+        d.stop()
+        t.join(5)
+    assert len(attempts) == 3
+    clock.advance(BUCKET)
+    (s,) = d.close_due()
+    assert s.packets == 1
+    reasons = [g[2] for g in s.health["capture_gaps"]]
+    assert reasons[0].startswith("open:") and "link down" in reasons
+    assert all(g[1] > 0 for g in s.health["capture_gaps"])  # every gap ended
+    assert (s.health["capture_received"], s.health["capture_dropped"],
+            s.health["capture_if_dropped"]) == (7, 2, 1)
