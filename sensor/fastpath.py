@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import msgpack
+
 from sensor.aggregate import HOUR, HourAggregator, HourlyAggregation, Limits
 from sensor.bpf import darknet_filter
 from sensor.classify import BACKSCATTER_NAMES
@@ -34,6 +36,7 @@ from sensor.summary import (
     PortRow,
     SourceRow,
     Summary,
+    _sorted_map,
 )
 
 if TYPE_CHECKING:
@@ -278,3 +281,62 @@ def replay_fast(
     if aggregation is not None:
         finish(aggregation.flush(complete=False))
     return stats
+
+
+def _packb(value: object) -> bytes:
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def encode_summary_fast(s: Summary) -> bytes | None:
+    """`summary.encode_summary_reference(s)`, byte for byte, with the big tables packed in C.
+
+    A msgpack map is its header followed by each key and value, so the document is written
+    as the reference writes it, key by key, with the sorted tables (ports, sources, ...)
+    coming from `sensor._fast.pack_table`.  Returns None when the extension is missing or a
+    row is not what the packer expects; the caller then uses the reference encoder.
+    """
+    if _fast is None:
+        return None
+    tables = {}
+    for key, kind, rows in (
+        ("ports", "ports", s.ports), ("icmp_codes", "icmp_codes", s.icmp_codes),
+        ("sources", "sources", s.sources), ("destinations", "destinations", s.destinations),
+        ("tcp_flags", "pairs", s.tcp_flags), ("ttl", "pairs", s.ttl),
+        ("sizes", "pairs", s.sizes),
+    ):
+        packed = _fast.pack_table(kind, rows)
+        if packed is None:
+            return None
+        tables[key] = packed
+    doc: list[tuple[str, object]] = [
+        ("v", s.version),
+        ("sensor", s.sensor_id),
+        ("hour", s.hour_start),
+        ("len", s.bucket_seconds),
+        ("darknet", list(s.darknet)),
+        ("packets", s.packets),
+        ("bytes", s.bytes),
+        ("fragments", s.fragments),
+        ("sources_distinct", [s.sources_distinct, s.sources_distinct_estimated]),
+        ("sources_overflow", s.sources_overflow),
+        ("destinations_overflow", s.destinations_overflow),
+        ("ports", None),
+        ("icmp_codes", None),
+        ("sources", None),
+        ("destinations", None),
+        ("tcp_flags", None),
+        ("ttl", None),
+        ("sizes", None),
+        ("fingerprints", {k: s.fingerprints[k] for k in sorted(s.fingerprints)}),
+        ("backscatter", {k: s.backscatter[k] for k in sorted(s.backscatter)}),
+        ("malformed", {k: s.malformed[k] for k in sorted(s.malformed)}),
+        ("sketch", _sorted_map(s.sketch)),
+        ("health", _sorted_map(s.health)),
+    ]
+    n = len(doc)
+    parts = [bytes((0x80 | n,)) if n < 16 else b"\xde" + n.to_bytes(2, "big")]
+    for key, value in doc:
+        parts.append(_packb(key))
+        parts.append(tables[key] if key in tables else _packb(value))
+    return b"".join(parts)

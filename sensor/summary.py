@@ -123,7 +123,19 @@ def _addr_sort_key(address: bytes) -> tuple[int, bytes]:
 
 
 def encode_summary(s: Summary) -> bytes:
-    """Canonical msgpack bytes of `s` (docs/summary-format.md)."""
+    """Canonical msgpack bytes of `s` (docs/summary-format.md).
+
+    The big tables are packed in C when sensor._fast is built (sensor.fastpath); the bytes
+    are those of `encode_summary_reference`, which tests check.
+    """
+    from sensor.fastpath import encode_summary_fast
+
+    packed = encode_summary_fast(s)
+    return packed if packed is not None else encode_summary_reference(s)
+
+
+def encode_summary_reference(s: Summary) -> bytes:
+    """Canonical msgpack bytes of `s`, in pure Python: the reference encoder."""
     doc: dict[str, Any] = {
         "v": s.version,
         "sensor": s.sensor_id,
