@@ -1,10 +1,12 @@
 """Online backup of the central database (SQLite's backup API, through `Store.backup`).
 
-Strategy: copy page by page into `DEST.partial` while the receiver keeps writing (the
-backup API restarts a step when the source changed under it, and WAL readers never block
-the writer), check the copy with `PRAGMA integrity_check`, fsync it, then rename it to
-`DEST`: a backup file that exists is whole.  Restoring is copying it back with the
-receiver stopped.
+Strategy: copy into `DEST.partial` while the receiver keeps writing, in one backup step
+(`pages=-1`): the step reads one consistent snapshot inside a read transaction, and in WAL
+mode a reader never blocks the writer.  Copying in small steps would not do: the backup API
+restarts from the first page whenever another connection writes between steps, so under a
+steady receiver a stepped backup of a large file may never finish.  Then check the copy
+with `PRAGMA integrity_check`, fsync it and rename it to `DEST`: a backup file that exists
+is whole.  Restoring is copying it back with the receiver stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from central.store import Store, StoreError
 
 
 def backup_database(
-    src: Path, dest: Path, *, force: bool = False, pages: int = 4096,
+    src: Path, dest: Path, *, force: bool = False, pages: int = -1,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Copy the database at `src` to `dest` online; returns `dest`."""

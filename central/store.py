@@ -715,10 +715,13 @@ class Store:
             "SELECT count(*) FROM source_life WHERE length(source) IN (4, 16)").fetchone()[0])
 
     def backup(
-        self, dest: str | Path, *, pages: int = 1024,
+        self, dest: str | Path, *, pages: int = -1,
         progress: Any = None,
     ) -> None:
-        """Online copy with SQLite's backup API: writers may go on while it runs."""
+        """Online copy with SQLite's backup API: writers may go on while it runs.
+
+        `pages=-1` copies in one step (one consistent snapshot; see central/backup.py).
+        """
         target = sqlite3.connect(dest)
         try:
             self._db.backup(target, pages=pages, progress=progress)
