@@ -573,7 +573,8 @@ def render_markdown(data: ReportData, lang: str = "en") -> str:
 
 
 _CSS: Final = """
-body{font-family:"Noto Sans","Noto Sans CJK JP","Hiragino Sans","Yu Gothic",sans-serif;
+body{font-family:"Noto Sans","Noto Sans CJK JP","IPAGothic","IPAPGothic","Hiragino Sans",
+"Yu Gothic",sans-serif;
 max-width:60em;margin:2em auto;padding:0 1em;color:#222;line-height:1.5}
 h1{font-size:1.6em;border-bottom:2px solid #345}h2{font-size:1.25em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;

@@ -78,6 +78,8 @@ def register(sub: Any) -> None:
 
 
 def _err(msg: object) -> int:
+    if isinstance(msg, ModuleNotFoundError):
+        msg = f"{msg}: install the central extra (pip install 'teiten[central]')"
     print(f"teiten central: {msg}", file=sys.stderr)
     return 2
 
@@ -110,7 +112,8 @@ def _errors() -> tuple[type[BaseException], ...]:
     from uplink.keys import KeyringError
 
     return (CentralConfigError, OperationsConfigError, StoreError, QuarterError,
-            KeyringError, DelegationFormatError, FileNotFoundError, tomllib.TOMLDecodeError)
+            KeyringError, DelegationFormatError, FileNotFoundError, tomllib.TOMLDecodeError,
+            ModuleNotFoundError)
 
 
 def rollup(store: Any, *, quiet: bool = True) -> int:
