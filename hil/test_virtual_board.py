@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import pwd
 import signal
 import struct
 import time
@@ -85,6 +86,9 @@ def mix_then_empty_bucket(b: VirtualBoard) -> tuple[dict[str, object], list[tupl
 
 def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: VirtualBoard) -> None:
     b = routed_board.start()
+    uid, caps = b.sensor_identity()
+    assert uid == pwd.getpwnam("teiten").pw_uid
+    assert caps == 1 << 13, f"CapEff {caps:#x}: the daemon must hold CAP_NET_RAW only"
     truth, answers, ss = mix_then_empty_bucket(b)
     assert answers == [], f"the sensor answered: {answers}"
     assert_counts(totals(ss), truth)
@@ -103,6 +107,9 @@ def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: Virt
     assert_counts(totals(ss), add_truths(truth, more))
     assert ss[-1].summary.health["partial"] is True
     assert "sealed bucket" in b.sensor_log()
+    said = b.notifications()
+    assert any(m.startswith("READY=1") for m in said)
+    assert said.count("WATCHDOG=1") >= 3 and "STOPPING=1" in said
 
 
 def test_dedicated_exact_counts_and_silence(dedicated_board: VirtualBoard) -> None:

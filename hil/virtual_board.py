@@ -30,9 +30,11 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -103,6 +105,8 @@ class VirtualBoard:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.sensor_mac = ""
         self.scanner_mac = ""
+        self.notify: socket.socket | None = None
+        self._said: list[str] = []
 
     # ---------------------------------------------------------------- plumbing
     def ip(self, ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -295,7 +299,16 @@ class VirtualBoard:
         cmd = ["ip", "netns", "exec", self.ns["sensor"], *self._as_teiten(True), PY, "-m",
                "sensor.cli", "run", "-v", "--config", str(self.config)]
         log = self.dir / "sensor.log"
-        self._spawn("sensor", cmd, log)
+        # systemd's side of sd_notify: a datagram socket the daemon reports to
+        if self.notify is None:
+            path = self.dir / "notify.sock"
+            self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.notify.bind(str(path))
+            self.notify.settimeout(0.2)
+            os.chmod(path, 0o777)
+            threading.Thread(target=self._listen, daemon=True).start()
+        env = {"NOTIFY_SOCKET": str(self.dir / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+        self._spawn("sensor", cmd, log, env)
         wait_for(lambda: "capturing on" in log.read_text(errors="replace")
                  or self.procs["sensor"].poll() is not None, 20, "the sensor to capture")
         if self.procs["sensor"].poll() is not None:
@@ -325,10 +338,30 @@ class VirtualBoard:
     def sensor_log(self) -> str:
         return (self.dir / "sensor.log").read_text(errors="replace")
 
-    def _spawn(self, name: str, cmd: list[str], log: Path) -> None:
+    def _spawn(self, name: str, cmd: list[str], log: Path,
+               env: dict[str, str] | None = None) -> None:
         with log.open("ab") as fh:
             self.procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                                cwd=REPO, env=self._env())
+                                                cwd=REPO, env={**self._env(), **(env or {})})
+
+    def _listen(self) -> None:
+        while self.notify is not None:
+            try:
+                self._said.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def notifications(self) -> list[str]:
+        """Messages the daemon sent to its (simulated) systemd so far."""
+        return list(self._said)
+
+    def sensor_identity(self) -> tuple[int, int]:
+        """(uid, effective capability mask) of the running daemon."""
+        status = Path(f"/proc/{self.procs['sensor'].pid}/status").read_text()
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return int(fields["Uid"].split()[1]), int(fields["CapEff"].strip(), 16)
 
     def _kill(self, name: str, sig: int = signal.SIGTERM) -> None:
         p = self.procs.pop(name, None)
@@ -347,6 +380,9 @@ class VirtualBoard:
                 self._kill(name)
         for name in self.ns.values():
             sh("ip", "netns", "del", name, check=False)
+        if self.notify is not None:
+            sock, self.notify = self.notify, None
+            sock.close()
         if os.environ.get("TEITEN_HIL_KEEP"):
             print(f"virtual board files kept in {self.dir}", file=sys.stderr)
         else:

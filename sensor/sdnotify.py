@@ -1,6 +1,7 @@
 """systemd's sd_notify protocol: a datagram to $NOTIFY_SOCKET, no libsystemd needed.
 
 `notify("READY=1")`, `notify("WATCHDOG=1")`, `notify("STOPPING=1")`, `notify("STATUS=...")`.
+Sends never block (a full socket drops the message and returns False).
 Without $NOTIFY_SOCKET (not under systemd, or Type=simple) every call is a no-op returning
 False.  `watchdog_interval_s()` is half of $WATCHDOG_USEC (systemd's advice), or None.
 """
@@ -22,7 +23,8 @@ def notify(state: str, *, env: dict[str, str] | None = None) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.connect(path)
-            s.sendall(state.encode())
+            # never block: a notify socket nobody reads must not stall the daemon's timer
+            s.send(state.encode(), socket.MSG_DONTWAIT)
     except OSError:
         return False
     return True

@@ -99,3 +99,13 @@ def test_sdnotify_sends_datagrams(tmp_path: Path) -> None:
     assert watchdog_interval_s(env={"WATCHDOG_USEC": "10000000", "WATCHDOG_PID": "1"}) is None \
         or os.getpid() == 1
     assert watchdog_interval_s(env={}) is None
+
+
+def test_sdnotify_never_blocks_on_a_socket_nobody_reads(tmp_path: Path) -> None:
+    path = str(tmp_path / "stuck")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+        srv.bind(path)
+        t = time.monotonic()
+        sent = [notify("WATCHDOG=1", env={"NOTIFY_SOCKET": path}) for _ in range(500)]
+        assert time.monotonic() - t < 5
+        assert sent[0] and not sent[-1]  # the queue filled up; later messages were dropped

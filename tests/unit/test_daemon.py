@@ -213,3 +213,14 @@ def test_capture_reopens_with_backoff_and_records_the_gap() -> None:
     assert all(g[1] > 0 for g in s.health["capture_gaps"])  # every gap ended
     assert (s.health["capture_received"], s.health["capture_dropped"],
             s.health["capture_if_dropped"]) == (7, 2, 1)
+
+
+def test_waits_for_clock_sync_then_captures() -> None:
+    d, clock = make()
+    d.cfg = parse_config(tomllib.loads(CONFIG.replace("wait_for_sync_s = 0",
+                                                      "wait_for_sync_s = 5")))
+    answers = iter([False, False, False, True])
+    clock.synchronized = lambda: next(answers)  # type: ignore[method-assign]
+    t = time.monotonic()
+    d._wait_for_sync()
+    assert 0.9 < time.monotonic() - t < 3
