@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> arguments; defaults sized for this 2-core machine (a few minutes in all).
 BENCHMARKS: dict[str, list[str]] = {
+    # issue 7's table (tcpdump, C dispatch, replay, live lossless rate, RSS) -> bench/results.md
+    "bench_throughput": ["--packets", "1000000", "--runs", "5"],
     "bench_read": ["--packets", "1000000", "--runs", "3"],
     "bench_replay": ["--packets", "200000", "--runs", "3"],
     "bench_memory": [],
