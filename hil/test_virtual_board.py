@@ -230,3 +230,20 @@ def test_clock_step_is_reported_and_no_packet_misfiled(stepping_board: VirtualBo
     assert any(-7e6 < st[1] < -5e6 for s in ss for st in s.summary.health.get("clock_steps", []))
     assert got["ports"]["tcp/3001"] == before["packets"]
     assert got["ports"]["tcp/3002"] == ahead["packets"]
+
+
+def test_capture_drops_are_reported(routed_board: VirtualBoard) -> None:
+    b = routed_board
+    b.write_config(buffer_bytes="65536")  # a tiny ring: 64 KiB
+    b.start()
+    b.signal_sensor(signal.SIGSTOP)  # a stalled reader: the kernel has to drop
+    try:
+        sent = b.send("syn", "--port", "4001", "--count", "3000")
+    finally:
+        b.signal_sensor(signal.SIGCONT)
+    resumed = time.time()
+    ss = b.wait_sealed_after(resumed + b.bucket_s)
+    got = totals(ss)
+    dropped = sum(s.summary.health["capture_dropped"] for s in ss)
+    assert dropped > 0, "a stalled reader with a 64 KiB ring must drop"
+    assert got["ports"].get("tcp/4001", 0) + got["late"] + dropped == sent["packets"]
