@@ -308,8 +308,9 @@ class VirtualBoard:
             os.chmod(path, 0o777)
             threading.Thread(target=self._listen, daemon=True).start()
         env = {"NOTIFY_SOCKET": str(self.dir / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+        seen = log.stat().st_size if log.exists() else 0
         self._spawn("sensor", cmd, log, env)
-        wait_for(lambda: "capturing on" in log.read_text(errors="replace")
+        wait_for(lambda: "capturing on" in log.read_text(errors="replace")[seen:]
                  or self.procs["sensor"].poll() is not None, 20, "the sensor to capture")
         if self.procs["sensor"].poll() is not None:
             raise RuntimeError("sensor exited:\n" + log.read_text()[-3000:])
