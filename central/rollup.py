@@ -71,20 +71,23 @@ def _int(v: object) -> int:
 
 
 def health_facts(health: Mapping[str, Any]) -> tuple[int, int, int, int]:
-    """(partial, capture_drops, clock_unsynced, spool_evicted) from a summary's health map.
+    """(partial, capture_drops, clock_trouble, spool_evicted) from a summary's health map.
 
-    Keys read (docs/central.md, "Report"): `partial`; `capture_dropped` and
-    `capture_ifdropped`, or `capture: {dropped, ifdropped}`; `clock: {synchronized}`;
-    `spool_evicted`.  Anything missing counts as no trouble.
+    Keys read, as the sensor daemon writes them (docs/central.md, "Report"): `partial`;
+    `capture_dropped` + `capture_if_dropped` (also `capture: {dropped, ifdropped}`);
+    clock trouble is `clock_synchronized: false`, `clock: {synchronized: false}` or any
+    `clock_steps` in the hour; `spool_evicted`.  Anything missing counts as no trouble.
     """
     partial = 1 if health.get("partial") is True else 0
-    drops = _int(health.get("capture_dropped")) + _int(health.get("capture_ifdropped"))
+    drops = _int(health.get("capture_dropped")) + _int(health.get("capture_if_dropped"))
     cap = health.get("capture")
     if isinstance(cap, Mapping):
         drops += _int(cap.get("dropped")) + _int(cap.get("ifdropped"))
     clock = health.get("clock")
-    unsynced = 1 if isinstance(clock, Mapping) and clock.get("synchronized") is False else 0
-    return partial, drops, unsynced, _int(health.get("spool_evicted"))
+    trouble = (health.get("clock_synchronized") is False
+               or (isinstance(clock, Mapping) and clock.get("synchronized") is False)
+               or bool(health.get("clock_steps")))
+    return partial, drops, 1 if trouble else 0, _int(health.get("spool_evicted"))
 
 
 @dataclass(frozen=True, slots=True)

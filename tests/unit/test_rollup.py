@@ -82,6 +82,11 @@ def test_health_facts() -> None:
                          "capture_dropped": 1, "clock": {"synchronized": False},
                          "spool_evicted": 3}) == (1, 8, 1, 3)
     assert health_facts({"capture": "x", "clock": None, "spool_evicted": -1}) == (0, 0, 0, 0)
+    # what sensor/daemon.py writes
+    assert health_facts({"capture_dropped": 4, "capture_if_dropped": 1,
+                         "clock_synchronized": False}) == (0, 5, 1, 0)
+    assert health_facts({"clock_synchronized": True, "clock_steps": [[1, 2]]})[2] == 1
+    assert health_facts({"clock_synchronized": True, "capture_dropped": 0}) == (0, 0, 0, 0)
 
 
 def test_rollup_summary_and_batch_merge_sources_fleet_wide() -> None:
