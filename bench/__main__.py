@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_memory": [],
     "bench_envelope": ["--quick"],
     "bench_e2e": [],
+    "bench_regions": [],
+    "bench_report": [],
 }
 
 
