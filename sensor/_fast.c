@@ -571,12 +571,21 @@ typedef struct {
     int64_t overflow_p;
 } limits_t;
 
+#define PORT_INL 2 /* a port's first sources sit in its entry: most ports see one or two */
+
 typedef struct {
     uint64_t packets, bytes, bs;
-    fkset_t *exact;
+    fkset_t *exact; /* the exact set once it outgrew `inl` */
     uint8_t *sketch;
     int sketch_p;
+    int ninl; /* exact set held in `inl` (exact == NULL) */
+    fk_t inl[PORT_INL];
 } port_t;
+
+static inline uint32_t port_exact_n(const port_t *pt)
+{
+    return pt->exact ? pt->exact->n : (uint32_t)pt->ninl;
+}
 
 typedef struct { /* one column of a source row (RowDistinct) */
     uint64_t inl[SLOTS];
@@ -656,23 +665,47 @@ static void interval_free(interval_t *iv)
     free(iv);
 }
 
-/* BudgetedDistinct.add(port, source key) */
+/* BudgetedDistinct.add(port, source key); the exact set is `inl` then `exact`. */
 static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k)
 {
     const limits_t *lim = iv->lim;
-    uint64_t h = fk_hash(k);
-    if (pt->exact) {
+    if (pt->exact || pt->ninl) {
         fkset_t *ex = pt->exact;
-        if (fkset_has(ex, k, h))
-            return;
-        if ((int64_t)ex->n < lim->port_limit && iv->pbudget > 0) {
-            if (fkset_add(ex, k, h) < 0)
-                iv->oom = 1;
+        uint64_t h = 0;
+        if (ex) {
+            h = fk_hash(k);
+            if (fkset_has(ex, k, h))
+                return;
+        } else {
+            for (int i = 0; i < pt->ninl; i++)
+                if (fk_eq(&pt->inl[i], k))
+                    return;
+        }
+        uint32_t n = port_exact_n(pt);
+        if ((int64_t)n < lim->port_limit && iv->pbudget > 0) {
+            if (ex) {
+                if (fkset_add(ex, k, h) < 0)
+                    iv->oom = 1;
+            } else if (pt->ninl < PORT_INL) {
+                pt->inl[pt->ninl++] = *k;
+            } else {
+                if ((ex = fkset_new()) == NULL) {
+                    iv->oom = 1;
+                    return;
+                }
+                for (int i = 0; i < pt->ninl; i++)
+                    if (fkset_add(ex, &pt->inl[i], fk_hash(&pt->inl[i])) < 0)
+                        iv->oom = 1;
+                if (fkset_add(ex, k, fk_hash(k)) < 0)
+                    iv->oom = 1;
+                pt->exact = ex;
+                pt->ninl = 0;
+            }
             iv->pbudget--;
             return;
         }
         int p = (int)lim->port_small_p;
-        if ((int64_t)ex->n >= lim->port_limit && iv->pbig > 0) {
+        if ((int64_t)n >= lim->port_limit && iv->pbig > 0) {
             iv->pbig--;
             p = (int)lim->port_big_p;
         }
@@ -681,13 +714,19 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k)
             iv->oom = 1;
             return;
         }
-        for (uint32_t j = 0; j <= ex->mask; j++)
-            if (ex->t[j].tag != EMPTY_TAG)
-                hll_add(reg, p, fk_fold(&ex->t[j]));
+        if (ex) {
+            for (uint32_t j = 0; j <= ex->mask; j++)
+                if (ex->t[j].tag != EMPTY_TAG)
+                    hll_add(reg, p, fk_fold(&ex->t[j]));
+        } else {
+            for (int i = 0; i < pt->ninl; i++)
+                hll_add(reg, p, fk_fold(&pt->inl[i]));
+        }
         hll_add(reg, p, fk_fold(k));
-        iv->pbudget += ex->n;
+        iv->pbudget += n;
         fkset_free(ex);
         pt->exact = NULL;
+        pt->ninl = 0;
         pt->sketch = reg;
         pt->sketch_p = p;
         return;
@@ -697,10 +736,8 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k)
         return;
     }
     if (iv->pbudget > 0) {
-        if ((pt->exact = fkset_new()) == NULL || fkset_add(pt->exact, k, h) < 0) {
-            iv->oom = 1;
-            return;
-        }
+        pt->inl[0] = *k;
+        pt->ninl = 1;
         iv->pbudget--;
         return;
     }
@@ -1283,9 +1320,8 @@ static PyObject *Interval_export(IntervalObject *self, PyObject *args)
     CHECK(ports = PyList_New(np_));
     for (uint32_t i = 0; i < np_; i++) {
         const port_t *pt = &iv->port[i];
-        PyObject *cnt = pt->exact ? PyLong_FromUnsignedLong(pt->exact->n)
-                        : pt->sketch ? regs_bytes(pt->sketch, pt->sketch_p)
-                                     : PyLong_FromLong(0);
+        PyObject *cnt = pt->sketch ? regs_bytes(pt->sketch, pt->sketch_p)
+                                   : PyLong_FromUnsignedLong(port_exact_n(pt));
         CHECK(cnt);
         PyObject *row = Py_BuildValue("(KKKKN)", (unsigned long long)iv->ports.keys[i].lo,
                                       (unsigned long long)pt->packets, (unsigned long long)pt->bytes,
@@ -1494,7 +1530,7 @@ static PyObject *Interval_rows(IntervalObject *self, PyObject *args)
         v[2] = U64(pt->packets);
         v[3] = U64(pt->bytes);
         v[4] = U64(pt->bs);
-        v[5] = count_obj(estimate, pt->sketch, pt->sketch_p, pt->exact ? pt->exact->n : 0, &est);
+        v[5] = count_obj(estimate, pt->sketch, pt->sketch_p, port_exact_n(pt), &est);
         v[6] = PyBool_FromLong(est);
         PyObject *o = rowcls_make(&P, v);
         if (o == NULL)
