@@ -250,3 +250,21 @@ def test_capture_drops_are_reported(routed_board: VirtualBoard) -> None:
     dropped = sum(s.summary.health["capture_dropped"] for s in ss)
     assert dropped > 0, "a stalled reader with a 64 KiB ring must drop"
     assert got["ports"].get("tcp/4001", 0) + got["late"] + dropped == sent["packets"]
+
+
+def test_sighup_reloads_the_capture_filter(dedicated_board: VirtualBoard) -> None:
+    b = dedicated_board.start()
+    b.write_config(exclude='["198.51.100.0/28"]')  # .0-.15 are now in use: not dark
+    b.signal_sensor(signal.SIGHUP)
+    wait_for(lambda: "config reloaded (capture reopened)" in b.sensor_log(), 10, "the reload")
+    time.sleep(0.5)
+    b.send("syn", "--port", "5001", "--count", "30")  # to .1 .. .30
+    ss = wait_counted(b, "tcp/5001", 15)
+    time.sleep(b.bucket_s + 1)
+    got = totals(b.summaries())
+    assert got["ports"]["tcp/5001"] == 15, got  # .16 .. .30 only
+    assert any(s.summary.health.get("config_reloads") for s in ss)
+    b.write_config(exclude='["192.0.2.0/28"]')  # invalid: outside the darknet
+    b.signal_sensor(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in b.sensor_log(), 10, "the refusal")
+    assert b.procs["sensor"].poll() is None
