@@ -25,7 +25,6 @@ import msgpack
 from sensor.aggregate import HOUR, HourAggregator, HourlyAggregation, Limits
 from sensor.bpf import darknet_filter
 from sensor.classify import BACKSCATTER_NAMES
-from sensor.pcap import CaptureFileError, FilterError, open_file
 from sensor.records import LINKTYPE_ETHERNET
 from sensor.sketch import _estimate
 from sensor.summary import (
@@ -218,6 +217,9 @@ def replay_fast(
     progress: Progress | None = None,
 ) -> ReplayStats:
     """`sensor.replay.replay` on the compiled path: same arguments, summaries and errors."""
+    # The capture edge is imported here, not at the top: summary.encode_summary imports this
+    # module, and the sans-I/O core must not pull libpcap in.
+    from sensor.pcap import CaptureFileError, FilterError, open_file
     from sensor.replay import ReplayStats
 
     if _fast is None:

@@ -149,3 +149,19 @@ def test_close_before_matches_reference() -> None:
         (c.aggregator.hour_start, c.complete) for c in fast]
     assert [encode_summary_reference(c.aggregator.finish(sensor_id="x")) for c in ref] == [
         encode_summary(c.aggregator.finish(sensor_id="x")) for c in fast]
+
+
+def test_fallback_when_the_extension_is_missing(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sensor._fast, replay and encode_summary use the reference, same bytes."""
+    pcap = generate(tmp_path, "--packets", "3000", "--hours", "1", "--seed", "31")
+    fast: list[bytes] = []
+    replay([str(pcap)], darknet=DARKNET, sensor_id="eq", emit=lambda s: fast.append(
+        encode_summary(s)))
+    monkeypatch.setattr(fastpath, "_fast", None)
+    assert not fastpath.available()
+    assert fastpath.encode_summary_fast(decode_summary(fast[0])) is None
+    ref: list[bytes] = []
+    replay([str(pcap)], darknet=DARKNET, sensor_id="eq", emit=lambda s: ref.append(
+        encode_summary(s)))
+    assert ref == fast
