@@ -124,7 +124,7 @@ def test_dedicated_exact_counts_and_silence(dedicated_board: VirtualBoard) -> No
 
 
 def test_onlink_answers_only_arp_and_ndp_for_the_block(onlink_board: VirtualBoard) -> None:
-    b = onlink_board.start()
+    b = onlink_board.start(uplink_thread=True)  # `teiten run --uplink`: one process
     with b.scanner_capture() as frames:
         truth = b.send("mix")
         # a neighbour on the segment that is not dark: nobody may answer for it

@@ -294,10 +294,12 @@ class VirtualBoard:
             cmd += ["--inh-caps", "-all", "--bounding-set", "-all"]
         return [*cmd, "--"]
 
-    def start_sensor(self) -> None:
+    def start_sensor(self, *, uplink_thread: bool = False) -> None:
         """`teiten run` as user teiten with CAP_NET_RAW only (as the systemd unit does)."""
         cmd = ["ip", "netns", "exec", self.ns["sensor"], *self._as_teiten(True), PY, "-m",
                "sensor.cli", "run", "-v", "--config", str(self.config)]
+        if uplink_thread:
+            cmd.append("--uplink")
         log = self.dir / "sensor.log"
         # systemd's side of sd_notify: a datagram socket the daemon reports to
         if self.notify is None:
@@ -321,9 +323,11 @@ class VirtualBoard:
                "sensor.cli", "uplink", "-v", "--config", str(self.config)]
         self._spawn("uplink", cmd, self.dir / "uplink.log")
 
-    def start(self) -> VirtualBoard:
-        self.start_sensor()
-        self.start_uplink()
+    def start(self, *, uplink_thread: bool = False) -> VirtualBoard:
+        """Daemon and uplink as two processes (the units), or one with an uplink thread."""
+        self.start_sensor(uplink_thread=uplink_thread)
+        if not uplink_thread:
+            self.start_uplink()
         return self
 
     def signal_sensor(self, sig: int) -> None:
