@@ -483,26 +483,20 @@ static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memor
     return 0;
 }
 
-static set64_t *set64_new(void)
+/* A set lives inside its column (col_t), so it costs one allocation and one pointer hop. */
+static int set64_init(set64_t *s)
 {
-    set64_t *s = calloc(1, sizeof *s);
-    if (s == NULL)
-        return NULL;
-    s->t = calloc(16, sizeof(uint64_t));
-    if (s->t == NULL) {
-        free(s);
-        return NULL;
-    }
+    memset(s, 0, sizeof *s);
+    if ((s->t = calloc(16, sizeof(uint64_t))) == NULL)
+        return -1;
     s->mask = 15;
-    return s;
+    return 0;
 }
 
 static void set64_free(set64_t *s)
 {
-    if (s) {
-        free(s->t);
-        free(s);
-    }
+    free(s->t);
+    s->t = NULL;
 }
 
 /* A set of source keys (BudgetedDistinct's exact sets per port). */
@@ -616,8 +610,11 @@ static inline uint32_t port_exact_n(const port_t *pt)
 }
 
 typedef struct { /* one column of a source row (RowDistinct) */
-    uint64_t inl[SLOTS];
-    void *ext; /* set64_t* (ST_SET) or registers (ST_POOLED, ST_BIG) */
+    union {
+        uint64_t inl[SLOTS]; /* state 0..SLOTS: the items themselves */
+        set64_t set;         /* ST_SET: the exact set, in place */
+    };
+    void *ext; /* registers (ST_POOLED, ST_BIG) */
 } col_t;
 
 typedef struct {
@@ -665,7 +662,7 @@ static interval_t *interval_new(int64_t start, const limits_t *lim)
 static void col_free(uint8_t state, col_t *c)
 {
     if (state == ST_SET)
-        set64_free(c->ext);
+        set64_free(&c->set);
     else if (state > SLOTS)
         free(c->ext);
 }
@@ -808,20 +805,20 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
             return;
         }
         if (iv->sbudget[c] >= SLOTS + 1) {
-            set64_t *s = set64_new();
-            if (s == NULL) {
+            set64_t s;
+            if (set64_init(&s) < 0) {
                 iv->oom = 1;
                 return;
             }
             for (int i = 0; i < SLOTS; i++)
-                set64_add(s, col->inl[i]);
-            if (set64_add(s, item) < 0) {
-                set64_free(s);
+                set64_add(&s, col->inl[i]);
+            if (set64_add(&s, item) < 0) {
+                set64_free(&s);
                 iv->oom = 1;
                 return;
             }
             iv->sbudget[c] -= SLOTS + 1;
-            col->ext = s;
+            col->set = s;
             row->state[c] = ST_SET;
         } else {
             int p = (int)lim->src_small_p;
@@ -839,7 +836,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
         return;
     }
     if (n == ST_SET) {
-        set64_t *s = col->ext;
+        set64_t *s = &col->set;
         if (set64_has(s, item))
             return;
         int64_t limit = lim->src_limit > SLOTS + 1 ? lim->src_limit : SLOTS + 1;
@@ -1282,7 +1279,7 @@ static void process_batch(router_t *rt)
             const row_t *row = &iv->row[is[i]];
             for (int c = 0; c < 2; c++)
                 if (row->state[c] == ST_SET) {
-                    const set64_t *st = row->col[c].ext;
+                    const set64_t *st = &row->col[c].set;
                     const pkt_t *r = &rt->batch[i].p;
                     uint64_t item = c ? kk[i].dk.lo
                                       : (uint64_t)(r->proto == P_TCP || r->proto == P_UDP
@@ -1332,7 +1329,7 @@ static PyObject *col_count(const interval_t *iv, const row_t *row, int c)
     if (n <= SLOTS)
         return PyLong_FromLong(n);
     if (n == ST_SET)
-        return PyLong_FromUnsignedLong(((set64_t *)row->col[c].ext)->n);
+        return PyLong_FromUnsignedLong(row->col[c].set.n);
     return regs_bytes(row->col[c].ext, n == ST_POOLED ? (int)iv->lim->src_small_p : (int)iv->lim->src_big_p);
 }
 
@@ -1561,7 +1558,7 @@ static PyObject *col_obj(PyObject *estimate, const interval_t *iv, const row_t *
     if (n <= SLOTS)
         return count_obj(estimate, NULL, 0, n, est);
     if (n == ST_SET)
-        return count_obj(estimate, NULL, 0, ((set64_t *)row->col[c].ext)->n, est);
+        return count_obj(estimate, NULL, 0, row->col[c].set.n, est);
     return count_obj(estimate, row->col[c].ext,
                      n == ST_POOLED ? (int)iv->lim->src_small_p : (int)iv->lim->src_big_p, 0, est);
 }
