@@ -4,6 +4,11 @@ Strategy: the board needs only `sensor` and `uplink`; the central site adds `cen
 Each package exposes `register(subparsers)` in its own `cli` module, so this file does not
 grow with every command and the board image can ship without the central package.
 Each sub-command's handler takes the parsed namespace and returns the process exit code.
+
+Start-up: when the command line names a sub-command, the plugin modules are imported in
+order only until one of them registers it (`teiten replay` imports `sensor.commands` and
+nothing else: no MQTT, no cryptography, no central code); `--help`, no command or an
+unknown one imports them all, so the help and the error list every command.
 """
 
 from __future__ import annotations
@@ -23,7 +28,18 @@ _PLUGIN_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, stop importing plugins once one has registered it."""
     parser = argparse.ArgumentParser(
         prog="teiten",
         description="Teiten darknet sensor and central site.",
@@ -38,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+        if command is not None and command in subparsers.choices:
+            break
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(args_list))
+    args = parser.parse_args(args_list)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -81,10 +81,9 @@ def summary_filename(summary: Summary) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.ids import validate_sensor_id
     from sensor.pcap import CaptureFileError
     from sensor.replay import Progress, replay
-    from sensor.sequence import SequenceStateError
-    from sensor.spool import SpoolError
 
     try:
         darknet = parse_darknet(args.darknet)
@@ -96,8 +95,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.key and not args.spool:
         return _error("replay: --key needs --spool DIR to write signed envelopes into")
     try:
-        from uplink.keys import validate_sensor_id
-
         validate_sensor_id(args.sensor_id)
     except ValueError as exc:
         return _error(str(exc))
@@ -105,7 +102,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     sink = None
+    # The spool and signing stack (cryptography) is imported only when it is used.
+    spool_errors: tuple[type[Exception], ...] = ()
     if args.key:
+        from sensor.sequence import SequenceStateError
+        from sensor.spool import SpoolError
+
+        spool_errors = (SpoolError, SequenceStateError)
         try:
             from uplink.sealer import open_sealer
 
@@ -135,7 +138,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except CaptureFileError as exc:
         failure = str(exc)
         stats = None
-    except (SpoolError, SequenceStateError) as exc:
+    except spool_errors as exc:
         # A full or failing spool disk: what was spooled before stays; say what to do.
         return _error(
             f"replay: cannot spool: {exc}. Free space or raise the spool bound, then replay "

@@ -264,7 +264,7 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
     if not sensor_id:
         r.bad("id", "missing: set the sensor id issued by the central site, e.g. id = \"tyo-01\"")
     else:
-        from uplink.keys import validate_sensor_id
+        from sensor.ids import validate_sensor_id
 
         try:
             validate_sensor_id(sensor_id)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -27,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from sensor.ids import validate_sensor_id as validate_sensor_id
 from uplink.envelope import RevokedSensor, UnknownSensor
 
-SENSOR_ID_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 PUBLIC_KEY_PREFIX: Final = "ed25519:"
 _SENSOR_FIELDS: Final = frozenset({"public_key", "revoked", "note"})
 
@@ -40,16 +39,6 @@ class KeyFileError(Exception):
 
 class KeyringError(Exception):
     """sensors.toml is missing or invalid; the message names the file and entry."""
-
-
-def validate_sensor_id(value: str) -> str:
-    """Return `value` if it is a valid sensor id, else raise ValueError saying why."""
-    if not isinstance(value, str) or SENSOR_ID_RE.fullmatch(value) is None:
-        raise ValueError(
-            f"invalid sensor id {value!r}: use 1-63 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit (for example 'tokyo-01')"
-        )
-    return value
 
 
 def generate_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
