@@ -84,6 +84,27 @@ def print_top(st: Store, top: int = 5) -> None:
         print(f"     {address_text(address):>39} {n:>8,} packets")
 
 
+def write_demo_report(db: Path, out: Path) -> Path | None:
+    """Import the sample RIR files, roll up and write the report for the sample's quarter."""
+    from datetime import UTC, datetime
+
+    from sensor.cli import main as teiten
+
+    with Store(db) as st:
+        hours = [row.hour_start for row in st.summaries()]
+    if not hours:
+        print("   no summaries stored: no report", file=sys.stderr)
+        return None
+    first = datetime.fromtimestamp(min(hours), UTC)
+    quarter = f"{first.year}Q{(first.month - 1) // 3 + 1}"
+    rir = sorted(str(p) for p in (REPO / "tests" / "data" / "rir").iterdir())
+    if teiten(["central", "regions", "import", "--db", str(db), *rir]) != 0:
+        return None
+    if teiten(["central", "report", "--db", str(db), "--quarter", quarter, "--out", str(out)]):
+        return None
+    return out
+
+
 def main(out: Path = Path("demo-out")) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -206,7 +227,11 @@ def main(out: Path = Path("demo-out")) -> int:
     print("7. top ports and sources in what central stored (verified summaries)")
     with Store(central / "central.db") as st:
         print_top(st)
+    print("8. the quarterly report (regions from the bundled sample RIR files)")
+    report_dir = write_demo_report(central / "central.db", out / "report")
     print(f"\nfiles: {out}/board (spool, keys, cert), {out}/central (CA, db, broker config/log)")
+    if report_dir is not None:
+        print(f"report: {report_dir / 'report.html'} (also report.md and the PNG figures)")
     print(f"again: teiten central db --db {central / 'central.db'} [--json]")
     return 0 if left == 0 else 1
 
