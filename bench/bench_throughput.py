@@ -14,9 +14,11 @@ generated capture in the same run (warm cache, median of --runs, runs interleave
 - replay (CLI): `teiten replay F --out DIR` end to end: interpreter start-up, imports,
   decode, aggregate, summaries built, encoded and written durably (fsync);
 - replay (reference): the pure-Python path (`teiten replay --reference`), once;
-- live: highest lossless rate of a live capture (`sensor.pcap` + `sensor.fastpath`) in a
-  network namespace while `tcpreplay --pps=N` sends F into the scanner side of a veth,
-  for --live-seconds at each rate: zero kernel drops and every frame counted;
+- live: highest lossless rate of the daemon (`sensor.daemon.Daemon.run`: capture thread,
+  timer, SIGTERM flush; the compiled kernel when built; summaries kept in memory instead
+  of signed into the spool) in a network namespace while `tcpreplay --pps=N` sends F's
+  darknet frames into the scanner side of a veth, N x --live-seconds frames per rate:
+  zero kernel drops and every frame counted;
 - RSS at the source cap (one hour of 262,144 sources) and under a spoofed flood.
 
 The table is printed and written, with a description of the machine, to --results.
@@ -169,46 +171,61 @@ def measure_memory(flood_packets: int) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- live (namespaces)
 
 
+LIVE_CONFIG = """
+[sensor]
+id = "bench-live"
+topology = "dedicated"
+key = "/nonexistent/bench.key"
+[capture]
+interface = "{iface}"
+darknet = {darknet}
+[spool]
+path = "/nonexistent/spool"
+[time]
+wait_for_sync_s = 0
+"""
+
+
+class CountingSealer:
+    """The daemon's sealer, minus signing and the spool: keeps the summaries it is given."""
+
+    def __init__(self) -> None:
+        self.summaries: list[Any] = []
+
+    def seal_and_spool(self, summary: Any) -> None:
+        self.summaries.append(summary)
+
+    def close(self) -> None:
+        pass
+
+
 def live_worker(iface: str, ready_file: str) -> dict[str, Any]:
-    """Inside the sensor namespace: capture + fast aggregation until SIGTERM."""
-    from sensor.bpf import darknet_filter
-    from sensor.fastpath import FastHourlyAggregation
-    from sensor.pcap import open_interface
+    """Inside the sensor namespace: the real daemon (`sensor.daemon.Daemon.run`, its capture
+    thread, timer and SIGTERM flush) with the board's default capture settings, until SIGTERM."""
+    import threading
+    import tomllib
 
-    src = open_interface(iface, darknet_filter(DARKNET, vlan=True), snaplen=256,
-                         timeout_ms=100, buffer_size=64 << 20)
-    agg = FastHourlyAggregation(src.linktype)
-    stop = False
+    from sensor.config import parse_config
+    from sensor.daemon import Daemon
 
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-        src.breakloop()
+    cfg = parse_config(tomllib.loads(LIVE_CONFIG.format(iface=iface,
+                                                        darknet=json.dumps(DARKNET))))
+    sealer = CountingSealer()
+    daemon = Daemon(cfg, sealer=sealer)
 
-    signal.signal(signal.SIGTERM, on_term)
-    frames = counted = 0
-    Path(ready_file).write_text("ready")
+    def ready() -> None:
+        daemon._capture_open.wait(30)
+        Path(ready_file).write_text("ready")
+
+    threading.Thread(target=ready, daemon=True).start()
     cpu0 = time.process_time()
-    quiet_since = None
-    while True:
-        batch = src.next_batch(4096)
-        if batch:
-            quiet_since = None
-            frames += len(batch)
-            for c in agg.feed_frames(batch):
-                s = c.aggregator.finish(sensor_id="live")
-                counted += s.packets + s.malformed_total + int(s.health.get("late_packets", 0))
-        elif stop:
-            quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > 0.5:
-                break
-    stats = src.stats()
-    for c in agg.flush():
-        s = c.aggregator.finish(sensor_id="live")
-        counted += s.packets + s.malformed_total + int(s.health.get("late_packets", 0))
-    src.close()
-    return {"frames": frames, "counted": counted, "received": stats.received,
-            "dropped": stats.dropped, "if_dropped": stats.if_dropped,
+    rc = daemon.run()  # SIGTERM: stop, drain the ring, seal the partial hour
+    counted = sum(s.packets + s.malformed_total + int(s.health.get("late_packets", 0))
+                  for s in sealer.summaries)
+    received, dropped, if_dropped = daemon._totals
+    return {"frames": daemon.frames, "counted": counted, "received": received,
+            "dropped": dropped, "if_dropped": if_dropped, "compiled": daemon.compiled,
+            "buffer_bytes": cfg.capture.buffer_bytes, "exit": rc,
             "cpu_s": round(time.process_time() - cpu0, 2)}
 
 
@@ -254,7 +271,7 @@ def live_rates(pcap: str, rates: list[int], seconds: int, tmp: Path) -> list[dic
             )
             time.sleep(1.0)
             worker.send_signal(signal.SIGTERM)
-            out, _ = worker.communicate(timeout=60)
+            out, _ = worker.communicate(timeout=120)
             r = json.loads(out)
             achieved = None
             for line in replay.stdout.splitlines():

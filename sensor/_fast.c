@@ -639,7 +639,7 @@ typedef struct {
     map_t dst;
     uint64_t *dst_n;
     uint64_t tcp_flags[256], ttl[256], sizes[N_SIZES], fps[3], bs[5], malformed[N_REASONS];
-    const limits_t *lim;
+    limits_t lim; /* a copy: limits changed later (reload) apply to later intervals */
     int oom;
 } interval_t;
 
@@ -649,7 +649,7 @@ static interval_t *interval_new(int64_t start, const limits_t *lim)
     if (iv == NULL)
         return NULL;
     iv->start = start;
-    iv->lim = lim;
+    iv->lim = *lim;
     iv->pbudget = lim->port_budget;
     iv->pbig = lim->port_max_big;
     for (int c = 0; c < 2; c++) {
@@ -693,7 +693,7 @@ static void interval_free(interval_t *iv)
 /* BudgetedDistinct.add(port, source key); the exact set is `inl` then `exact`. */
 static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t kh)
 {
-    const limits_t *lim = iv->lim;
+    const limits_t *lim = &iv->lim;
     if (pt->exact || pt->ninl) {
         fkset_t *ex = pt->exact;
         uint64_t h = kh;
@@ -792,7 +792,7 @@ static uint8_t *set_to_sketch(const set64_t *s, int p, uint64_t item)
 /* RowDistinct.add(row, item) for column c. */
 static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
 {
-    const limits_t *lim = iv->lim;
+    const limits_t *lim = &iv->lim;
     uint8_t n = row->state[c];
     col_t *col = &row->col[c];
     if (n <= SLOTS) {
@@ -930,7 +930,7 @@ static inline void pkt_keys(const pkt_t *r, pkeys_t *k)
 /* HourAggregator.add; `kk` is pkt_keys(r). */
 static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
 {
-    const limits_t *lim = iv->lim;
+    const limits_t *lim = &iv->lim;
     uint32_t ip_len = r->ip_len;
     int bs = 0, fp = 0, port;
     int64_t port_of_source = -1;
@@ -1088,6 +1088,8 @@ typedef struct {
     size_t n_closed, cap_closed;
     int oom;
     long long frames;    /* frames routed (after the BPF filter) */
+    int64_t horizon;     /* frames before this time (us) are not routed: counted in `before` */
+    uint64_t before;     /* ... (a live sensor's already sealed buckets; see set_horizon) */
     int nb;              /* decoded frames waiting in `batch` */
     struct {
         pkt_t p;
@@ -1182,6 +1184,10 @@ static interval_t *route(router_t *rt, int64_t ts)
 
 static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t *kk)
 {
+    if (r->ts < rt->horizon) {
+        rt->before++;
+        return;
+    }
     interval_t *iv = route(rt, r->ts);
     if (iv == NULL)
         return;
@@ -1330,7 +1336,7 @@ static PyObject *col_count(const interval_t *iv, const row_t *row, int c)
         return PyLong_FromLong(n);
     if (n == ST_SET)
         return PyLong_FromUnsignedLong(row->col[c].set.n);
-    return regs_bytes(row->col[c].ext, n == ST_POOLED ? (int)iv->lim->src_small_p : (int)iv->lim->src_big_p);
+    return regs_bytes(row->col[c].ext, n == ST_POOLED ? (int)iv->lim.src_small_p : (int)iv->lim.src_big_p);
 }
 
 static PyObject *addr_bytes(const fk_t *k, int dest)
@@ -1436,7 +1442,7 @@ static PyObject *Interval_export(IntervalObject *self, PyObject *args)
     }
     PyObject *ovf;
     if (iv->overflow_hll)
-        ovf = regs_bytes(iv->overflow_hll, (int)iv->lim->overflow_p);
+        ovf = regs_bytes(iv->overflow_hll, (int)iv->lim.overflow_p);
     else {
         ovf = Py_None;
         Py_INCREF(ovf);
@@ -1560,7 +1566,7 @@ static PyObject *col_obj(PyObject *estimate, const interval_t *iv, const row_t *
     if (n == ST_SET)
         return count_obj(estimate, NULL, 0, row->col[c].set.n, est);
     return count_obj(estimate, row->col[c].ext,
-                     n == ST_POOLED ? (int)iv->lim->src_small_p : (int)iv->lim->src_big_p, 0, est);
+                     n == ST_POOLED ? (int)iv->lim.src_small_p : (int)iv->lim.src_big_p, 0, est);
 }
 
 /* rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) -> 4 tuples of rows */
@@ -1665,7 +1671,19 @@ static PyMethodDef Interval_methods[] = {
      "rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) -> 4 tuples of rows"},
     {NULL, NULL, 0, NULL}};
 
+static PyObject *Interval_get_limits(IntervalObject *self, void *Py_UNUSED(c))
+{
+    const limits_t *l = &self->iv->lim;
+    return Py_BuildValue("(LLLLLLLLLLLLL)", (long long)l->max_sources, (long long)l->max_destinations,
+                         (long long)l->src_budget, (long long)l->src_limit, (long long)l->src_big_p,
+                         (long long)l->src_max_big, (long long)l->src_small_p,
+                         (long long)l->port_budget, (long long)l->port_limit,
+                         (long long)l->port_big_p, (long long)l->port_max_big,
+                         (long long)l->port_small_p, (long long)l->overflow_p);
+}
+
 static PyGetSetDef Interval_getset[] = {
+    {"limits", (getter)Interval_get_limits, NULL, "the limits this interval was opened with", NULL},
     {"hour_start", (getter)Interval_get_hour_start, NULL, "start of the interval (Unix s)", NULL},
     {"late", (getter)Interval_get_late, NULL, "late packets counted here", NULL},
     {"packets", (getter)Interval_get_packets, NULL, "packets aggregated", NULL},
@@ -1808,26 +1826,38 @@ typedef struct {
     int busy;
 } KernelObject;
 
+/* The 13-tuple of fastpath._limits_tuple into l; -1 with an exception if it is not valid. */
+static int parse_limits(PyObject *t, limits_t *l)
+{
+    if (!PyArg_ParseTuple(t, "LLLLLLLLLLLLL;limits must be a tuple of 13 integers", &l->max_sources,
+                          &l->max_destinations, &l->src_budget, &l->src_limit, &l->src_big_p,
+                          &l->src_max_big, &l->src_small_p, &l->port_budget, &l->port_limit,
+                          &l->port_big_p, &l->port_max_big, &l->port_small_p, &l->overflow_p))
+        return -1;
+    int64_t ps[5] = {l->src_big_p, l->src_small_p, l->port_big_p, l->port_small_p, l->overflow_p};
+    for (int i = 0; i < 5; i++)
+        if (ps[i] < 4 || ps[i] > 16) {
+            PyErr_SetString(PyExc_ValueError, "sketch precisions must be 4..16");
+            return -1;
+        }
+    if (l->max_sources < 1 || l->max_sources > 0x7FFFFFFF || l->max_destinations > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "bad bucket_seconds, open_intervals or limits");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     int linktype;
     long long bucket, nopen;
     static char *kwlist[] = {"linktype", "bucket_seconds", "open_intervals", "limits", NULL};
     limits_t l;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iLL(LLLLLLLLLLLLL):Kernel", kwlist, &linktype, &bucket,
-                                     &nopen, &l.max_sources, &l.max_destinations, &l.src_budget,
-                                     &l.src_limit, &l.src_big_p, &l.src_max_big, &l.src_small_p,
-                                     &l.port_budget, &l.port_limit, &l.port_big_p, &l.port_max_big,
-                                     &l.port_small_p, &l.overflow_p))
+    PyObject *lt;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iLLO:Kernel", kwlist, &linktype, &bucket, &nopen, &lt) ||
+        parse_limits(lt, &l) < 0)
         return NULL;
-    int64_t ps[5] = {l.src_big_p, l.src_small_p, l.port_big_p, l.port_small_p, l.overflow_p};
-    for (int i = 0; i < 5; i++)
-        if (ps[i] < 4 || ps[i] > 16) {
-            PyErr_SetString(PyExc_ValueError, "sketch precisions must be 4..16");
-            return NULL;
-        }
-    if (bucket <= 0 || nopen < 1 || nopen > MAX_OPEN - 1 || l.max_sources < 1 ||
-        l.max_sources > 0x7FFFFFFF || l.max_destinations > 0x7FFFFFFF) {
+    if (bucket <= 0 || nopen < 1 || nopen > MAX_OPEN - 1) {
         PyErr_SetString(PyExc_ValueError, "bad bucket_seconds, open_intervals or limits");
         return NULL;
     }
@@ -1838,6 +1868,7 @@ static PyObject *Kernel_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->rt.bucket = bucket;
     self->rt.nopen = nopen;
     self->rt.lim = l;
+    self->rt.horizon = INT64_MIN;
     return (PyObject *)self;
 }
 
@@ -2051,7 +2082,43 @@ static PyObject *Kernel_set_linktype(KernelObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* set_limits(limits): intervals opened from now on use these limits (open ones keep theirs) */
+static PyObject *Kernel_set_limits(KernelObject *self, PyObject *arg)
+{
+    limits_t l;
+    if (kernel_enter(self) < 0 || parse_limits(arg, &l) < 0)
+        return NULL;
+    self->rt.lim = l;
+    Py_RETURN_NONE;
+}
+
+/* set_horizon(ts_us): frames timed before ts_us are no longer routed (their buckets are sealed);
+ * they are counted, and take_before() returns and resets that count. */
+static PyObject *Kernel_set_horizon(KernelObject *self, PyObject *args)
+{
+    long long ts;
+    if (!PyArg_ParseTuple(args, "L:set_horizon", &ts) || kernel_enter(self) < 0)
+        return NULL;
+    self->rt.horizon = ts;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Kernel_take_before(KernelObject *self, PyObject *Py_UNUSED(a))
+{
+    if (kernel_enter(self) < 0)
+        return NULL;
+    uint64_t n = self->rt.before;
+    self->rt.before = 0;
+    return PyLong_FromUnsignedLongLong(n);
+}
+
 static PyMethodDef Kernel_methods[] = {
+    {"set_horizon", (PyCFunction)Kernel_set_horizon, METH_VARARGS,
+     "set_horizon(ts_us): count frames timed before ts_us instead of routing them"},
+    {"take_before", (PyCFunction)Kernel_take_before, METH_NOARGS,
+     "take_before() -> frames counted before the horizon since the last call"},
+    {"set_limits", (PyCFunction)Kernel_set_limits, METH_O,
+     "set_limits(limits): intervals opened from now on use these limits"},
     {"set_linktype", (PyCFunction)Kernel_set_linktype, METH_VARARGS,
      "set_linktype(linktype): decode what follows as frames of this link type"},
     {"feed_file", (PyCFunction)Kernel_feed_file, METH_VARARGS,

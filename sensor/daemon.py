@@ -2,10 +2,13 @@
 
 Strategy: three kinds of thread, one lock.
 - The capture thread owns the libpcap handle: it reads batches (an idle interface returns
-  an empty batch every `timeout_ms`), decodes them outside the lock, then files the records
-  into `HourlyAggregation` under the lock.  It watches the link (operstate) and reopens the
-  capture with exponential backoff when the interface disappears; every stretch without
-  capture is a *gap* with a start, an end and a reason.
+  an empty batch every `timeout_ms`) and files them under the lock: into the compiled
+  kernel (`sensor.fastpath.FastHourlyAggregation.feed_frames`, decode and count in C, no
+  Python object per packet) when `sensor._fast` is built, else decoded in Python outside
+  the lock and filed into `HourlyAggregation` (the reference path; same summaries).
+  It watches the link (operstate) and reopens the capture with exponential backoff when
+  the interface disappears; every stretch without capture is a *gap* with a start, an end
+  and a reason.
 - The main thread is the timer: every tick it looks for clock steps, closes each bucket
   `close_grace_s` after the bucket ends (by the injected clock, never by packet arrival, so
   an empty bucket still yields a summary that says so), seals the summaries into the spool,
@@ -34,12 +37,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sensor import __version__
+from sensor import __version__, fastpath
 from sensor.aggregate import ClosedInterval, HourAggregator, HourlyAggregation, hour_of
 from sensor.clock import Clock, OffsetClock, StepDetector, SystemClock
 from sensor.config import ConfigError, SensorConfig, load_config
 from sensor.decode import decode_frame
-from sensor.pcap import CaptureError, FilterError, LiveSource, open_interface
+from sensor.fastpath import FastClosed, FastHourlyAggregation
+from sensor.pcap import CaptureError, FilterError, Frame, LiveSource, open_interface
+from sensor.records import LINKTYPE_ETHERNET
 from sensor.sdnotify import notify, watchdog_interval_s
 from sensor.summary import Summary
 
@@ -89,6 +94,7 @@ class Daemon:
         link_state: Callable[[str], str] = link_state,
         uplink: bool = False,
         config_path: Path | None = None,
+        compiled: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock or make_clock(cfg)
@@ -103,10 +109,17 @@ class Daemon:
         self.reopen_requested = threading.Event()
         bucket = cfg.bucket_seconds
         extra = int(cfg.time.close_grace_s // bucket) + 1
-        self.aggregation = HourlyAggregation(bucket, cfg.limits, open_intervals=1 + extra)
+        # The compiled kernel when it is built (compiled=None), else the reference path.
+        self.compiled = fastpath.available() if compiled is None else compiled
+        self.aggregation: HourlyAggregation | FastHourlyAggregation
+        if self.compiled:
+            self.aggregation = FastHourlyAggregation(LINKTYPE_ETHERNET, bucket, cfg.limits,
+                                                     open_intervals=1 + extra)
+        else:
+            self.aggregation = HourlyAggregation(bucket, cfg.limits, open_intervals=1 + extra)
         self.steps = StepDetector(self.clock, int(cfg.time.step_threshold_s * 1e6))
         # state shared with the capture thread (under self.lock)
-        self._ready: list[ClosedInterval] = []  # closed by add() (records far ahead)
+        self._ready: list[ClosedInterval | FastClosed] = []  # closed by records far ahead
         self._closed_through = 0  # seconds: every bucket before this one is sealed
         self._late = 0
         self._totals = [0, 0, 0]  # received, dropped, if_dropped over every handle
@@ -208,8 +221,7 @@ class Daemon:
     def _read(self, src: LiveSource) -> None:
         iface = self.cfg.capture.interface
         linktype = src.linktype
-        clock = self.clock
-        shift = isinstance(clock, OffsetClock)
+        shift = isinstance(self.clock, OffsetClock)
         link_checked = 0.0
         down = False
         was_gap = bool(self._gaps and self._gaps[-1].end_us is None)
@@ -229,13 +241,7 @@ class Daemon:
             now = time.monotonic()
             self._capture_heartbeat = now
             if frames:
-                records = [
-                    decode_frame(clock.adjust(f.ts_us) if shift else f.ts_us, linktype,
-                                 f.data, f.wire_len)
-                    for f in frames
-                ]
-                self._file(records)
-                self.frames += len(frames)
+                self._ingest(frames, linktype, shift)
             if now - link_checked >= 0.2:
                 link_checked = now
                 self._fold_stats(src)
@@ -267,20 +273,41 @@ class Daemon:
                 if time.monotonic() >= deadline:
                     break
                 continue
-            self._file([
-                decode_frame(self.clock.adjust(f.ts_us) if shift else f.ts_us, linktype,
-                             f.data, f.wire_len)
-                for f in frames
-            ])
-            self.frames += len(frames)
+            self._ingest(frames, linktype, shift)
             drained += len(frames)
         log.info("capture stopped; %d frames read after the stop request", drained)
+
+    def _ingest(self, frames: list[Frame], linktype: int, shift: bool) -> None:
+        """File a batch of captured frames (test clocks shift their timestamps first)."""
+        if shift:
+            adjust = self.clock.adjust
+            frames = [Frame(adjust(f.ts_us), f.wire_len, f.data) for f in frames]
+        agg = self.aggregation
+        if isinstance(agg, FastHourlyAggregation):
+            bucket = self.cfg.bucket_seconds
+            with self.lock:
+                if agg.linktype != linktype:
+                    agg.set_linktype(linktype)
+                # Buckets already sealed stay sealed: their frames are counted late (in C,
+                # as _file does below for the reference path).
+                agg.set_horizon(self._closed_through * 1_000_000)
+                closed = agg.feed_frames(frames)
+                self._late += agg.take_before()
+                if closed:
+                    self._ready.extend(closed)
+                    for c in closed:
+                        end = c.aggregator.hour_start + bucket
+                        self._closed_through = max(self._closed_through, end)
+        else:
+            self._file([decode_frame(f.ts_us, linktype, f.data, f.wire_len) for f in frames])
+        self.frames += len(frames)
 
     def _file(self, records: list[Any]) -> None:
         bucket = self.cfg.bucket_seconds
         with self.lock:
             horizon = self._closed_through * 1_000_000
             agg = self.aggregation
+            assert isinstance(agg, HourlyAggregation)
             for rec in records:
                 if rec.ts_us < horizon:
                     self._late += 1
@@ -361,7 +388,9 @@ class Daemon:
             if final:
                 # the bucket in progress, partial; and anything ahead of the clock
                 closed += self.aggregation.flush(complete=False)
-            by_start = {c.aggregator.hour_start: c for c in closed}
+            by_start: dict[int, ClosedInterval | FastClosed] = {
+                c.aggregator.hour_start: c for c in closed
+            }
             # the newest bucket that has ended (all of them, the current one too, if final)
             last = max([current, *by_start]) if final else hour_of(due_us, bucket) - bucket
             starts = set(by_start)

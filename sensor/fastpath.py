@@ -64,15 +64,30 @@ def _limits_tuple(lim: Limits) -> tuple[int, ...]:
     )
 
 
-class FastInterval:
-    """One closed interval from the kernel; `finish()` is `HourAggregator.finish`."""
+_LIMIT_FIELDS: Final = (
+    "max_sources", "max_destinations", "source_exact_budget", "source_exact_limit",
+    "source_big_p", "source_max_big", "source_small_p", "port_exact_budget",
+    "port_exact_limit", "port_big_p", "port_max_big", "port_small_p", "overflow_sketch_p",
+)
 
-    __slots__ = ("_iv", "bucket_seconds", "limits")
+
+class FastInterval:
+    """One closed interval from the kernel; `finish()` is `HourAggregator.finish`.
+
+    `late` may be raised by the caller (a live sensor adds the packets it counted late for
+    sealed buckets), as with `HourAggregator.late`.
+    """
+
+    __slots__ = ("_extra_late", "_iv", "bucket_seconds", "limits")
 
     def __init__(self, iv: Any, bucket_seconds: int, limits: Limits) -> None:
         self._iv = iv
         self.bucket_seconds = bucket_seconds
-        self.limits = limits
+        # The limits the interval was opened with (a reload may have changed them since).
+        own = tuple(iv.limits)
+        self.limits = limits if own == _limits_tuple(limits) else Limits(
+            **dict(zip(_LIMIT_FIELDS, own, strict=True)))
+        self._extra_late = 0
 
     @property
     def hour_start(self) -> int:
@@ -80,7 +95,11 @@ class FastInterval:
 
     @property
     def late(self) -> int:
-        return int(self._iv.late)
+        return int(self._iv.late) + self._extra_late
+
+    @late.setter
+    def late(self, value: int) -> None:
+        self._extra_late = value - int(self._iv.late)
 
     @property
     def packets(self) -> int:
@@ -104,8 +123,9 @@ class FastInterval:
         overflow_distinct = _estimate(registers) if overflow and registers is not None else 0
         merged_health: dict[str, Any] = dict(health or {})
         merged_health["partial"] = not complete
-        if t["late"]:
-            merged_health["late_packets"] = t["late"]
+        late = int(t["late"]) + self._extra_late
+        if late:
+            merged_health["late_packets"] = late
         tcp_flags, ttls, sizes = t["tcp_flags"], t["ttl"], t["sizes"]
         return Summary(
             sensor_id=sensor_id,
@@ -164,12 +184,22 @@ class FastHourlyAggregation:
                                "reference path (sensor.aggregate)")
         # The reference validates the arguments: same errors, same messages.
         HourlyAggregation(bucket_seconds, limits, open_intervals)
-        self.limits = limits or Limits()
-        HourAggregator(0, bucket_seconds, self.limits)
+        self._limits = limits or Limits()
+        HourAggregator(0, bucket_seconds, self._limits)
         self.linktype = linktype
         self.bucket_seconds = bucket_seconds
         self._k = _fast.Kernel(linktype, bucket_seconds, max(1, open_intervals),
-                               _limits_tuple(self.limits))
+                               _limits_tuple(self._limits))
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        """As `HourlyAggregation.limits`: intervals opened from now on use these limits."""
+        self._k.set_limits(_limits_tuple(limits))
+        self._limits = limits
 
     def _wrap(self, closed: list[tuple[Any, bool]]) -> list[FastClosed]:
         return [
@@ -185,6 +215,19 @@ class FastHourlyAggregation:
     def feed_frames(self, frames: Sequence[tuple[int, int, bytes]]) -> list[FastClosed]:
         """Decode and count `(ts_us, wire_len, data)` frames; return intervals that closed."""
         return self._wrap(self._k.feed_frames(frames))
+
+    def set_horizon(self, ts_us: int) -> None:
+        """Frames timed before `ts_us` are counted by `take_before()`, not routed.
+
+        A live sensor seals buckets on a timer: after `close_before` an old frame must not
+        open its sealed bucket again.  Same decision as the daemon's reference path, which
+        counts such records as late before they reach `HourlyAggregation.add`.
+        """
+        self._k.set_horizon(ts_us)
+
+    def take_before(self) -> int:
+        """Frames stopped by the horizon since the last call (and reset the count)."""
+        return int(self._k.take_before())
 
     def feed_file(self, reader: Any, max_frames: int = FILE_CHUNK) -> tuple[int, list[FastClosed]]:
         """Read up to `max_frames` frames of `reader` (a `sensor._fast.FileReader`).

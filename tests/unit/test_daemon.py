@@ -1,5 +1,8 @@
 """sensor.daemon without root: the timer's bucket closing, late packets, clock steps, gaps,
-reload, driven with an injected clock and a scripted capture source."""
+reload, driven with an injected clock and a scripted capture source.
+
+Every test runs on both aggregation paths the daemon can use: the compiled kernel
+(`sensor._fast`, the default when it is built) and the pure-Python reference."""
 
 from __future__ import annotations
 
@@ -7,8 +10,12 @@ import struct
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from sensor import fastpath
 from sensor.config import parse_config
 from sensor.daemon import Daemon
 from sensor.decode import decode_frame
@@ -70,10 +77,38 @@ def records(*ts: int) -> list[object]:
     return [decode_frame(t, 1, frame(t).data, frame(t).wire_len) for t in ts]
 
 
+PATHS = [False, True] if fastpath.available() else [False]
+COMPILED = {"on": False}
+
+
+@pytest.fixture(autouse=True, params=PATHS, ids=lambda c: "compiled" if c else "reference")
+def aggregation_path(request: pytest.FixtureRequest) -> Iterator[bool]:
+    COMPILED["on"] = request.param
+    yield request.param
+
+
+def ingest(d: Daemon, *ts: int) -> None:
+    """Frames as the capture thread hands them over (decoded by the daemon's own path)."""
+    d._ingest([frame(t) for t in ts], 1, False)
+
+
 def make(start_offset_s: float = 0.5, path: Path | None = None) -> tuple[Daemon, Clock]:
     cfg = parse_config(tomllib.loads(CONFIG))
     clock = Clock(int((T0 + start_offset_s) * 1e6))
-    return Daemon(cfg, clock=clock, config_path=path), clock
+    d = Daemon(cfg, clock=clock, config_path=path, compiled=COMPILED["on"])
+    assert d.compiled is COMPILED["on"]
+    return d, clock
+
+
+def test_reference_records_filed_directly() -> None:
+    """`_file` (the reference path's filing of decoded records) keeps working."""
+    if COMPILED["on"]:
+        return
+    d, clock = make()
+    d._file(records(int((T0 + 1) * 1e6)))
+    clock.advance(BUCKET)
+    (s0,) = d.close_due()
+    assert s0.packets == 1
 
 
 def test_timer_closes_empty_buckets_first_one_partial() -> None:
@@ -93,11 +128,11 @@ def test_timer_closes_empty_buckets_first_one_partial() -> None:
 
 def test_packets_filed_by_timestamp_and_late_ones_counted_in_the_next_summary() -> None:
     d, clock = make()
-    d._file(records(int((T0 + 1) * 1e6), int((T0 + 2.2) * 1e6)))
+    ingest(d, int((T0 + 1) * 1e6), int((T0 + 2.2) * 1e6))
     clock.advance(BUCKET)
     (s0,) = d.close_due()
     assert s0.packets == 1
-    d._file(records(int((T0 + 1.9) * 1e6)))  # its bucket is sealed: late
+    ingest(d, int((T0 + 1.9) * 1e6))  # its bucket is sealed: late
     clock.advance(BUCKET)
     (s1,) = d.close_due()
     assert s1.hour_start == T0 + BUCKET and s1.packets == 1
@@ -106,9 +141,9 @@ def test_packets_filed_by_timestamp_and_late_ones_counted_in_the_next_summary() 
 
 def test_sigterm_close_is_partial_and_complete_buckets_stay_complete() -> None:
     d, clock = make(start_offset_s=0.0)
-    d._file(records(int((T0 + 0.5) * 1e6)))
+    ingest(d, int((T0 + 0.5) * 1e6))
     clock.advance(BUCKET + 0.6)
-    d._file(records(int((T0 + BUCKET + 0.5) * 1e6)))
+    ingest(d, int((T0 + BUCKET + 0.5) * 1e6))
     final = d.close_due(final=True)
     assert [s.hour_start for s in final] == [T0, T0 + BUCKET]
     assert final[0].health["partial"] is False and final[0].packets == 1
@@ -151,6 +186,22 @@ def test_reload_refuses_a_bad_config_and_reopens_on_capture_changes(tmp_path: Pa
     p.write_text(CONFIG.replace('id = "unit-01"', 'id = "unit-02"'))
     d.reload()
     assert d.cfg.sensor_id == "unit-01"  # needs a restart
+
+
+def test_reload_limits_apply_to_buckets_opened_after_it(tmp_path: Path) -> None:
+    p = tmp_path / "sensor.toml"
+    p.write_text(CONFIG)
+    d, clock = make(path=p)
+    ingest(d, int((T0 + 1) * 1e6))  # bucket T0 opens with the default limits
+    p.write_text(CONFIG + "[limits]\nmax_sources = 1\n")
+    d.reload()
+    assert d.aggregation.limits.max_sources == 1
+    ingest(d, int((T0 + BUCKET + 0.1) * 1e6))  # bucket T0+2 opens with the new ones
+    clock.advance(2 * BUCKET)
+    s0, s1 = d.close_due()
+    assert s0.sketch == d.cfg.limits.__class__().sketch_description()
+    assert s1.sketch == d.cfg.limits.sketch_description()
+    assert s0.sketch != s1.sketch
 
 
 class Source:
