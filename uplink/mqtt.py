@@ -15,8 +15,6 @@ This is the only module on the board that imports paho.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -32,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from sensor.clock import kernel_sync_state
 from sensor.spool import Spool, SpoolEntry, SpoolError
 from uplink.config import UplinkConfig
 from uplink.session import (
@@ -65,37 +64,11 @@ HealthProvider = Callable[[], dict[str, Any]]
 
 
 def clock_state() -> dict[str, Any]:
-    """Kernel clock discipline (adjtimex): synchronised or not, and the error estimates."""
-
-    class Timex(ctypes.Structure):
-        _fields_ = [
-            ("modes", ctypes.c_uint),
-            ("offset", ctypes.c_long),
-            ("freq", ctypes.c_long),
-            ("maxerror", ctypes.c_long),
-            ("esterror", ctypes.c_long),
-            ("status", ctypes.c_int),
-            ("constant", ctypes.c_long),
-            ("precision", ctypes.c_long),
-            ("tolerance", ctypes.c_long),
-            ("time_sec", ctypes.c_long),
-            ("time_usec", ctypes.c_long),
-            ("tick", ctypes.c_long),
-            ("pad", ctypes.c_long * 20),
-        ]
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        tx = Timex()
-        state = int(libc.adjtimex(ctypes.byref(tx)))
-    except (OSError, AttributeError):
+    """Kernel clock discipline (adjtimex): synchronised or not, and the error estimate."""
+    synchronized, maxerror_us = kernel_sync_state()
+    if synchronized is None:
         return {"synchronized": None}
-    # TIME_ERROR (5): the kernel clock is not synchronised (STA_UNSYNC set)
-    return {
-        "synchronized": state != 5,
-        "maxerror_us": int(tx.maxerror),
-        "esterror_us": int(tx.esterror),
-    }
+    return {"synchronized": synchronized, "maxerror_us": maxerror_us}
 
 
 class MqttUplink:
