@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
+# Shared fixture modules imported by test modules: let pytest rewrite their asserts too.
+pytest.register_assert_rewrite("mqtt_fixtures")
+
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("privileged") is not None and os.geteuid() != 0:
