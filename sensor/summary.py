@@ -11,6 +11,7 @@ need a new major version.  The byte-level layout is in docs/summary-format.md.
 from __future__ import annotations
 
 import ipaddress
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -187,7 +188,16 @@ def _sorted_map(m: Mapping[str, Any]) -> dict[str, Any]:
 # --- decoding: every field checked ------------------------------------------------------
 
 T = TypeVar("T")
-_U64: Final = (1 << 64) - 1
+# Counters fit a signed 64-bit integer, so any SQL store can hold them (a signed summary
+# with 2**64 - 1 packets must not be able to wedge a central site's rollup).
+_U64: Final = (1 << 63) - 1
+# Table sizes a reader accepts: generous multiples of the sensor's own bounds, small enough
+# that a tiny, highly compressible envelope cannot make a central site allocate gigabytes.
+MAX_SOURCE_ROWS: Final = 1 << 20
+MAX_DESTINATION_ROWS: Final = 1 << 20
+MAX_PORT_ROWS: Final = 2 * 65_536 + 4 * 256
+MAX_ICMP_ROWS: Final = 2 * 65_536
+MAX_PAIR_ROWS: Final = 1 << 12
 # Latest representable instant (9999-12-31T23:59:59.999999Z): times beyond it are malformed.
 MAX_TIME_US: Final = 253_402_300_799_999_999
 
@@ -214,9 +224,11 @@ def _str(value: object, what: str, max_len: int = 256) -> str:
     return value
 
 
-def _list(value: object, what: str) -> list[Any]:
+def _list(value: object, what: str, max_len: int = MAX_PAIR_ROWS) -> list[Any]:
     if type(value) is not list:
         raise _fail(f"{what} must be an array")
+    if len(value) > max_len:
+        raise _fail(f"{what} has {len(value)} entries, more than the {max_len} a reader accepts")
     return value
 
 
@@ -245,10 +257,12 @@ def _pairs(value: object, what: str, key_limit: int) -> tuple[tuple[int, int], .
     return tuple(out)
 
 
-def _rows(value: object, what: str, parse: Callable[[list[Any], str], T], n: int) -> tuple[T, ...]:
+def _rows(
+    value: object, what: str, parse: Callable[[list[Any], str], T], n: int, max_rows: int
+) -> tuple[T, ...]:
     return tuple(
         parse(_row(item, f"{what}[{i}]", n), f"{what}[{i}]")
-        for i, item in enumerate(_list(value, what))
+        for i, item in enumerate(_list(value, what, max_rows))
     )
 
 
@@ -307,6 +321,18 @@ def _dest_row(r: list[Any], w: str) -> DestinationRow:
     return DestinationRow(_address(r[0], f"{w}.address", (4, 8)), _uint(r[1], f"{w}.packets"))
 
 
+def _sources_in(rows: tuple[SourceRow, ...], hour: int, bucket: int) -> tuple[SourceRow, ...]:
+    """Every source was seen inside the interval, first before last: a summary cannot
+    make an address look older or younger than the hour it describes."""
+    if rows:
+        lo, hi = hour * 1_000_000, (hour + bucket) * 1_000_000
+        firsts = [r.first_us for r in rows]
+        lasts = [r.last_us for r in rows]
+        if min(firsts) < lo or max(lasts) >= hi or any(map(operator.gt, firsts, lasts)):
+            raise _fail("sources: first_us/last_us must lie in the interval, first <= last")
+    return rows
+
+
 _REQUIRED: Final = (
     "v", "sensor", "hour", "len", "darknet", "packets", "bytes", "fragments",
     "sources_distinct", "sources_overflow", "destinations_overflow", "ports", "icmp_codes",
@@ -346,10 +372,14 @@ def decode_summary(data: bytes) -> Summary:
         sources_distinct_estimated=_bool(distinct[1], "sources_distinct[1]"),
         sources_overflow=_uint(doc["sources_overflow"], "sources_overflow"),
         destinations_overflow=_uint(doc["destinations_overflow"], "destinations_overflow"),
-        ports=_rows(doc["ports"], "ports", _port_row, 7),
-        icmp_codes=_rows(doc["icmp_codes"], "icmp_codes", _icmp_row, 4),
-        sources=_rows(doc["sources"], "sources", _source_row, 10),
-        destinations=_rows(doc["destinations"], "destinations", _dest_row, 2),
+        ports=_rows(doc["ports"], "ports", _port_row, 7, MAX_PORT_ROWS),
+        icmp_codes=_rows(doc["icmp_codes"], "icmp_codes", _icmp_row, 4, MAX_ICMP_ROWS),
+        sources=_sources_in(
+            _rows(doc["sources"], "sources", _source_row, 10, MAX_SOURCE_ROWS), hour, bucket
+        ),
+        destinations=_rows(
+            doc["destinations"], "destinations", _dest_row, 2, MAX_DESTINATION_ROWS
+        ),
         tcp_flags=_pairs(doc["tcp_flags"], "tcp_flags", 255),
         ttl=_pairs(doc["ttl"], "ttl", 255),
         sizes=_pairs(doc["sizes"], "sizes", 1 << 20),

@@ -115,7 +115,8 @@ def test_store_rollup_end_to_end(tmp_path: Path) -> None:
     us = HOUR * 1_000_000
     with Store(tmp_path / "c.db") as store:
         for i, sid in enumerate(("a-1", "b-2")):
-            s = summary(sid, HOUR + 3600 * i, sources=(src(V4_JP, us + i, us + 3600 * 10**6 * i),))
+            t = us + 3600 * 10**6 * i  # inside the summary's own hour
+            s = summary(sid, HOUR + 3600 * i, sources=(src(V4_JP, t, t),))
             store.store_summary(sensor_id=sid, sequence=1, hour_start=s.hour_start,
                                 created_us=us, envelope=b"env" + sid.encode(),
                                 summary=encode_summary(s))

@@ -24,17 +24,21 @@ from sensor.summary import (
 )
 
 u32 = st.integers(0, 2**32 - 1)
-u64 = st.integers(0, 2**64 - 1)
+u64 = st.integers(0, 2**63 - 1)
 byte = st.integers(0, 255)
 
 port_rows = st.builds(
     PortRow, byte, st.none() | st.integers(0, 65535), u64, u64, u64, u64, st.booleans()
 )
-source_rows = st.builds(
-    SourceRow, st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16),
-    u64, u64, st.integers(0, 2**50), st.integers(0, 2**50), u32, u32, byte,
-    st.integers(0, 7), st.integers(0, 3),
-)
+def source_rows(hour: int, bucket: int) -> st.SearchStrategy[SourceRow]:
+    lo, hi = hour * 1_000_000, (hour + bucket) * 1_000_000 - 1
+    return st.tuples(st.integers(lo, hi), st.integers(lo, hi)).flatmap(
+        lambda t: st.builds(
+            SourceRow, st.binary(min_size=4, max_size=4) | st.binary(min_size=16, max_size=16),
+            u64, u64, st.just(min(t)), st.just(max(t)), u32, u32, byte,
+            st.integers(0, 7), st.integers(0, 3),
+        )
+    )
 dest_rows = st.builds(
     DestinationRow, st.binary(min_size=4, max_size=4) | st.binary(min_size=8, max_size=8), u64
 )
@@ -50,9 +54,10 @@ def unique_by(rows: list, key) -> tuple:  # type: ignore[no-untyped-def]
 @st.composite
 def summaries(draw: st.DrawFn) -> Summary:
     bucket = draw(st.sampled_from([3600, 60, 1]))
+    hour = draw(st.integers(0, 60_000_000)) * bucket
     return Summary(
         sensor_id=draw(st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)),
-        hour_start=draw(st.integers(0, 60_000_000)) * bucket,
+        hour_start=hour,
         bucket_seconds=bucket,
         darknet=tuple(draw(st.lists(st.sampled_from(["198.51.100.0/24", "2001:db8::/32"])))),
         packets=draw(u64), bytes=draw(u64), fragments=draw(u64),
@@ -63,7 +68,9 @@ def summaries(draw: st.DrawFn) -> Summary:
             draw(st.lists(st.builds(IcmpCodeRow, byte, byte, byte, u64), max_size=5)),
             lambda r: (r.proto, r.type, r.code),
         ),
-        sources=unique_by(draw(st.lists(source_rows, max_size=20)), lambda r: r.address),
+        sources=unique_by(
+            draw(st.lists(source_rows(hour, bucket), max_size=20)), lambda r: r.address
+        ),
         destinations=unique_by(draw(st.lists(dest_rows, max_size=10)), lambda r: r.address),
         tcp_flags=tuple(sorted(draw(st.dictionaries(byte, u64, max_size=5)).items())),
         ttl=tuple(sorted(draw(st.dictionaries(byte, u64, max_size=5)).items())),
@@ -121,7 +128,11 @@ def test_unknown_keys_are_ignored_and_missing_keys_named() -> None:
     ("field", "value"),
     [("v", 2), ("packets", -1), ("hour", 3601), ("sensor", 5),
      ("ports", [[6, 70000, 1, 1, 0, 1, False]]),
-     ("sources", [[b"\x01\x02", 1, 1, 0, 0, 1, 1, 64, 0, 0]]), ("malformed", {"x": "y"})],
+     ("sources", [[b"\x01\x02", 1, 1, 0, 0, 1, 1, 64, 0, 0]]), ("malformed", {"x": "y"}),
+     ("packets", 2**64 - 1),
+     ("sources", [[b"\x01\x02\x03\x04", 1, 1, 7200 * 10**6, 3600 * 10**6, 1, 1, 64, 0, 0]]),
+     ("sources", [[b"\x01\x02\x03\x04", 1, 1, 0, 10, 1, 1, 64, 0, 0]]),
+     ("destinations", [[b"\x01\x02\x03\x04", 1]] * (2**20 + 1))],
 )
 def test_bad_fields_are_named(field: str, value: object) -> None:
     doc = minimal()
