@@ -26,11 +26,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pcap/pcap.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ constants */
 
@@ -424,6 +427,25 @@ static int64_t map_add(map_t *m, const fk_t *k, uint64_t h, void **vals, const s
     return m->n - 1;
 }
 
+/* Room for `cap` keys (a power of two) and their values, allocated zeroed and lazily
+ * (calloc: pages are touched only when used), so a table sized from the previous interval
+ * neither copies its arrays nor rehashes its slots while it grows to that size.  0 or -1. */
+static int map_reserve(map_t *m, uint32_t cap, void **vals, const size_t *vsize, int nvals)
+{
+    if (cap < 16 || m->cap || m->slot)
+        return 0;
+    if ((m->keys = calloc(cap, sizeof(fk_t))) == NULL)
+        return -1;
+    for (int j = 0; j < nvals; j++)
+        if ((vals[j] = calloc(cap, vsize[j])) == NULL)
+            return -1;
+    if ((m->slot = calloc((size_t)cap * 2, sizeof(uint64_t))) == NULL)
+        return -1;
+    m->mask = cap * 2 - 1;
+    m->cap = cap;
+    return 0;
+}
+
 static void map_free(map_t *m)
 {
     free(m->slot);
@@ -643,11 +665,48 @@ typedef struct {
     int oom;
 } interval_t;
 
-static interval_t *interval_new(int64_t start, const limits_t *lim)
+static void interval_free(interval_t *iv);
+
+/* Table sizes to start an interval with (the last closed interval's), so that a new hour's
+ * tables do not grow through every power of two again. */
+typedef struct {
+    uint32_t ports, src, dst;
+} sizes_t;
+
+static uint32_t reserve_size(uint32_t n, int64_t cap)
+{
+    n += n / 4; /* the next hour may be a little busier, but never past the cap */
+    if (cap >= 0 && (int64_t)n > cap)
+        n = (uint32_t)cap;
+    uint32_t c = 16;
+    while (c < n && c < (1u << 24))
+        c <<= 1;
+    return c;
+}
+
+static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_t *hint)
 {
     interval_t *iv = calloc(1, sizeof *iv);
     if (iv == NULL)
         return NULL;
+    if (hint && (hint->ports || hint->src || hint->dst)) {
+        void *v[1];
+        size_t vs[1];
+        int rc = 0;
+        v[0] = NULL, vs[0] = sizeof(port_t);
+        rc |= map_reserve(&iv->ports, reserve_size(hint->ports, -1), v, vs, 1);
+        iv->port = v[0];
+        v[0] = NULL, vs[0] = sizeof(row_t);
+        rc |= map_reserve(&iv->src, reserve_size(hint->src, lim->max_sources), v, vs, 1);
+        iv->row = v[0];
+        v[0] = NULL, vs[0] = sizeof(uint64_t);
+        rc |= map_reserve(&iv->dst, reserve_size(hint->dst, lim->max_destinations), v, vs, 1);
+        iv->dst_n = v[0];
+        if (rc) {
+            interval_free(iv);
+            return NULL;
+        }
+    }
     iv->start = start;
     iv->lim = *lim;
     iv->pbudget = lim->port_budget;
@@ -927,6 +986,22 @@ static inline void pkt_keys(const pkt_t *r, pkeys_t *k)
     k->hd = fk_hash(&k->dk);
 }
 
+/* A decoded frame: the packet and its keys, or the malformed reason (reason >= 0). */
+typedef struct {
+    pkt_t p;
+    int reason;
+    pkeys_t k;
+} rec_t;
+
+static inline void decode_rec(int linktype, int64_t ts, const uint8_t *data, long caplen, long wire_len,
+                              rec_t *rec)
+{
+    rec->p.ts = ts;
+    rec->reason = decode(linktype, data, caplen, wire_len, &rec->p);
+    if (rec->reason < 0)
+        pkt_keys(&rec->p, &rec->k);
+}
+
 /* HourAggregator.add; `kk` is pkt_keys(r). */
 static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
 {
@@ -1088,13 +1163,11 @@ typedef struct {
     size_t n_closed, cap_closed;
     int oom;
     long long frames;    /* frames routed (after the BPF filter) */
+    sizes_t hint;        /* table sizes of the last closed interval (interval_new) */
     int64_t horizon;     /* frames before this time (us) are not routed: counted in `before` */
     uint64_t before;     /* ... (a live sensor's already sealed buckets; see set_horizon) */
     int nb;              /* decoded frames waiting in `batch` */
-    struct {
-        pkt_t p;
-        int reason;
-    } batch[BATCH];
+    rec_t batch[BATCH];
     pcap_t *stop_handle; /* file reads: break out as soon as an interval closes */
 } router_t;
 
@@ -1114,6 +1187,7 @@ static int push_closed(router_t *rt, interval_t *iv, int complete)
         rt->closed = nc;
         rt->cap_closed = ncap;
     }
+    rt->hint = (sizes_t){iv->ports.n, iv->src.n, iv->dst.n};
     rt->closed[rt->n_closed].iv = iv;
     rt->closed[rt->n_closed].complete = complete;
     rt->n_closed++;
@@ -1155,7 +1229,7 @@ static interval_t *route(router_t *rt, int64_t ts)
             return NULL;
         }
     }
-    interval_t *iv = interval_new(start, &rt->lim);
+    interval_t *iv = interval_new(start, &rt->lim, &rt->hint);
     if (iv == NULL || rt->n_open == MAX_OPEN) {
         interval_free(iv);
         rt->oom = 1;
@@ -1228,47 +1302,44 @@ static inline int64_t slot_hint(const map_t *m, const fk_t *k, uint64_t h)
  * (map slots, then entries, then the per-port and per-source sets) issues those loads for
  * all frames at once.  Each frame's keys and hashes are computed once, in the first pass.
  * The prefetch passes only read: the counting pass is the reference. */
-static void process_batch(router_t *rt)
+static void process_recs(router_t *rt, const rec_t *b, int n)
 {
-    int n = rt->nb;
-    rt->nb = 0;
     interval_t *ivs[BATCH];
-    pkeys_t kk[BATCH];
+    const pkeys_t *kk[BATCH];
     int64_t ip[BATCH], is[BATCH];
     for (int i = 0; i < n; i++) {
-        const pkt_t *r = &rt->batch[i].p;
+        const pkt_t *r = &b[i].p;
         interval_t *iv = NULL;
-        if (rt->batch[i].reason < 0) {
-            pkt_keys(r, &kk[i]);
+        kk[i] = &b[i].k;
+        if (b[i].reason < 0)
             iv = peek_interval(rt, r->ts);
-        }
         ivs[i] = iv;
         if (iv == NULL || iv->ports.slot == NULL || iv->src.slot == NULL || iv->dst.slot == NULL) {
             ivs[i] = NULL;
             continue;
         }
-        PF(&iv->ports.slot[(uint32_t)kk[i].hp & iv->ports.mask]);
-        PF(&iv->src.slot[(uint32_t)kk[i].hs & iv->src.mask]);
-        PF(&iv->dst.slot[(uint32_t)kk[i].hd & iv->dst.mask]);
+        PF(&iv->ports.slot[(uint32_t)kk[i]->hp & iv->ports.mask]);
+        PF(&iv->src.slot[(uint32_t)kk[i]->hs & iv->src.mask]);
+        PF(&iv->dst.slot[(uint32_t)kk[i]->hd & iv->dst.mask]);
     }
     for (int i = 0; i < n; i++) {
         interval_t *iv = ivs[i];
         ip[i] = is[i] = -1;
         if (iv == NULL)
             continue;
-        ip[i] = slot_hint(&iv->ports, &kk[i].pk, kk[i].hp);
-        is[i] = slot_hint(&iv->src, &kk[i].sk, kk[i].hs);
-        int64_t id = slot_hint(&iv->dst, &kk[i].dk, kk[i].hd);
+        ip[i] = slot_hint(&iv->ports, &kk[i]->pk, kk[i]->hp);
+        is[i] = slot_hint(&iv->src, &kk[i]->sk, kk[i]->hs);
+        int64_t id = slot_hint(&iv->dst, &kk[i]->dk, kk[i]->hd);
         if (ip[i] >= 0)
             PF(&iv->port[ip[i]]);
         if (is[i] >= 0) {
             PF(&iv->row[is[i]]);
-            if (kk[i].sk.tag)
+            if (kk[i]->sk.tag)
                 PF(&iv->src.keys[is[i]]);
         }
         if (id >= 0) {
             PF(&iv->dst_n[id]);
-            if (kk[i].dk.tag)
+            if (kk[i]->dk.tag)
                 PF(&iv->dst.keys[id]);
         }
     }
@@ -1279,15 +1350,15 @@ static void process_batch(router_t *rt)
         if (ip[i] >= 0) {
             const fkset_t *ex = iv->port[ip[i]].exact;
             if (ex)
-                PF(&ex->t[(uint32_t)kk[i].hs & ex->mask]);
+                PF(&ex->t[(uint32_t)kk[i]->hs & ex->mask]);
         }
         if (is[i] >= 0) {
             const row_t *row = &iv->row[is[i]];
             for (int c = 0; c < 2; c++)
                 if (row->state[c] == ST_SET) {
                     const set64_t *st = &row->col[c].set;
-                    const pkt_t *r = &rt->batch[i].p;
-                    uint64_t item = c ? kk[i].dk.lo
+                    const pkt_t *r = &b[i].p;
+                    uint64_t item = c ? kk[i]->dk.lo
                                       : (uint64_t)(r->proto == P_TCP || r->proto == P_UDP
                                                    ? (r->later ? 0 : r->dport | (r->proto << 16))
                                                    : 0);
@@ -1297,15 +1368,20 @@ static void process_batch(router_t *rt)
         }
     }
     for (int i = 0; i < n && !rt->oom; i++)
-        count_frame(rt, &rt->batch[i].p, rt->batch[i].reason, &kk[i]);
+        count_frame(rt, &b[i].p, b[i].reason, kk[i]);
+}
+
+static void process_batch(router_t *rt)
+{
+    int n = rt->nb;
+    rt->nb = 0;
+    process_recs(rt, rt->batch, n);
 }
 
 static inline void route_frame(router_t *rt, int64_t ts, const uint8_t *data, long caplen, long wire_len)
 {
-    pkt_t *r = &rt->batch[rt->nb].p;
-    r->ts = ts;
     rt->frames++;
-    rt->batch[rt->nb].reason = decode(rt->linktype, data, caplen, wire_len, r);
+    decode_rec(rt->linktype, ts, data, caplen, wire_len, &rt->batch[rt->nb]);
     if (++rt->nb == BATCH)
         process_batch(rt);
 }
@@ -1704,6 +1780,20 @@ static PyTypeObject IntervalType = {
 
 static PyObject *FastError;
 
+/* File replay runs as a two-stage pipeline when the machine has a second core: a reader
+ * thread (pcap_dispatch: fread, BPF, then decode and the keys' hashes) fills a ring of
+ * decoded records, and the thread that called feed_file counts them in file order, so the
+ * tables have one writer and see the same sequence as with one thread.  The ring is a
+ * single-producer single-consumer queue: `head` is written by the reader thread only,
+ * `tail` by the counting thread only; each side spins briefly, then sleeps on `cv`.  The
+ * reader thread lives for one feed_file call (it is stopped and joined before the call
+ * returns); records it decoded ahead stay in the ring for the next call. */
+#define RING 1024 /* records (a power of two) */
+#define PUBLISH 16 /* the reader publishes `head` every PUBLISH records */
+#define SPINS 4000
+
+enum { P_RUNNING, P_STOPPED, P_EOF, P_ERROR };
+
 typedef struct {
     PyObject_HEAD
     pcap_t *p;
@@ -1711,6 +1801,16 @@ typedef struct {
     int err_pending;
     char err_msg[PCAP_ERRBUF_SIZE + 64];
     long long err_off;
+    /* pipeline (see above) */
+    int pipeline;            /* 1: reader thread; 0: pcap_dispatch in the calling thread */
+    int eof;                 /* the reader thread met the end of the file */
+    rec_t *ring;
+    _Atomic uint64_t head, tail;
+    atomic_int stop, state, sleepers;
+    uint64_t phead, ptail; /* the reader thread's own copies */
+    int plinktype;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 } ReaderObject;
 
 static PyObject *raise_fast(const char *message, long long offset)
@@ -1725,11 +1825,17 @@ static PyObject *raise_fast(const char *message, long long offset)
 
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    PyObject *path_obj;
+    PyObject *path_obj, *pipe_obj = Py_None;
     char errbuf[PCAP_ERRBUF_SIZE] = "";
-    static char *kwlist[] = {"path", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&:FileReader", kwlist, PyUnicode_FSConverter, &path_obj))
+    static char *kwlist[] = {"path", "pipeline", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|O:FileReader", kwlist, PyUnicode_FSConverter,
+                                     &path_obj, &pipe_obj))
         return NULL;
+    int pipeline = -1; /* None: when the machine has a second core */
+    if (pipe_obj != Py_None && (pipeline = PyObject_IsTrue(pipe_obj)) < 0) {
+        Py_DECREF(path_obj);
+        return NULL;
+    }
     pcap_t *p;
     const char *path = PyBytes_AS_STRING(path_obj);
     Py_BEGIN_ALLOW_THREADS
@@ -1745,6 +1851,9 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     }
     self->p = p;
     self->err_off = -1;
+    self->pipeline = pipeline < 0 ? sysconf(_SC_NPROCESSORS_ONLN) > 1 : pipeline;
+    pthread_mutex_init(&self->mu, NULL);
+    pthread_cond_init(&self->cv, NULL);
     return (PyObject *)self;
 }
 
@@ -1791,6 +1900,10 @@ static PyObject *Reader_close(ReaderObject *self, PyObject *Py_UNUSED(a))
         pcap_close(self->p);
         self->p = NULL;
     }
+    free(self->ring);
+    self->ring = NULL;
+    atomic_store(&self->head, 0);
+    atomic_store(&self->tail, 0);
     Py_RETURN_NONE;
 }
 
@@ -1798,6 +1911,9 @@ static void Reader_dealloc(ReaderObject *self)
 {
     if (self->p)
         pcap_close(self->p);
+    free(self->ring);
+    pthread_mutex_destroy(&self->mu);
+    pthread_cond_destroy(&self->cv);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1955,6 +2071,143 @@ static void file_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *dat
         pcap_breakloop(rt->stop_handle);
 }
 
+/* ---- the pipeline's two sides (see ReaderObject) */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Wake the other side if it sleeps.  The caller stored its index (seq_cst) first; a sleeper
+ * counts itself in `sleepers` (seq_cst) under `mu` before it checks the index again. */
+static void pipe_wake(ReaderObject *rd)
+{
+    if (atomic_load(&rd->sleepers)) {
+        pthread_mutex_lock(&rd->mu);
+        pthread_cond_broadcast(&rd->cv);
+        pthread_mutex_unlock(&rd->mu);
+    }
+}
+
+/* Wait until ready(rd) is true: spin first, then sleep on the condition variable. */
+static void pipe_wait(ReaderObject *rd, int (*ready)(ReaderObject *))
+{
+    for (int i = 0; i < SPINS; i++) {
+        if (ready(rd))
+            return;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&rd->mu);
+    atomic_fetch_add(&rd->sleepers, 1);
+    while (!ready(rd))
+        pthread_cond_wait(&rd->cv, &rd->mu);
+    atomic_fetch_sub(&rd->sleepers, 1);
+    pthread_mutex_unlock(&rd->mu);
+}
+
+static int reader_may_go(ReaderObject *rd) /* reader side: a free slot, or told to stop */
+{
+    return atomic_load(&rd->stop) || rd->phead - atomic_load(&rd->tail) < RING;
+}
+
+static int counter_may_go(ReaderObject *rd) /* counting side: a record, or the reader ended */
+{
+    return atomic_load(&rd->state) != P_RUNNING || atomic_load(&rd->head) != atomic_load(&rd->tail);
+}
+
+static void pipe_publish(ReaderObject *rd)
+{
+    atomic_store(&rd->head, rd->phead);
+    pipe_wake(rd);
+}
+
+/* pcap_dispatch's callback in the reader thread: decode into the ring.  There is always a
+ * free slot on entry (checked before pcap_dispatch and after each record). */
+static void pipe_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *data)
+{
+    ReaderObject *rd = (ReaderObject *)user;
+    int64_t ts = (int64_t)h->ts.tv_sec * 1000000 + (int64_t)h->ts.tv_usec;
+    decode_rec(rd->plinktype, ts, data, (long)h->caplen, (long)h->len, &rd->ring[rd->phead & (RING - 1)]);
+    rd->phead++;
+    if (rd->phead % PUBLISH == 0)
+        pipe_publish(rd);
+    if (rd->phead - rd->ptail >= RING) {
+        rd->ptail = atomic_load(&rd->tail);
+        if (rd->phead - rd->ptail >= RING) {
+            pipe_publish(rd);
+            pipe_wait(rd, reader_may_go);
+            rd->ptail = atomic_load(&rd->tail);
+        }
+    }
+    if (atomic_load_explicit(&rd->stop, memory_order_relaxed))
+        pcap_breakloop(rd->p);
+}
+
+static void *pipe_reader(void *arg)
+{
+    ReaderObject *rd = arg;
+    int end = P_STOPPED;
+    rd->phead = atomic_load(&rd->head);
+    rd->ptail = atomic_load(&rd->tail);
+    for (;;) {
+        pipe_wait(rd, reader_may_go);
+        if (atomic_load(&rd->stop))
+            break;
+        int rc = pcap_dispatch(rd->p, -1, pipe_cb, (u_char *)rd);
+        if (rc == 0) {
+            end = P_EOF;
+            break;
+        }
+        if (rc == PCAP_ERROR) {
+            FILE *f = pcap_file(rd->p);
+            rd->err_off = f ? (long long)ftell(f) : -1;
+            snprintf(rd->err_msg, sizeof rd->err_msg, "%s", pcap_geterr(rd->p));
+            end = P_ERROR;
+            break;
+        }
+        /* PCAP_ERROR_BREAK, or a count after pcap_breakloop: the loop checks `stop` */
+    }
+    pipe_publish(rd);
+    atomic_store(&rd->state, end);
+    pipe_wake(rd);
+    return NULL;
+}
+
+/* feed_file's pipelined body (GIL released): count up to max_packets records in order. */
+static void pipe_count(router_t *rt, ReaderObject *rd, long long max_packets, int started)
+{
+    uint64_t t = atomic_load(&rd->tail);
+    while (rt->frames < max_packets && !rt->n_closed && !rt->oom) {
+        uint64_t h = atomic_load(&rd->head);
+        if (h == t) {
+            if (!started || atomic_load(&rd->state) != P_RUNNING) {
+                if (atomic_load(&rd->head) == t)
+                    break; /* the reader ended and everything it published is counted */
+                continue;
+            }
+            pipe_wait(rd, counter_may_go);
+            continue;
+        }
+        uint64_t n = h - t;
+        uint64_t room = RING - (t & (RING - 1));
+        if (n > room)
+            n = room;
+        if (n > BATCH)
+            n = BATCH;
+        if ((long long)n > max_packets - rt->frames)
+            n = (uint64_t)(max_packets - rt->frames);
+        process_recs(rt, &rd->ring[t & (RING - 1)], (int)n);
+        rt->frames += (long long)n;
+        t += n;
+        atomic_store(&rd->tail, t);
+        pipe_wake(rd);
+    }
+}
+
 /* feed_file(reader, max_packets) -> (frames read, [(Interval, complete)]); frames is -1 at EOF */
 static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
 {
@@ -1967,11 +2220,59 @@ static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "max_packets must be at least 1");
         return NULL;
     }
-    if (rd->err_pending)
-        return raise_fast(rd->err_msg, rd->err_off);
     router_t *rt = &self->rt;
     long long total;
     int rc = 0;
+    if (rd->pipeline && rd->ring == NULL && (rd->ring = malloc(RING * sizeof(rec_t))) == NULL)
+        return PyErr_NoMemory();
+    int buffered = rd->pipeline && atomic_load(&rd->head) != atomic_load(&rd->tail);
+    if (rd->err_pending && !buffered)
+        return raise_fast(rd->err_msg, rd->err_off);
+    if (rd->pipeline) {
+        pthread_t th;
+        int started = 0;
+        if (!rd->eof && !rd->err_pending) {
+            atomic_store(&rd->stop, 0);
+            atomic_store(&rd->state, P_RUNNING);
+            rd->plinktype = rt->linktype;
+            if (pthread_create(&th, NULL, pipe_reader, rd) != 0) {
+                if (buffered) {
+                    PyErr_SetString(PyExc_OSError, "feed_file: cannot start the reader thread");
+                    return NULL;
+                }
+                rd->pipeline = 0; /* nothing read ahead: carry on in this thread */
+                goto direct;
+            }
+            started = 1;
+        }
+        self->busy = rd->busy = 1;
+        rt->frames = 0;
+        rt->stop_handle = NULL; /* the reader thread owns the pcap handle */
+        Py_BEGIN_ALLOW_THREADS
+        pipe_count(rt, rd, max_packets, started);
+        if (started) {
+            atomic_store(&rd->stop, 1);
+            pipe_wake(rd);
+            pthread_join(th, NULL);
+            int end = atomic_load(&rd->state);
+            if (end == P_EOF)
+                rd->eof = 1;
+            else if (end == P_ERROR)
+                rd->err_pending = 1;
+        }
+        Py_END_ALLOW_THREADS
+        self->busy = rd->busy = 0;
+        total = rt->frames;
+        buffered = atomic_load(&rd->head) != atomic_load(&rd->tail);
+        if (total == 0 && rt->n_closed == 0 && !rt->oom && !buffered) {
+            if (rd->err_pending)
+                return raise_fast(rd->err_msg, rd->err_off);
+            if (rd->eof)
+                return kernel_result(self, PyLong_FromLong(-1));
+        }
+        return kernel_result(self, PyLong_FromLongLong(total));
+    }
+direct:
     self->busy = rd->busy = 1;
     rt->stop_handle = rd->p;
     rt->frames = 0;
