@@ -28,7 +28,7 @@ import zstandard
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sensor.summary import Summary, SummaryFormatError, decode_summary
+from sensor.summary import MAX_TIME_US, Summary, SummaryFormatError, decode_summary
 
 if TYPE_CHECKING:
     from uplink.keys import Keyring
@@ -327,6 +327,9 @@ def verify_envelope(
     Raises exactly one EnvelopeError subclass per failure, never anything else.
     """
     env = parse_envelope(data)
+    if env.created_us > MAX_TIME_US:
+        # Representable as a date, and storable as a signed 64-bit integer by central.
+        raise MalformedEnvelope(f"created_us {env.created_us} is past the year 9999")
     public_key = keyring.lookup(env.sensor_id)
     try:
         public_key.verify(

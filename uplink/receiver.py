@@ -42,6 +42,8 @@ from uplink.session import ack_payload, topic
 log = logging.getLogger("teiten.receiver")
 
 SUBSCRIPTIONS = ("teiten/v1/+/summary", "teiten/v1/+/status", "teiten/v1/+/health")
+MAX_STATUS_BYTES = 65_536  # status and health are small JSON documents
+RECONNECT_DELAY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +117,16 @@ class Ingest:
             return None
         if kind == "summary":
             return self._summary(mqtt_topic, sid, payload)
+        if kind in ("status", "health") and len(payload) > MAX_STATUS_BYTES:
+            # Status and health are small JSON documents; anything larger is not stored.
+            self.counters.ignored += 1
+            return None
         if kind == "status":
             state: str | None = None
             try:
                 doc = json.loads(payload)
-                state = str(doc.get("state")) if isinstance(doc, dict) else None
-            except ValueError:
+                state = str(doc.get("state"))[:64] if isinstance(doc, dict) else None
+            except (ValueError, RecursionError):
                 state = None
             self.store.store_status(sid, payload, state)
             self.counters.status += 1
@@ -133,6 +139,28 @@ class Ingest:
 
     def _reply(self, sid: str, seq: int, status: str, reason: str | None) -> Reply:
         return Reply(topic(sid, "ack"), ack_payload(seq, status, reason), status, seq)
+
+    def internal_error(self, mqtt_topic: str, payload: bytes) -> Reply | None:
+        """Record a message our own code failed on; reply `rejected` when it has a sequence."""
+        parts = mqtt_topic.split("/")
+        sid = parts[2] if len(parts) == 4 else None
+        sequence = None
+        if sid is not None and parts[3] == "summary":
+            try:
+                sequence = parse_envelope(payload).sequence
+            except Exception:  # it failed once already; only its sequence is wanted
+                sequence = None
+        try:
+            self.store.reject(
+                reason="internal_error", data=payload, topic=mqtt_topic, sensor_id=sid,
+                sequence=sequence, detail="the receiver failed on this message; see its log",
+            )
+        except Exception:
+            log.exception("could not record the internal error either")
+        self.counters.rejected += 1
+        if sid is None or sequence is None:
+            return None
+        return self._reply(sid, sequence, "rejected", "internal_error")
 
     def _summary(self, mqtt_topic: str, sid: str, payload: bytes) -> Reply | None:
         # Cheap structural parse first: it gives the sequence to acknowledge against.
@@ -259,7 +287,17 @@ class Receiver:
                 c.loop_forever(retry_first_connection=True)
             except (OSError, ssl.SSLError) as exc:
                 log.warning("broker %s:%d: %s", self.cfg.host, self.cfg.port, exc)
-                stop.wait(1.0)
+            if stop.is_set():
+                break
+            # We disconnected on purpose (a database error: nothing acknowledged, the broker
+            # redelivers from the persistent session) or the link broke: wait, then
+            # reconnect explicitly, since loop_forever returns at once on a client that
+            # was disconnected by request.
+            stop.wait(RECONNECT_DELAY_S)
+            try:
+                c.reconnect()
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("reconnecting to %s:%d: %s", self.cfg.host, self.cfg.port, exc)
 
     def _on_connect(
         self,
@@ -297,6 +335,12 @@ class Receiver:
             log.error("database error, not acknowledging %s: %s", msg.topic, exc)
             client.disconnect()
             return
+        except Exception:
+            # A message that makes our own code fail must not kill the receiver, nor be
+            # redelivered into the same failure for ever: record it, tell the sensor (which
+            # keeps the envelope in its quarantine), and acknowledge.
+            log.exception("internal error on %s; recorded as rejected", msg.topic)
+            reply = self.ingest.internal_error(msg.topic, bytes(msg.payload))
         if reply is not None:
             client.publish(reply.topic, reply.payload, qos=1, retain=False)
             if self.on_reply is not None:

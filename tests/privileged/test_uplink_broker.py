@@ -267,3 +267,46 @@ def test_websockets_fallback_delivers_when_8883_is_closed(
         s.stop()
     assert central.count() == 5
     assert "websockets" in broker.log_text().lower()
+
+
+DB_ERROR_ONCE = """
+import sqlite3
+import central.store as _st
+_orig_store = _st.Store.store_summary
+_state = {"failed": False}
+def _store(self, **kw):
+    if not _state["failed"]:
+        _state["failed"] = True
+        raise sqlite3.OperationalError("disk I/O error (injected)")
+    return _orig_store(self, **kw)
+_st.Store.store_summary = _store
+"""
+
+
+def test_receiver_survives_a_database_error_and_a_poison_status(
+    tmp_path: Path, pki: Pki, broker: Broker, central: Central
+) -> None:
+    """A failed commit is not acknowledged and comes back after a reconnect; a status
+    message that breaks json (deep nesting) is ignored; the receiver keeps running."""
+    (s,) = sensors(tmp_path, pki, "s-res")
+    central.enroll(s)
+    central.start(prelude=DB_ERROR_ONCE)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="s-res-raw", protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=str(pki.ca), certfile=str(s.cert), keyfile=str(s.tls_key))
+    c.connect("127.0.0.1", broker.tls_port)
+    c.loop_start()
+    try:
+        c.publish("teiten/v1/s-res/status", b"[" * 200_000, qos=1).wait_for_publish(5)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    seqs = s.fill(3)
+    s.start(broker, ack_timeout_s=120.0)  # no re-send: recovery is the receiver's own
+    try:
+        wait_for(lambda: s.pending() == 0, 30, "all envelopes stored after the db error")
+        assert central.proc is not None and central.proc.poll() is None
+    finally:
+        s.stop()
+    with central.store() as st:
+        assert [r.sequence for r in st.summaries("s-res")] == sorted(seqs)
+    assert "database error" in central.log.read_text()  # the fault did happen

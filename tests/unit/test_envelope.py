@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.summary import decode_summary, encode_summary
+from sensor.summary import MAX_TIME_US, decode_summary, encode_summary
 from uplink import envelope as ev
 from uplink.keys import Keyring
 
@@ -160,6 +160,8 @@ def _expected_reason(data: bytes, index: int, bit: int) -> str:
             raw[index - value_start] ^= 1 << bit
             value = int.from_bytes(raw, "big")
             canonical = len(msgpack.packb(value)) == end - start
+            if name == "created_us" and value > MAX_TIME_US:
+                return "malformed"  # past the year 9999: refused before the signature
             return "bad_signature" if canonical else "malformed"
         if name == "codec":
             return "malformed"
