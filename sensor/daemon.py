@@ -530,7 +530,8 @@ class Daemon:
         from sensor.spool import Spool
         from uplink.mqtt import MqttUplink
 
-        up = MqttUplink(self.cfg.uplink, Spool(self.cfg.spool.path, self.cfg.spool.max_bytes),
+        up = MqttUplink(self.cfg.uplink, Spool(self.cfg.spool.path, self.cfg.spool.max_bytes,
+                                               scan=False),
                         software_version=__version__)
         self._uplink_thread = threading.Thread(target=up.run, args=(self._uplink_stop,),
                                                name="uplink", daemon=True)

@@ -92,6 +92,13 @@ def parse_entry_name(name: str) -> tuple[int, int] | None:
     return int(m.group(1), 16), int(m.group(2), 16)
 
 
+def _landed(final: Path, size: int) -> bool:
+    try:
+        return final.stat().st_size == size
+    except OSError:
+        return False
+
+
 def _durable_write(directory: Path, final: Path, data: bytes, tmp_name: str) -> None:
     write_durably(final, data, tmp_name=tmp_name, mode=0o600)
 
@@ -174,6 +181,11 @@ class Spool:
         try:
             _durable_write(self.path, final, envelope_bytes, tmp_name)
         except OSError as exc:
+            if _landed(final, size):
+                # Failed after the rename (the directory fsync): the envelope is complete
+                # under its final name.  Reporting a failure would make the caller seal the
+                # same hour again under a new sequence, and central would count it twice.
+                return SpoolEntry(hour_start, sequence, name, final, size)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFullError(
                     f"no space left on the file system of {self.path} while spooling "

@@ -70,7 +70,10 @@ def _uplink(args: argparse.Namespace) -> int:
     try:
         cfg = load_uplink(args.config)
         cfg.check_files()
-        spool = Spool(cfg.spool)
+        # The capture daemon owns the spool's scan (it removes temporary files, which
+        # would include one it is writing now) and its health file; the uplink only reads
+        # entries and removes acknowledged ones.
+        spool = Spool(cfg.spool, scan=False)
     except (UplinkConfigError, SpoolError) as exc:
         print(f"teiten uplink: {exc}", file=sys.stderr)
         return 2

@@ -46,7 +46,12 @@ REASON_FAILURE: Final = 0x80
 REASON_NOT_AUTHORIZED: Final = 0x87
 
 # Receiver rejections worth retrying; any other reason is permanent and quarantines.
-RETRYABLE_REJECTIONS: Final = frozenset({"unknown_sensor", "store_error"})
+# `unknown_version` and `decompression_bomb` mean central is older or stricter than this
+# board (not yet upgraded, a lower cap): fixed at central, the envelope must still arrive.
+# `internal_error` is central's own bug.  `unknown_sensor`: enrolment can lag the board.
+RETRYABLE_REJECTIONS: Final = frozenset(
+    {"unknown_sensor", "store_error", "unknown_version", "decompression_bomb", "internal_error"}
+)
 
 TRANSPORT_TCP: Final = "tcp"
 TRANSPORT_WS: Final = "websockets"

@@ -180,6 +180,22 @@ def test_fault_in_fsync_is_a_write_error(tmp_path: Path, mocker: object) -> None
     assert spool.entries() == []
 
 
+def test_fault_after_the_rename_is_not_reported_as_lost(tmp_path: Path, mocker: object) -> None:
+    """If only the directory fsync fails, the envelope is whole under its final name:
+    reporting a failure would make the daemon seal the same hour twice."""
+    from sensor import durable
+
+    spool = Spool(tmp_path)
+    mocker.patch.object(  # type: ignore[attr-defined]
+        durable, "fsync_dir", side_effect=OSError(errno.EIO, "Input/output error")
+    )
+    data = _envelope(H, 1)
+    entry = spool.write(data, H, 1)
+    mocker.stopall()  # type: ignore[attr-defined]
+    assert [e.name for e in spool.entries()] == [entry.name]
+    assert spool.read(entry) == data
+
+
 def _keyring() -> Keyring:
     return Keyring.from_mapping({SID: public_key_text(KEY.public_key())})
 
