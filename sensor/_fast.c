@@ -1144,7 +1144,7 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
 /* ------------------------------------------------------------------ routing (HourlyAggregation) */
 
 #define MAX_OPEN 64
-#define BATCH 32 /* frames decoded ahead, so their table entries can be prefetched */
+#define BATCH 64 /* frames decoded ahead, so their table entries can be prefetched */
 
 typedef struct {
     interval_t *iv;
@@ -1790,7 +1790,11 @@ static PyObject *FastError;
  * returns); records it decoded ahead stay in the ring for the next call. */
 #define RING 1024 /* records (a power of two) */
 #define PUBLISH 16 /* the reader publishes `head` every PUBLISH records */
-#define SPINS 4000
+#define SPINS 1000
+/* A side that had to wait sleeps until a good part of the ring is ready for it (half the
+ * ring free for the reader, a batch of records for the counter): one wake-up per many
+ * records, not one per record. */
+#define READER_RESUME (RING / 2)
 
 enum { P_RUNNING, P_STOPPED, P_EOF, P_ERROR };
 
@@ -2082,11 +2086,12 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Wake the other side if it sleeps.  The caller stored its index (seq_cst) first; a sleeper
- * counts itself in `sleepers` (seq_cst) under `mu` before it checks the index again. */
-static void pipe_wake(ReaderObject *rd)
+/* Wake the other side if it sleeps and may go on.  The caller stored its index (seq_cst)
+ * first; a sleeper counts itself in `sleepers` (seq_cst) under `mu` before it checks its
+ * condition again, so one of the two sees the other. */
+static void pipe_wake(ReaderObject *rd, int (*ready)(ReaderObject *))
 {
-    if (atomic_load(&rd->sleepers)) {
+    if (atomic_load(&rd->sleepers) && (ready == NULL || ready(rd))) {
         pthread_mutex_lock(&rd->mu);
         pthread_cond_broadcast(&rd->cv);
         pthread_mutex_unlock(&rd->mu);
@@ -2109,20 +2114,20 @@ static void pipe_wait(ReaderObject *rd, int (*ready)(ReaderObject *))
     pthread_mutex_unlock(&rd->mu);
 }
 
-static int reader_may_go(ReaderObject *rd) /* reader side: a free slot, or told to stop */
+static int reader_may_go(ReaderObject *rd) /* reader side: room, or told to stop */
 {
-    return atomic_load(&rd->stop) || rd->phead - atomic_load(&rd->tail) < RING;
+    return atomic_load(&rd->stop) || atomic_load(&rd->head) - atomic_load(&rd->tail) <= RING - READER_RESUME;
 }
 
-static int counter_may_go(ReaderObject *rd) /* counting side: a record, or the reader ended */
+static int counter_may_go(ReaderObject *rd) /* counting side: a batch, or the reader ended */
 {
-    return atomic_load(&rd->state) != P_RUNNING || atomic_load(&rd->head) != atomic_load(&rd->tail);
+    return atomic_load(&rd->state) != P_RUNNING || atomic_load(&rd->head) - atomic_load(&rd->tail) >= BATCH;
 }
 
 static void pipe_publish(ReaderObject *rd)
 {
     atomic_store(&rd->head, rd->phead);
-    pipe_wake(rd);
+    pipe_wake(rd, counter_may_go);
 }
 
 /* pcap_dispatch's callback in the reader thread: decode into the ring.  There is always a
@@ -2173,7 +2178,7 @@ static void *pipe_reader(void *arg)
     }
     pipe_publish(rd);
     atomic_store(&rd->state, end);
-    pipe_wake(rd);
+    pipe_wake(rd, NULL);
     return NULL;
 }
 
@@ -2204,7 +2209,7 @@ static void pipe_count(router_t *rt, ReaderObject *rd, long long max_packets, in
         rt->frames += (long long)n;
         t += n;
         atomic_store(&rd->tail, t);
-        pipe_wake(rd);
+        pipe_wake(rd, reader_may_go);
     }
 }
 
@@ -2252,7 +2257,7 @@ static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
         pipe_count(rt, rd, max_packets, started);
         if (started) {
             atomic_store(&rd->stop, 1);
-            pipe_wake(rd);
+            pipe_wake(rd, NULL);
             pthread_join(th, NULL);
             int end = atomic_load(&rd->state);
             if (end == P_EOF)
