@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sensor.aggregate import HOUR, Limits
+from sensor.summary import MAX_DESTINATION_ROWS, MAX_SOURCE_ROWS
 
 DEFAULT_PATH: Final = Path("/etc/teiten/sensor.toml")
 TOPOLOGIES: Final = ("routed", "dedicated", "onlink")
@@ -325,8 +326,12 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
     state = s.path("state", None)
 
     lm = _Reader("limits", tables["limits"], findings, base_dir)
-    max_sources = lm.number("max_sources", Limits().max_sources, minimum=1, integer=True)
-    max_dests = lm.number("max_destinations", Limits().max_destinations, integer=True)
+    # Upper bounds: what a central reader accepts (sensor.summary), and what fits the
+    # board's memory (about 128 MiB an hour at the default 262,144 sources).
+    max_sources = lm.number("max_sources", Limits().max_sources, minimum=1,
+                            maximum=MAX_SOURCE_ROWS, integer=True)
+    max_dests = lm.number("max_destinations", Limits().max_destinations,
+                          maximum=MAX_DESTINATION_ROWS, integer=True)
 
     tm = _Reader("time", tables["time"], findings, base_dir)
     tcfg = TimeConfig(

@@ -52,6 +52,7 @@ log = logging.getLogger("teiten.daemon")
 
 OpenSource = Callable[..., LiveSource]
 MAX_PENDING = 1024  # summaries waiting for a spool that cannot take them
+SEAL_BACKOFF_MAX_S = 60.0  # longest wait between attempts to spool
 MAX_GAPS = 256  # gap records kept for reporting (older ones are merged into a counter)
 MAX_FILL = 48  # empty buckets written after a pause; beyond that, one gap record
 
@@ -132,6 +133,9 @@ class Daemon:
         self._capture_heartbeat = time.monotonic()
         self._capture_open = threading.Event()
         self._pending: list[Summary] = []
+        self._summaries_dropped = 0  # over MAX_PENDING: reported in the next health map
+        self._seal_backoff = 0.0
+        self._seal_retry_at = 0.0
         self._start_us = self.clock.wall_us()
         self._next_bucket: int | None = None  # start of the next bucket to seal
         self._capture_thread: threading.Thread | None = None
@@ -358,6 +362,9 @@ class Daemon:
         if self._gaps_dropped:
             h["capture_gaps_dropped"] = self._gaps_dropped
             self._gaps_dropped = 0
+        if self._summaries_dropped:
+            h["summaries_dropped"] = self._summaries_dropped
+            self._summaries_dropped = 0
         if self._steps_pending:
             h["clock_steps"] = self._steps_pending
             self._steps_pending = []
@@ -423,19 +430,29 @@ class Daemon:
                 self._next_bucket = max(self._next_bucket, start + bucket)
         return out
 
-    def seal(self, summaries: list[Summary]) -> None:
-        """Seal summaries into the spool; on failure keep them (bounded) and retry next tick."""
+    def seal(self, summaries: list[Summary], *, force: bool = False) -> None:
+        """Seal summaries into the spool; on failure keep them (bounded, the drops counted
+        in the next summary's health) and retry with capped exponential backoff."""
         self._pending.extend(summaries)
+        while len(self._pending) > MAX_PENDING:
+            dropped = self._pending.pop(0)
+            self._summaries_dropped += 1
+            log.error("dropped the summary of %s: %d summaries already wait for the spool",
+                      dropped.hour_start, MAX_PENDING)
+        if not force and time.monotonic() < self._seal_retry_at:
+            return
         while self._pending:
             s = self._pending[0]
             if self.sealer is not None:
                 try:
                     self.sealer.seal_and_spool(s)
                 except Exception as exc:  # spool full, disk error: retry, never crash capture
-                    log.error("cannot spool the summary of %s: %s; will retry", s.hour_start, exc)
-                    if len(self._pending) > MAX_PENDING:
-                        self._pending.pop(0)
+                    self._seal_backoff = min(SEAL_BACKOFF_MAX_S, max(1.0, self._seal_backoff * 2))
+                    self._seal_retry_at = time.monotonic() + self._seal_backoff
+                    log.error("cannot spool the summary of %s: %s; retrying in %.0f s",
+                              s.hour_start, exc, self._seal_backoff)
                     return
+            self._seal_backoff = 0.0
             self._pending.pop(0)
             self.sealed.append(s)
             del self.sealed[:-16]
@@ -505,8 +522,12 @@ class Daemon:
                         "kept the running values", ", ".join(changed))
             new = dataclasses.replace(new, **{n: getattr(self.cfg, n) for n in fixed})
         with self.lock:
+            try:
+                self.aggregation.limits = new.limits
+            except (ValueError, OverflowError) as exc:  # config check bounds them; be safe
+                log.error("reload: limits refused (%s); keeping the running ones", exc)
+                new = dataclasses.replace(new, limits=self.cfg.limits)
             self._reloads += 1
-            self.aggregation.limits = new.limits
         reopen = new.capture != self.cfg.capture
         self.cfg = new
         if reopen:
@@ -580,7 +601,7 @@ class Daemon:
                 self._capture_thread.join(timeout=10)
             if self.responder is not None:
                 self.responder.stop()
-            self.seal(self.close_due(final=True))
+            self.seal(self.close_due(final=True), force=True)
             self._uplink_stop.set()
             if self._uplink_thread is not None:
                 self._uplink_thread.join(timeout=5)

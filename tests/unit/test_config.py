@@ -96,6 +96,8 @@ BAD = [
     ("unknown table", GOOD + "\n[captrue]\ninterface = 'eth1'\n", "captrue", "unknown"),
     ("negative limit", _replace("max_sources = 262144", "max_sources = -5"),
      "limits.max_sources", "below"),
+    ("too many sources", _replace("max_sources = 262144", "max_sources = 4294967296"),
+     "limits.max_sources", "exceed"),
     ("negative spool", _replace("max_bytes = 268435456", "max_bytes = -1"),
      "spool.max_bytes", "below"),
     ("negative buffer", _replace("buffer_bytes = 8388608", "buffer_bytes = -8"),
@@ -140,8 +142,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize(("name", "text", "field", "words"), BAD[:6] + BAD[8:11] + BAD[13:14],
-                         ids=[b[0] for b in BAD[:6] + BAD[8:11] + BAD[13:14]])
+@pytest.mark.parametrize(("name", "text", "field", "words"), BAD[:6] + BAD[8:11] + BAD[14:15],
+                         ids=[b[0] for b in BAD[:6] + BAD[8:11] + BAD[14:15]])
 def test_config_check_command_rejects(tmp_path: Path, name: str, text: str, field: str,
                                       words: str) -> None:
     p = tmp_path / "sensor.toml"

@@ -275,3 +275,42 @@ def test_waits_for_clock_sync_then_captures() -> None:
     t = time.monotonic()
     d._wait_for_sync()
     assert 0.9 < time.monotonic() - t < 3
+
+
+class FailingSealer:
+    """A spool that fails (disk full) until told otherwise: a fault at the boundary."""
+
+    def __init__(self) -> None:
+        self.fail = True
+        self.calls = 0
+        self.sealed: list[object] = []
+
+    def seal_and_spool(self, summary: object) -> None:
+        self.calls += 1
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.sealed.append(summary)
+
+
+def test_spool_failures_back_off_and_drops_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sensor.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "MAX_PENDING", 3)
+    d, clock = make()
+    sealer = FailingSealer()
+    d.sealer = sealer  # type: ignore[assignment]
+    clock.advance(BUCKET)
+    d.seal(d.close_due())
+    assert sealer.calls == 1
+    d.seal([])  # within the backoff: no new attempt, no log flood
+    assert sealer.calls == 1
+    for _ in range(4):  # more closed buckets than the bound can keep
+        clock.advance(BUCKET)
+        d.seal(d.close_due(), force=True)
+    assert len(d._pending) == 3
+    sealer.fail = False
+    clock.advance(BUCKET)
+    d.seal(d.close_due(), force=True)
+    assert d._pending == []
+    dropped = [s.health.get("summaries_dropped", 0) for s in sealer.sealed]  # type: ignore[attr-defined]
+    assert sum(dropped) == 2
