@@ -16,6 +16,7 @@ BPF program attached so the kernel hands it ARP and neighbour solicitations only
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import logging
@@ -130,12 +131,19 @@ class Responder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # Protocol 0 receives nothing until bind: attach the filter first, then bind to the
+        # interface, then drain, so no frame from another interface or from before the
+        # filter is ever answered.
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         program = b"".join(struct.pack("HBBI", *ins) for ins in _BPF)
         self._prog = ctypes.create_string_buffer(program)
         fprog = struct.pack("HL", len(_BPF), ctypes.addressof(self._prog))
         self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         self.sock.bind((iface, ETH_P_ALL))
+        self.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.sock.recv(65536)
         self.sock.settimeout(0.5)
         self.mac: bytes = self.sock.getsockname()[4][:6]
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from uplink.keys import KeyFileError, validate_sensor_id
+from uplink.keys import KeyFileError, read_private_file, validate_sensor_id
 
 
 def generate_tls_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
@@ -47,12 +47,9 @@ def generate_tls_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey
 
 def load_tls_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
     target = Path(path)
-    try:
-        data = target.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(
-            f"no TLS key at {target}; `teiten csr --key {target}` creates one"
-        ) from None
+    data = read_private_file(
+        target, f"no TLS key at {target}; `teiten csr --key {target}` creates one"
+    )
     key = serialization.load_pem_private_key(data, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise KeyFileError(f"{target} is not an EC private key")

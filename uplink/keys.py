@@ -72,16 +72,13 @@ def generate_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     return key
 
 
-def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Load a signing key made by `generate_key`; refuse one readable by group or others."""
-    target = Path(path)
+def read_private_file(target: Path, missing: str) -> bytes:
+    """Read a private key file; refuse one that group or others can read."""
     try:
         st = target.stat()
         data = target.read_bytes()
     except FileNotFoundError:
-        raise KeyFileError(
-            f"no signing key at {target}; create one with `teiten keygen --key {target}`"
-        ) from None
+        raise KeyFileError(missing) from None
     except OSError as exc:
         raise KeyFileError(f"cannot read {target}: {exc.strerror}") from None
     if stat.S_IMODE(st.st_mode) & 0o077:
@@ -89,6 +86,15 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
             f"{target} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
             f"run `chmod 600 {target}`"
         )
+    return data
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """Load a signing key made by `generate_key`; refuse one readable by group or others."""
+    target = Path(path)
+    data = read_private_file(
+        target, f"no signing key at {target}; create one with `teiten keygen --key {target}`"
+    )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
