@@ -676,7 +676,9 @@ class Store:
         - `summaries` whose hour ended before the cutoff and that are rolled up: the
           summary and envelope bytes (which list sources) are emptied; the sha256 stays,
           so a re-sent copy is still recognised as a duplicate;
-        - `rejected` rows received before the cutoff: the copied bytes are emptied.
+        - `rejected` rows received before the cutoff: deleted (their bytes with them);
+        - `health` rows and all but each sensor's newest `status` row before the cutoff:
+          deleted, so operational tables stay bounded too.
         """
         now = run_us if run_us is not None else _now_us()
         cutoff_s = cutoff_us // 1_000_000
@@ -701,13 +703,27 @@ class Store:
                 "UPDATE rejected SET data = X'' WHERE received_us < ? AND length(data) > 0",
                 (cutoff_us,),
             ).rowcount
+            # Operational rows are bounded by the same horizon: old health and status
+            # messages (the newest status of each sensor stays) and old rejections go.
+            health = self._db.execute(
+                "DELETE FROM health WHERE received_us < ?", (cutoff_us,)
+            ).rowcount
+            status = self._db.execute(
+                "DELETE FROM status WHERE received_us < ? AND id NOT IN "
+                "(SELECT max(id) FROM status GROUP BY sensor_id)",
+                (cutoff_us,),
+            ).rowcount
+            rej_deleted = self._db.execute(
+                "DELETE FROM rejected WHERE received_us < ?", (cutoff_us,)
+            ).rowcount
             self._db.execute(
                 "INSERT INTO retention_runs (run_us, cutoff_us, sources_anonymised, "
                 "summaries_pruned, rejected_pruned) VALUES (?,?,?,?,?)",
                 (now, cutoff_us, len(old), pruned, rej),
             )
         return {"sources_anonymised": len(old), "summaries_pruned": pruned,
-                "rejected_pruned": rej}
+                "rejected_pruned": rej, "rejected_deleted": rej_deleted,
+                "health_deleted": health, "status_deleted": status}
 
     def count_addresses(self) -> int:
         """Source rows that still hold an address (retention tests, `teiten central db`)."""

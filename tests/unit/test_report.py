@@ -217,3 +217,17 @@ def test_report_command(dataset: Any, tmp_path: Path, capsys: Any) -> None:
     assert teiten(["central", "report", "--db", str(db), "--quarter", "2025Q5",
                    "--out", str(tmp_path / "x")]) == 2
     assert "YYYYQn" in capsys.readouterr().err
+
+
+def test_retention_bounds_the_operational_tables(tmp_path: Path) -> None:
+    with Store(tmp_path / "ops.db") as store:
+        for t in (1, 2, 3):
+            store.store_status("s-1", b'{"state":"online"}', "online", received_us=t)
+            store.store_health("s-1", b"{}", received_us=t)
+            store.reject(reason="bad_signature", data=b"x", received_us=t)
+        store.store_status("s-2", b'{"state":"offline"}', "offline", received_us=1)
+        res = store.apply_retention(10, lambda: b"\0" * 8, run_us=20)
+        assert (res["health_deleted"], res["rejected_deleted"]) == (3, 3)
+        assert res["status_deleted"] == 2  # the newest status of each sensor stays
+        assert sorted(store.latest_status()) == ["s-1", "s-2"]
+        assert store.health_count() == 0 and store.rejected() == []
