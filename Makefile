@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := build-essential libpcap-dev python3-dev python3-venv tcpdump mosquitto mosquitto-clients \
+APT_PACKAGES := build-essential nftables libpcap-dev python3-dev python3-venv tcpdump mosquitto mosquitto-clients \
 	iproute2 strace zmap masscan tcpreplay util-linux openssl chromium fonts-ipafont-gothic
 
 .PHONY: demo test install system-deps lint typecheck unit privileged bench clean

@@ -47,6 +47,14 @@ def register(subparsers: Any) -> None:
     d.add_argument("--json", action="store_true")
     d.set_defaults(handler=cmd_doctor)
 
+    f = subparsers.add_parser(
+        "firewall",
+        help="print (or --out write) the board's nftables ruleset for the configured blocks",
+    )
+    f.add_argument("--config", default=str(DEFAULT_PATH))
+    f.add_argument("--out", help="write the ruleset here (for `nft -f`) instead of printing")
+    f.set_defaults(handler=cmd_firewall)
+
     n = subparsers.add_parser(
         "netsetup",
         help="(root) prepare the capture interface for the topology, then run the doctor",
@@ -111,6 +119,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 f"interface {cfg.capture.interface}") if cfg else "teiten doctor"
         print(render(checks, head))
     return 1 if any(c.severity == "error" for c in checks) else 0
+
+
+def cmd_firewall(args: argparse.Namespace) -> int:
+    from sensor.durable import write_durably
+    from sensor.firewall import render_ruleset
+
+    cfg = _load(args.config, "firewall")
+    if cfg is None:
+        return 2
+    text = render_ruleset(cfg.capture.darknet)
+    if not args.out:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_durably(args.out, text.encode(), mode=0o644)
+    except OSError as exc:
+        print(f"teiten firewall: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_netsetup(args: argparse.Namespace) -> int:

@@ -1,0 +1,24 @@
+"""The board's nftables ruleset follows the configured dark blocks."""
+
+from __future__ import annotations
+
+import pytest
+
+from sensor.firewall import render_ruleset
+
+
+def test_ruleset_guards_the_configured_blocks() -> None:
+    text = render_ruleset(["203.0.113.0/25", "198.51.100.0/24", "2001:db8:beef::/48"])
+    assert "elements = { 203.0.113.0/25, 198.51.100.0/24 }" in text
+    assert "elements = { 2001:db8:beef::/48 }" in text
+    assert "ip daddr @dark4 counter drop" in text and "policy drop" in text
+
+
+def test_ipv4_only_config_leaves_the_ipv6_set_empty() -> None:
+    text = render_ruleset(["198.51.100.0/24"])
+    assert text.count("elements") == 1
+
+
+def test_a_block_with_host_bits_is_refused() -> None:
+    with pytest.raises(ValueError):
+        render_ruleset(["198.51.100.1/24"])
