@@ -613,7 +613,7 @@ class Store:
         ):
             out[sid] = {
                 "summaries": int(n),
-                "seconds": int(secs),
+                "seconds": int(secs),  # replaced below by the time actually covered
                 "partial": int(partial),
                 "capture_drops": int(drops),
                 "clock_unsynced": int(unsynced),
@@ -621,6 +621,16 @@ class Store:
                 "first_hour": int(lo),
                 "last_hour": int(hi),
             }
+        # A restart inside an hour gives two partial summaries of it: coverage counts each
+        # interval once, and the repeats are reported rather than added.
+        for sid, secs, distinct in self._db.execute(
+            "SELECT sensor_id, sum(b), count(*) FROM (SELECT sensor_id, hour_start, "
+            "max(bucket_seconds) AS b FROM rollup_hours WHERE hour_start >= ? AND hour_start < ?"
+            f"{cond} GROUP BY sensor_id, hour_start) GROUP BY sensor_id",
+            (lo_s, hi_s, *args),
+        ):
+            out[sid]["seconds"] = int(secs)
+            out[sid]["repeated_hours"] = out[sid]["summaries"] - int(distinct)
         return out
 
     def hour_starts(self, sensor_id: str, lo_s: int, hi_s: int) -> list[tuple[int, int]]:

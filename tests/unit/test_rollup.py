@@ -245,3 +245,16 @@ def test_fleet_status_flags_silent_sensors(tmp_path: Path, capsys: Any) -> None:
     rc = teiten(["central", "sensors", "--db", str(tmp_path / "f.db"), "--silent-after", "1m"])
     out = capsys.readouterr().out
     assert rc == 0 and "osaka-02" in out and "tokyo-01" in out
+
+
+def test_an_hour_received_twice_counts_once_in_coverage(tmp_path: Path) -> None:
+    """A restart inside an hour gives two partial summaries of it: coverage is one hour."""
+    us = HOUR * 1_000_000
+    with Store(tmp_path / "c.db") as store:
+        for seq in (1, 2):
+            s = summary("a-1", HOUR, sources=(src(V4_JP, us + seq, us + seq),))
+            store.store_summary(sensor_id="a-1", sequence=seq, hour_start=HOUR, created_us=us,
+                                envelope=b"env%d" % seq, summary=encode_summary(s))
+        assert roll_up_pending(store, REGIONS) == 2
+        hours = store.sensor_hours(HOUR, HOUR + 3600)["a-1"]
+        assert (hours["summaries"], hours["seconds"], hours["repeated_hours"]) == (2, 3600, 1)
