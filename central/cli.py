@@ -1,4 +1,5 @@
-"""Central sub-commands: `teiten central receive | ca init | issue | broker-config | db`.
+"""Central sub-commands: `teiten central receive | ca init | ca crl | issue | revoke |
+broker-config | db`.
 
 Registered by `sensor/cli.py` when the central package is installed; the board image ships
 without it.  Every command that prints data takes `--json`.
@@ -37,6 +38,41 @@ def register(subparsers: Any) -> None:
     )
     init.add_argument("--json", action="store_true")
     init.set_defaults(handler=_ca_init)
+    crl = casub.add_parser(
+        "crl", help="re-sign the CRL with a fresh next_update (cron, well within --days)"
+    )
+    crl.add_argument("--dir", default="central-ca", help="the CA folder")
+    crl.add_argument("--days", type=int, default=30, help="next_update this far ahead")
+    crl.add_argument("--json", action="store_true")
+    crl.set_defaults(handler=_ca_crl)
+
+    rv = sub.add_parser(
+        "revoke", help="revoke every certificate issued to a sensor and re-issue the CRL"
+    )
+    rv.add_argument("sensor_id")
+    rv.add_argument("--dir", default="central-ca", help="the CA folder")
+    rv.add_argument(
+        "--reason",
+        default="unspecified",
+        choices=[
+            "unspecified",
+            "key-compromise",
+            "affiliation-changed",
+            "superseded",
+            "cessation-of-operation",
+        ],
+    )
+    rv.add_argument(
+        "--cert",
+        action="append",
+        default=[],
+        help="also revoke this certificate file (one signed before the CA kept a record)",
+    )
+    rv.add_argument("--acl", help="the broker's acl file (from broker-config): rewrite it")
+    rv.add_argument("--config", help="central.toml: also set revoked = true in its sensors.toml")
+    rv.add_argument("--days", type=int, default=30, help="the CRL's next_update this far ahead")
+    rv.add_argument("--json", action="store_true")
+    rv.set_defaults(handler=_revoke)
 
     iss = sub.add_parser("issue", help="sign a sensor's certificate request (from `teiten csr`)")
     iss.add_argument("sensor_id")
@@ -114,6 +150,8 @@ def _ca_init(args: argparse.Namespace) -> int:
         "server_key": str(f.server_key),
         "receiver_certificate": str(f.receiver_crt),
         "receiver_key": str(f.receiver_key),
+        "crl": str(f.crl),
+        "issued_record": str(f.issued),
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -121,6 +159,98 @@ def _ca_init(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:22} {v}")
         print(f"keep {f.ca_key} offline when you can; copy {f.ca_crt} to every board")
+    return 0
+
+
+def _ca_crl(args: argparse.Namespace) -> int:
+    from central.ca import CAError, refresh_crl
+
+    try:
+        info = refresh_crl(args.dir, days=args.days)
+    except CAError as exc:
+        return _err(exc)
+    out = {
+        "crl": str(info.path),
+        "crl_number": info.number,
+        "revoked_certificates": info.revoked,
+        "next_update": info.next_update.isoformat(),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"wrote {info.path} (CRL {info.number}, {info.revoked} revoked, next update "
+            f"{info.next_update:%Y-%m-%d %H:%M} UTC); restart the broker: "
+            "`systemctl restart mosquitto`"
+        )
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from central.ca import CAError, mark_revoked_in_keyring, revoke, write_acl
+    from central.config import CentralConfigError, acl_text, load_central
+
+    sensors_toml: Path | None = None
+    if args.config:
+        try:
+            sensors_toml = load_central(args.config).sensors
+        except (CentralConfigError, FileNotFoundError) as exc:
+            return _err(exc)
+    try:
+        pems = [Path(c).read_bytes() for c in args.cert]
+    except OSError as exc:
+        return _err(f"cannot read {exc.filename}: {exc.strerror}")
+    try:
+        r = revoke(args.dir, args.sensor_id, reason=args.reason, certificates=pems, days=args.days)
+        if args.acl:
+            write_acl(args.dir, Path(args.acl), acl_text())
+    except (CAError, OSError) as exc:
+        return _err(exc)
+    keyring = None
+    if sensors_toml is not None:
+        try:
+            keyring = mark_revoked_in_keyring(sensors_toml, args.sensor_id)
+        except OSError as exc:
+            return _err(f"revoked, but cannot update {sensors_toml}: {exc}")
+    todo = [
+        "restart the broker: `systemctl restart mosquitto` (not reload: Mosquitto 2.0.11 "
+        "can crash after a SIGHUP with the WebSockets-TLS listener; a restart also ends the "
+        "sensor's open connections)"
+    ]
+    if not args.acl:
+        todo.append(
+            "deny it in the broker ACL (WebSockets-TLS ignores the CRL in Mosquitto 2.0): "
+            f"`teiten central revoke {args.sensor_id} --dir {args.dir} --acl ACL` or re-run "
+            "`teiten central broker-config`"
+        )
+    if keyring is not True:
+        where = sensors_toml or "sensors.toml"
+        todo.append(f"set `revoked = true` under [sensors.{args.sensor_id}] in {where}")
+    out = {
+        "sensor_id": r.sensor_id,
+        "revoked_serials": r.revoked,
+        "already_revoked_serials": r.already,
+        "crl": str(r.crl.path),
+        "crl_number": r.crl.number,
+        "crl_next_update": r.crl.next_update.isoformat(),
+        "acl": args.acl,
+        "sensors_toml_updated": str(sensors_toml) if keyring else None,
+        "next_steps": todo,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"revoked {len(r.revoked)} certificate(s) of {r.sensor_id}: {', '.join(r.revoked)}")
+    if r.already:
+        print(f"already revoked: {', '.join(r.already)}")
+    print(f"wrote {r.crl.path} (CRL {r.crl.number}, next update {r.crl.next_update:%Y-%m-%d})")
+    if args.acl:
+        print(f"wrote {args.acl}: {r.sensor_id} may use no topic")
+    if keyring:
+        print(f"set revoked = true for {r.sensor_id} in {sensors_toml}")
+    print("next:")
+    for step in todo:
+        print(f"  - {step}")
     return 0
 
 
@@ -142,13 +272,21 @@ def _issue(args: argparse.Namespace) -> int:
 
 
 def _broker_config(args: argparse.Namespace) -> int:
-    from central.ca import CAFiles
+    from central.ca import CAError, CAFiles, write_acl
     from central.config import acl_text, render_mosquitto_conf
 
     files = CAFiles(Path(args.ca_dir).resolve())
+    if not files.crl.exists():
+        return _err(
+            f"no CRL at {files.crl} (the broker will not start without it); "
+            f"run `teiten central ca crl --dir {args.ca_dir}` first"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "acl").write_text(acl_text())
+    try:
+        write_acl(files.dir, out / "acl", acl_text())
+    except CAError as exc:
+        return _err(exc)
     (out / "mosquitto.conf").write_text(
         render_mosquitto_conf(
             data_dir=Path(args.data_dir),
@@ -156,6 +294,7 @@ def _broker_config(args: argparse.Namespace) -> int:
             cafile=files.ca_crt,
             certfile=files.server_crt,
             keyfile=files.server_key,
+            crlfile=files.crl,
             tls_port=args.tls_port,
             ws_port=args.ws_port,
         )

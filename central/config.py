@@ -145,8 +145,11 @@ def render_mosquitto_conf(
     ws_port: int = 443,
     bind: str = "",
     extra: str = "",
+    crlfile: Path | None = None,
 ) -> str:
-    """Fill central/mosquitto/mosquitto.conf.  `extra` adds lines (tests: `user root`)."""
+    """Fill central/mosquitto/mosquitto.conf.  `extra` adds lines (tests: `user root`).
+
+    `crlfile` defaults to `crl.pem` next to `cafile`, where `teiten central ca` writes it."""
     tpl = string.Template((MOSQUITTO_DIR / "mosquitto.conf").read_text(encoding="utf-8"))
     return tpl.substitute(
         data_dir=str(data_dir),
@@ -154,6 +157,7 @@ def render_mosquitto_conf(
         cafile=str(cafile),
         certfile=str(certfile),
         keyfile=str(keyfile),
+        crlfile=str(crlfile if crlfile is not None else Path(cafile).with_name("crl.pem")),
         tls_port=tls_port,
         ws_port=ws_port,
         bind=bind,

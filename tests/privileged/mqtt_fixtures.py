@@ -1,9 +1,10 @@
 """Shared fixtures for uplink tests against a real Mosquitto with mutual TLS.
 
-`pki` makes a central CA (with broker and receiver certificates) once per session and issues
-sensor certificates from board-made CSRs on demand.  `broker` starts a real `mosquitto` on
-free loopback ports (TLS and WebSockets-TLS), rendered from `central/mosquitto/`, and can
-SIGKILL and restart it on the same ports with the same persistence directory.
+`pki` makes a central CA (with broker and receiver certificates and an empty CRL) once per
+session and issues sensor certificates from board-made CSRs on demand.  `broker` starts a
+real `mosquitto` on free loopback ports (TLS and WebSockets-TLS), rendered from
+`central/mosquitto/`, and can SIGKILL, restart or reload (SIGHUP) it on the same ports with
+the same persistence directory.
 Import the fixtures from a test module: `from tests.privileged.mqtt_fixtures import *`.
 """
 
@@ -142,6 +143,14 @@ class Broker:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def reload(self) -> None:
+        """SIGHUP, what `systemctl reload mosquitto` sends: re-reads the ACL and the CRL.
+
+        Not used after a revocation: Mosquitto 2.0.11 then segfaulted on a refused
+        WebSockets-TLS client (tests/privileged/test_revocation.py); restart instead."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
