@@ -13,7 +13,7 @@ Revocation: every certificate the CA signs is recorded in `issued.json` (serial,
 validity; written atomically under a lock).  `revoke` marks every certificate issued to a
 sensor id as revoked and re-issues the CRL (`crl.pem`, PEM, next to `ca.crt`), which the
 broker's TLS listeners load with `crlfile`; `refresh_crl` re-signs it with a fresh
-next_update (default 30 days: the broker refuses *every* client once it has passed, so
+next_update (default 365 days: the broker refuses *every* client once it has passed, so
 refresh it from cron well before).  `init_ca` writes an empty CRL so the broker starts.
 """
 
@@ -40,7 +40,7 @@ from uplink.keys import validate_sensor_id
 
 RECEIVER_CN = "central-receiver"
 _RESERVED = {RECEIVER_CN, "central-broker"}
-CRL_DAYS = 30
+CRL_DAYS = 365  # long: a forgotten refresh must not lock the fleet out soon
 CRL_NAME = "crl.pem"
 REASONS: dict[str, x509.ReasonFlags] = {
     "unspecified": x509.ReasonFlags.unspecified,
