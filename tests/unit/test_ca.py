@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from central.ca import (
+    CRL_DAYS,
     RECEIVER_CN,
     CAError,
     CAFiles,
@@ -110,7 +111,7 @@ def test_init_writes_empty_crl_signed_by_ca_and_records_issued(tmp_path: Path) -
     assert crl.issuer == x509.load_pem_x509_certificate(f.ca_crt.read_bytes()).subject
     assert crl.next_update_utc is not None and crl.last_update_utc is not None
     days = (crl.next_update_utc - crl.last_update_utc).days
-    assert 29 <= days <= 30
+    assert CRL_DAYS - 1 <= days <= CRL_DAYS
     kinds = {e["kind"]: e["cn"] for e in issued_certificates(f.dir)}
     assert kinds == {"server": "localhost", "receiver": RECEIVER_CN}
 
