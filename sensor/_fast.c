@@ -32,8 +32,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifndef GRND_NONBLOCK
+#define GRND_NONBLOCK 0x0001
+#endif
+#ifndef GRND_INSECURE
+#define GRND_INSECURE 0x0004 /* Linux 5.6: never blocks, best-effort bytes */
+#endif
 
 /* ------------------------------------------------------------------ constants */
 
@@ -306,6 +314,39 @@ static inline int decode(int linktype, const uint8_t *f, long caplen, long wire_
 
 static uint64_t table_seed; /* per process: hostile keys cannot aim at one chain */
 
+/* ------------------------------------------------------------------ aggregation allocations */
+
+/* Every allocation of aggregation state goes through st_malloc / st_calloc / st_realloc, so
+ * a test can make them fail (_fail_allocations_after(n): the next n succeed, every later one
+ * fails; -1 turns it off).  Inert unless called: one relaxed load of -1 per allocation. */
+static _Atomic long long fail_after = -1;
+
+static int st_should_fail(void)
+{
+    long long n = atomic_load_explicit(&fail_after, memory_order_relaxed);
+    if (__builtin_expect(n < 0, 1))
+        return 0;
+    if (n == 0)
+        return 1;
+    atomic_store_explicit(&fail_after, n - 1, memory_order_relaxed);
+    return 0;
+}
+
+static void *st_malloc(size_t n)
+{
+    return st_should_fail() ? NULL : malloc(n);
+}
+
+static void *st_calloc(size_t n, size_t size)
+{
+    return st_should_fail() ? NULL : calloc(n, size);
+}
+
+static void *st_realloc(void *p, size_t n)
+{
+    return st_should_fail() ? NULL : realloc(p, n);
+}
+
 static inline uint64_t mix64(uint64_t x) /* sketch.mix64 after folding */
 {
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -382,19 +423,21 @@ static int64_t map_find(const map_t *m, const fk_t *k, uint64_t h)
     }
 }
 
-/* Append k (not present); grows the value arrays given as (pointer, element size). */
-static int64_t map_add(map_t *m, const fk_t *k, uint64_t h, void **vals, const size_t *vsize, int nvals)
+/* Room for one more key: grows the keys, the value arrays given as (pointer, element size)
+ * and the slots as needed.  0, or -1 when an allocation failed: the map then holds what it
+ * held (some arrays may have grown), so a caller can give up on a frame before counting it. */
+static int map_room(map_t *m, void **vals, const size_t *vsize, int nvals)
 {
     if (m->n >= 0x7FFFFFF0u)
         return -1;
     if (m->n == m->cap) {
         uint32_t ncap = m->cap ? m->cap * 2 : 16;
-        fk_t *nk = realloc(m->keys, (size_t)ncap * sizeof(fk_t));
+        fk_t *nk = st_realloc(m->keys, (size_t)ncap * sizeof(fk_t));
         if (nk == NULL)
             return -1;
         m->keys = nk;
         for (int j = 0; j < nvals; j++) {
-            void *nv = realloc(vals[j], (size_t)ncap * vsize[j]);
+            void *nv = st_realloc(vals[j], (size_t)ncap * vsize[j]);
             if (nv == NULL)
                 return -1;
             memset((char *)nv + (size_t)m->cap * vsize[j], 0, (size_t)(ncap - m->cap) * vsize[j]);
@@ -404,7 +447,7 @@ static int64_t map_add(map_t *m, const fk_t *k, uint64_t h, void **vals, const s
     }
     if ((m->n + 1) * 2 > (m->slot ? m->mask + 1 : 0)) {
         uint32_t nslots = m->slot ? (m->mask + 1) * 2 : 32;
-        uint64_t *ns = calloc(nslots, sizeof(uint64_t));
+        uint64_t *ns = st_calloc(nslots, sizeof(uint64_t));
         if (ns == NULL)
             return -1;
         for (uint32_t j = 0; j < m->n; j++) {
@@ -418,6 +461,12 @@ static int64_t map_add(map_t *m, const fk_t *k, uint64_t h, void **vals, const s
         m->slot = ns;
         m->mask = nslots - 1;
     }
+    return 0;
+}
+
+/* Append k (not present) after a successful map_room: cannot fail. */
+static int64_t map_insert(map_t *m, const fk_t *k, uint64_t h)
+{
     uint32_t i = (uint32_t)h & m->mask;
     while (m->slot[i])
         i = (i + 1) & m->mask;
@@ -434,12 +483,12 @@ static int map_reserve(map_t *m, uint32_t cap, void **vals, const size_t *vsize,
 {
     if (cap < 16 || m->cap || m->slot)
         return 0;
-    if ((m->keys = calloc(cap, sizeof(fk_t))) == NULL)
+    if ((m->keys = st_calloc(cap, sizeof(fk_t))) == NULL)
         return -1;
     for (int j = 0; j < nvals; j++)
-        if ((vals[j] = calloc(cap, vsize[j])) == NULL)
+        if ((vals[j] = st_calloc(cap, vsize[j])) == NULL)
             return -1;
-    if ((m->slot = calloc((size_t)cap * 2, sizeof(uint64_t))) == NULL)
+    if ((m->slot = st_calloc((size_t)cap * 2, sizeof(uint64_t))) == NULL)
         return -1;
     m->mask = cap * 2 - 1;
     m->cap = cap;
@@ -481,7 +530,7 @@ static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memor
     }
     if ((s->n + 1) * 2 > s->mask + 1) {
         uint32_t nsz = (s->mask + 1) * 2;
-        uint64_t *nt = calloc(nsz, sizeof(uint64_t));
+        uint64_t *nt = st_calloc(nsz, sizeof(uint64_t));
         if (nt == NULL)
             return -1;
         for (uint32_t j = 0; j <= s->mask; j++) {
@@ -509,7 +558,7 @@ static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memor
 static int set64_init(set64_t *s)
 {
     memset(s, 0, sizeof *s);
-    if ((s->t = calloc(16, sizeof(uint64_t))) == NULL)
+    if ((s->t = st_calloc(16, sizeof(uint64_t))) == NULL)
         return -1;
     s->mask = 15;
     return 0;
@@ -547,7 +596,7 @@ static void fkset_put(fk_t *t, uint32_t mask, const fk_t *k, uint64_t h)
 
 static fk_t *fk_table(uint32_t n)
 {
-    fk_t *t = malloc((size_t)n * sizeof(fk_t));
+    fk_t *t = st_malloc((size_t)n * sizeof(fk_t));
     if (t)
         for (uint32_t i = 0; i < n; i++)
             t[i].tag = EMPTY_TAG;
@@ -575,7 +624,7 @@ static int fkset_add(fkset_t *s, const fk_t *k, uint64_t h)
 
 static fkset_t *fkset_new(void)
 {
-    fkset_t *s = calloc(1, sizeof *s);
+    fkset_t *s = st_calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
     if ((s->t = fk_table(8)) == NULL) {
@@ -646,7 +695,7 @@ typedef struct {
     col_t col[2]; /* 0: ports, 1: destinations */
 } row_t;
 
-typedef struct {
+typedef struct interval {
     int64_t start, late;
     uint64_t packets, bytes, fragments, src_overflow, dst_overflow;
     map_t ports;
@@ -662,7 +711,16 @@ typedef struct {
     uint64_t *dst_n;
     uint64_t tcp_flags[256], ttl[256], sizes[N_SIZES], fps[3], bs[5], malformed[N_REASONS];
     limits_t lim; /* a copy: limits changed later (reload) apply to later intervals */
+    /* Allocation failures, never silent (the summary's health: kernel_oom_dropped and
+     * kernel_oom_inexact).  oom_dropped: frames not counted at all (no room for one of their
+     * table entries, or no interval could be opened for them; those are counted in the
+     * oldest open interval, as late packets are).  oom_inexact: frames counted everywhere
+     * but in a distinct count (a port's sources, a source's ports or destinations), which
+     * may be that much low.  `oom` is the current frame's flag. */
+    uint64_t oom_dropped, oom_inexact;
     int oom;
+    int complete;                /* set when closed */
+    struct interval *next_closed; /* the router's list of closed intervals */
 } interval_t;
 
 static void interval_free(interval_t *iv);
@@ -686,7 +744,7 @@ static uint32_t reserve_size(uint32_t n, int64_t cap)
 
 static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_t *hint)
 {
-    interval_t *iv = calloc(1, sizeof *iv);
+    interval_t *iv = st_calloc(1, sizeof *iv);
     if (iv == NULL)
         return NULL;
     if (hint && (hint->ports || hint->src || hint->dst)) {
@@ -702,9 +760,9 @@ static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_
         v[0] = NULL, vs[0] = sizeof(uint64_t);
         rc |= map_reserve(&iv->dst, reserve_size(hint->dst, lim->max_destinations), v, vs, 1);
         iv->dst_n = v[0];
-        if (rc) {
+        if (rc) { /* too big now: start small, the tables grow as they need */
             interval_free(iv);
-            return NULL;
+            return interval_new(start, lim, NULL);
         }
     }
     iv->start = start;
@@ -767,8 +825,10 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         uint32_t n = port_exact_n(pt);
         if ((int64_t)n < lim->port_limit && iv->pbudget > 0) {
             if (ex) {
-                if (fkset_add(ex, k, h) < 0)
-                    iv->oom = 1;
+                if (fkset_add(ex, k, h) < 0) {
+                    iv->oom = 1; /* the budget stays as it was */
+                    return;
+                }
             } else if (pt->ninl < PORT_INL) {
                 pt->inl[pt->ninl++] = *k;
             } else {
@@ -776,27 +836,25 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
                     iv->oom = 1;
                     return;
                 }
+                /* a fresh set has room for PORT_INL + 1 keys: these adds cannot fail */
                 for (int i = 0; i < pt->ninl; i++)
-                    if (fkset_add(ex, &pt->inl[i], fk_hash(&pt->inl[i])) < 0)
-                        iv->oom = 1;
-                if (fkset_add(ex, k, kh) < 0)
-                    iv->oom = 1;
+                    fkset_add(ex, &pt->inl[i], fk_hash(&pt->inl[i]));
+                fkset_add(ex, k, kh);
                 pt->exact = ex;
                 pt->ninl = 0;
             }
             iv->pbudget--;
             return;
         }
-        int p = (int)lim->port_small_p;
-        if ((int64_t)n >= lim->port_limit && iv->pbig > 0) {
-            iv->pbig--;
-            p = (int)lim->port_big_p;
-        }
-        uint8_t *reg = calloc((size_t)1 << p, 1);
+        int big = (int64_t)n >= lim->port_limit && iv->pbig > 0;
+        int p = big ? (int)lim->port_big_p : (int)lim->port_small_p;
+        uint8_t *reg = st_calloc((size_t)1 << p, 1);
         if (reg == NULL) {
             iv->oom = 1;
             return;
         }
+        if (big)
+            iv->pbig--;
         if (ex) {
             for (uint32_t j = 0; j <= ex->mask; j++)
                 if (ex->t[j].tag != EMPTY_TAG)
@@ -825,7 +883,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         return;
     }
     int p = (int)lim->port_small_p;
-    if ((pt->sketch = calloc((size_t)1 << p, 1)) == NULL) {
+    if ((pt->sketch = st_calloc((size_t)1 << p, 1)) == NULL) {
         iv->oom = 1;
         return;
     }
@@ -836,7 +894,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
 /* All values of a set64 into fresh registers of 2**p, plus `item`. */
 static uint8_t *set_to_sketch(const set64_t *s, int p, uint64_t item)
 {
-    uint8_t *reg = calloc((size_t)1 << p, 1);
+    uint8_t *reg = st_calloc((size_t)1 << p, 1);
     if (reg == NULL)
         return NULL;
     if (s->has_zero)
@@ -881,7 +939,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
             row->state[c] = ST_SET;
         } else {
             int p = (int)lim->src_small_p;
-            uint8_t *reg = calloc((size_t)1 << p, 1);
+            uint8_t *reg = st_calloc((size_t)1 << p, 1);
             if (reg == NULL) {
                 iv->oom = 1;
                 return;
@@ -902,23 +960,22 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
         if ((int64_t)s->n < limit && iv->sbudget[c] > 0) {
             if (set64_add(s, item) < 0)
                 iv->oom = 1;
-            iv->sbudget[c]--;
+            else
+                iv->sbudget[c]--;
             return;
         }
-        iv->sbudget[c] += s->n;
         int64_t count = (int64_t)s->n + 1;
-        int p = (int)lim->src_small_p;
-        uint8_t state = ST_POOLED;
-        if (count > limit && iv->sbig[c] > 0) {
-            iv->sbig[c]--;
-            p = (int)lim->src_big_p;
-            state = ST_BIG;
-        }
+        int big = count > limit && iv->sbig[c] > 0;
+        int p = big ? (int)lim->src_big_p : (int)lim->src_small_p;
         uint8_t *reg = set_to_sketch(s, p, item);
-        if (reg == NULL) {
+        if (reg == NULL) { /* the budget and the big sketches stay as they were */
             iv->oom = 1;
             return;
         }
+        uint8_t state = big ? ST_BIG : ST_POOLED;
+        if (big)
+            iv->sbig[c]--;
+        iv->sbudget[c] += s->n;
         set64_free(s);
         col->ext = reg;
         row->state[c] = state;
@@ -1002,63 +1059,84 @@ static inline void decode_rec(int linktype, int64_t ts, const uint8_t *data, lon
         pkt_keys(&rec->p, &rec->k);
 }
 
-/* HourAggregator.add; `kk` is pkt_keys(r). */
+/* Room in map m, whose values are the one array `field`, for one more key; else goto fail. */
+#define ROOM1(m, field, fail)                          \
+    do {                                               \
+        void *v_[1] = {(field)};                       \
+        size_t vs_[1] = {sizeof *(field)};             \
+        int rc_ = map_room((m), v_, vs_, 1);           \
+        (field) = v_[0];                               \
+        if (rc_ < 0)                                   \
+            goto fail;                                 \
+    } while (0)
+
+/* HourAggregator.add; `kk` is pkt_keys(r).
+ *
+ * First the frame's entries are looked up and room is made for the new ones (the only
+ * allocations that could stop the frame from being counted): if one fails the frame is
+ * counted in oom_dropped and nothing else, and the tables stay as they were.  Then the
+ * frame is counted; inserts cannot fail any more.  A distinct set that cannot grow loses
+ * the item: the frame is counted, and in oom_inexact. */
 static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
 {
     const limits_t *lim = &iv->lim;
     uint32_t ip_len = r->ip_len;
-    int bs = 0, fp = 0, port;
+    int bs = 0, fp = 0;
     int64_t port_of_source = -1;
+    const fk_t pk = kk->pk, sk = kk->sk, dk = kk->dk;
+    const uint64_t ph = kk->hp, sh = kk->hs, dh = kk->hd;
+
+    int icmp = !r->later && (r->proto == P_ICMP || r->proto == P_ICMPV6);
+    fk_t ck = {0, 0, 0, 0};
+    uint64_t chash = 0;
+    int64_t ci = -1;
+    if (icmp) {
+        ck.lo = (uint64_t)((r->proto << 16) | (r->icmp_type << 8) | r->icmp_code);
+        chash = fk_hash(&ck);
+        ci = map_find(&iv->icmp, &ck, chash);
+        if (ci < 0)
+            ROOM1(&iv->icmp, iv->icmp_n, drop);
+    }
+    int64_t pi = map_find(&iv->ports, &pk, ph);
+    if (pi < 0)
+        ROOM1(&iv->ports, iv->port, drop);
+    int64_t ri = map_find(&iv->src, &sk, sh);
+    int new_row = ri < 0 && (int64_t)iv->src.n < lim->max_sources;
+    if (new_row) {
+        ROOM1(&iv->src, iv->row, drop);
+    } else if (ri < 0 && iv->overflow_hll == NULL &&
+               (iv->overflow_hll = st_calloc((size_t)1 << lim->overflow_p, 1)) == NULL) {
+        goto drop;
+    }
+    int64_t di = map_find(&iv->dst, &dk, dh);
+    int new_dst = di < 0 && (int64_t)iv->dst.n < lim->max_destinations;
+    if (new_dst)
+        ROOM1(&iv->dst, iv->dst_n, drop);
+
+    iv->oom = 0;
     iv->packets++;
     iv->bytes += ip_len;
     if (r->later) {
         iv->fragments++;
-        port = -1;
     } else if (r->proto == P_TCP) {
-        port = r->dport;
-        port_of_source = port | (P_TCP << 16);
+        port_of_source = r->dport | (P_TCP << 16);
         iv->tcp_flags[r->flags]++;
         bs = backscatter_kind(r);
         fp = fingerprint_bits(r);
     } else if (r->proto == P_UDP) {
-        port = r->dport;
-        port_of_source = port | (P_UDP << 16);
+        port_of_source = r->dport | (P_UDP << 16);
         fp = fingerprint_bits(r);
-    } else if (r->proto == P_ICMP || r->proto == P_ICMPV6) {
-        port = r->icmp_type;
-        fk_t ck = {(uint64_t)((r->proto << 16) | (port << 8) | r->icmp_code), 0, 0, 0};
-        uint64_t h = fk_hash(&ck);
-        int64_t i = map_find(&iv->icmp, &ck, h);
-        if (i < 0) {
-            void *v[1] = {iv->icmp_n};
-            size_t vs[1] = {sizeof(uint64_t)};
-            i = map_add(&iv->icmp, &ck, h, v, vs, 1);
-            iv->icmp_n = v[0];
-            if (i < 0) {
-                iv->oom = 1;
-                return;
-            }
-        }
-        iv->icmp_n[i]++;
+    } else if (icmp) {
+        if (ci < 0)
+            ci = map_insert(&iv->icmp, &ck, chash);
+        iv->icmp_n[ci]++;
         bs = backscatter_kind(r);
         fp = fingerprint_bits(r);
     } else {
-        port = -1;
         fp = fingerprint_bits(r);
     }
-    const fk_t pk = kk->pk;
-    uint64_t ph = kk->hp;
-    int64_t pi = map_find(&iv->ports, &pk, ph);
-    if (pi < 0) {
-        void *v[1] = {iv->port};
-        size_t vs[1] = {sizeof(port_t)};
-        pi = map_add(&iv->ports, &pk, ph, v, vs, 1);
-        iv->port = v[0];
-        if (pi < 0) {
-            iv->oom = 1;
-            return;
-        }
-    }
+    if (pi < 0)
+        pi = map_insert(&iv->ports, &pk, ph);
     port_t *pt = &iv->port[pi];
     pt->packets++;
     pt->bytes += ip_len;
@@ -1074,39 +1152,21 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
         if (fp & 4)
             iv->fps[2]++;
     }
-    const fk_t sk = kk->sk;
-    port_sources_add(iv, pt, &sk, kk->hs);
-    const fk_t dk = kk->dk;
+    port_sources_add(iv, pt, &sk, sh);
     iv->ttl[r->ttl]++;
     int b = N_SIZES - 1;
     while (SIZE_BUCKETS[b] > ip_len)
         b--;
     iv->sizes[b]++;
 
-    uint64_t sh = kk->hs;
-    int64_t ri = map_find(&iv->src, &sk, sh);
-    if (ri < 0) {
-        if ((int64_t)iv->src.n < lim->max_sources) {
-            void *v[1] = {iv->row};
-            size_t vs[1] = {sizeof(row_t)};
-            ri = map_add(&iv->src, &sk, sh, v, vs, 1);
-            iv->row = v[0];
-            if (ri < 0) {
-                iv->oom = 1;
-                return;
-            }
-            row_t *nr = &iv->row[ri];
-            nr->first = nr->last = r->ts;
-            nr->ttl = (uint8_t)r->ttl;
-        } else {
-            iv->src_overflow++;
-            if (iv->overflow_hll == NULL &&
-                (iv->overflow_hll = calloc((size_t)1 << lim->overflow_p, 1)) == NULL) {
-                iv->oom = 1;
-                return;
-            }
-            hll_add(iv->overflow_hll, (int)lim->overflow_p, fk_fold(&sk));
-        }
+    if (new_row) {
+        ri = map_insert(&iv->src, &sk, sh);
+        row_t *nr = &iv->row[ri];
+        nr->first = nr->last = r->ts;
+        nr->ttl = (uint8_t)r->ttl;
+    } else if (ri < 0) {
+        iv->src_overflow++;
+        hll_add(iv->overflow_hll, (int)lim->overflow_p, fk_fold(&sk));
     }
     if (ri >= 0) {
         row_t *row = &iv->row[ri];
@@ -1122,34 +1182,25 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
         row_distinct_add(iv, row, 1, dk.lo);
     }
 
-    uint64_t dh = kk->hd;
-    int64_t di = map_find(&iv->dst, &dk, dh);
     if (di >= 0) {
         iv->dst_n[di]++;
-    } else if ((int64_t)iv->dst.n < lim->max_destinations) {
-        void *v[1] = {iv->dst_n};
-        size_t vs[1] = {sizeof(uint64_t)};
-        di = map_add(&iv->dst, &dk, dh, v, vs, 1);
-        iv->dst_n = v[0];
-        if (di < 0) {
-            iv->oom = 1;
-            return;
-        }
+    } else if (new_dst) {
+        di = map_insert(&iv->dst, &dk, dh);
         iv->dst_n[di] = 1;
     } else {
         iv->dst_overflow++;
     }
+    if (iv->oom)
+        iv->oom_inexact++;
+    return;
+drop:
+    iv->oom_dropped++;
 }
 
 /* ------------------------------------------------------------------ routing (HourlyAggregation) */
 
 #define MAX_OPEN 64
 #define BATCH 64 /* frames decoded ahead, so their table entries can be prefetched */
-
-typedef struct {
-    interval_t *iv;
-    int complete;
-} closed_t;
 
 typedef struct {
     int linktype;
@@ -1159,9 +1210,9 @@ typedef struct {
     int n_open;
     int have_first;
     int64_t first_start;
-    closed_t *closed;
-    size_t n_closed, cap_closed;
-    int oom;
+    interval_t *closed, *closed_tail; /* closed, not yet handed over (a list: closing never allocates) */
+    size_t n_closed;
+    uint64_t oom_pending; /* frames dropped with no interval open to count them in */
     long long frames;    /* frames routed (after the BPF filter) */
     sizes_t hint;        /* table sizes of the last closed interval (interval_new) */
     int64_t horizon;     /* frames before this time (us) are not routed: counted in `before` */
@@ -1177,21 +1228,17 @@ static inline int64_t floordiv(int64_t a, int64_t b)
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-static int push_closed(router_t *rt, interval_t *iv, int complete)
+static void push_closed(router_t *rt, interval_t *iv, int complete)
 {
-    if (rt->n_closed == rt->cap_closed) {
-        size_t ncap = rt->cap_closed ? rt->cap_closed * 2 : 8;
-        closed_t *nc = realloc(rt->closed, ncap * sizeof(closed_t));
-        if (nc == NULL)
-            return -1;
-        rt->closed = nc;
-        rt->cap_closed = ncap;
-    }
     rt->hint = (sizes_t){iv->ports.n, iv->src.n, iv->dst.n};
-    rt->closed[rt->n_closed].iv = iv;
-    rt->closed[rt->n_closed].complete = complete;
+    iv->complete = complete;
+    iv->next_closed = NULL;
+    if (rt->closed_tail)
+        rt->closed_tail->next_closed = iv;
+    else
+        rt->closed = iv;
+    rt->closed_tail = iv;
     rt->n_closed++;
-    return 0;
 }
 
 /* Remove open[i], keeping the rest. */
@@ -1229,12 +1276,16 @@ static interval_t *route(router_t *rt, int64_t ts)
             return NULL;
         }
     }
-    interval_t *iv = interval_new(start, &rt->lim, &rt->hint);
-    if (iv == NULL || rt->n_open == MAX_OPEN) {
-        interval_free(iv);
-        rt->oom = 1;
+    interval_t *iv = rt->n_open < MAX_OPEN ? interval_new(start, &rt->lim, &rt->hint) : NULL;
+    if (iv == NULL) { /* no memory for a new interval: the frame is dropped, and counted */
+        if (rt->n_open)
+            rt->open[oldest_index(rt, 0, 1)]->oom_dropped++;
+        else
+            rt->oom_pending++;
         return NULL;
     }
+    iv->oom_dropped += rt->oom_pending;
+    rt->oom_pending = 0;
     rt->open[rt->n_open++] = iv;
     if (!rt->have_first) {
         rt->have_first = 1;
@@ -1246,10 +1297,7 @@ static interval_t *route(router_t *rt, int64_t ts)
     int i;
     while ((i = oldest_index(rt, horizon, 0)) >= 0) {
         interval_t *old = take_open(rt, i);
-        if (push_closed(rt, old, old->start != rt->first_start) < 0) {
-            interval_free(old);
-            rt->oom = 1;
-        }
+        push_closed(rt, old, old->start != rt->first_start);
         if (rt->stop_handle)
             pcap_breakloop(rt->stop_handle);
     }
@@ -1269,8 +1317,6 @@ static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t 
         iv->malformed[reason]++;
     else
         agg_add(iv, r, kk);
-    if (iv->oom)
-        rt->oom = 1;
 }
 
 /* The open interval a timestamp belongs to, without routing (a prefetch hint only). */
@@ -1367,7 +1413,7 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
                 }
         }
     }
-    for (int i = 0; i < n && !rt->oom; i++)
+    for (int i = 0; i < n; i++)
         count_frame(rt, &b[i].p, b[i].reason, kk[i]);
 }
 
@@ -1524,12 +1570,14 @@ static PyObject *Interval_export(IntervalObject *self, PyObject *args)
         Py_INCREF(ovf);
     }
     CHECK(ovf);
-    t = Py_BuildValue("{s:L,s:K,s:K,s:K,s:L,s:K,s:K,s:K,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}",
+    t = Py_BuildValue("{s:L,s:K,s:K,s:K,s:L,s:K,s:K,s:K,s:K,s:K,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N,s:N}",
                       "hour_start", (long long)iv->start, "packets", (unsigned long long)iv->packets,
                       "bytes", (unsigned long long)iv->bytes, "fragments",
                       (unsigned long long)iv->fragments, "late", (long long)iv->late,
                       "sources_overflow", (unsigned long long)iv->src_overflow, "sources_rows", (unsigned long long)iv->src.n,
-                      "destinations_overflow", (unsigned long long)iv->dst_overflow, "ports", ports,
+                      "destinations_overflow", (unsigned long long)iv->dst_overflow,
+                      "oom_dropped", (unsigned long long)iv->oom_dropped, "oom_inexact",
+                      (unsigned long long)iv->oom_inexact, "ports", ports,
                       "icmp_codes", icmp, "sources", sources, "destinations", dests, "malformed", mal,
                       "overflow_registers", ovf, "tcp_flags", u64_list(iv->tcp_flags, 256), "ttl",
                       u64_list(iv->ttl, 256), "sizes", u64_list(iv->sizes, N_SIZES),
@@ -1996,40 +2044,48 @@ static void Kernel_dealloc(KernelObject *self)
 {
     for (int i = 0; i < self->rt.n_open; i++)
         interval_free(self->rt.open[i]);
-    for (size_t i = 0; i < self->rt.n_closed; i++)
-        interval_free(self->rt.closed[i].iv);
-    free(self->rt.closed);
+    interval_t *iv = self->rt.closed;
+    while (iv) {
+        interval_t *next = iv->next_closed;
+        interval_free(iv);
+        iv = next;
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Hand the closed intervals over as a list of (Interval, complete). */
+/* Hand the closed intervals over as a list of (Interval, complete).  Every Python object is
+ * made before the first interval leaves the kernel: when one cannot be made, MemoryError is
+ * raised and the intervals stay in the kernel, for the next call to hand over. */
 static PyObject *take_closed(KernelObject *self)
 {
     router_t *rt = &self->rt;
-    PyObject *list = PyList_New(0);
+    PyObject *list = PyList_New((Py_ssize_t)rt->n_closed);
     if (list == NULL)
         return NULL;
-    size_t i;
-    for (i = 0; i < rt->n_closed; i++) {
+    interval_t *iv = rt->closed;
+    for (size_t i = 0; i < rt->n_closed; i++, iv = iv->next_closed) {
         IntervalObject *o = PyObject_New(IntervalObject, &IntervalType);
-        if (o == NULL)
-            break;
-        o->iv = rt->closed[i].iv;
-        rt->closed[i].iv = NULL;
-        PyObject *t = Py_BuildValue("(NO)", o, rt->closed[i].complete ? Py_True : Py_False);
-        if (t == NULL || PyList_Append(list, t) < 0) {
-            Py_XDECREF(t);
-            break;
+        if (o == NULL) {
+            Py_DECREF(list);
+            return NULL;
         }
-        Py_DECREF(t);
+        o->iv = NULL; /* an empty shell until every object exists */
+        PyObject *t = Py_BuildValue("(NO)", o, iv->complete ? Py_True : Py_False);
+        if (t == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
     }
-    if (i < rt->n_closed) {
-        for (; i < rt->n_closed; i++)
-            interval_free(rt->closed[i].iv);
-        rt->n_closed = 0;
-        Py_DECREF(list);
-        return NULL;
+    iv = rt->closed;
+    for (size_t i = 0; i < rt->n_closed; i++) {
+        PyObject *t = PyList_GET_ITEM(list, (Py_ssize_t)i);
+        interval_t *next = iv->next_closed;
+        iv->next_closed = NULL;
+        ((IntervalObject *)PyTuple_GET_ITEM(t, 0))->iv = iv;
+        iv = next;
     }
+    rt->closed = rt->closed_tail = NULL;
     rt->n_closed = 0;
     return list;
 }
@@ -2040,22 +2096,13 @@ static int kernel_enter(KernelObject *self)
         PyErr_SetString(PyExc_RuntimeError, "Kernel is in use in another thread");
         return -1;
     }
-    if (self->rt.oom) {
-        PyErr_SetString(PyExc_MemoryError, "Kernel ran out of memory earlier; its state is incomplete");
-        return -1;
-    }
     return 0;
 }
 
+/* The closed intervals (and `first`, when given, as (first, closed)).  Allocation failures
+ * while counting are counted in the intervals, never raised. */
 static PyObject *kernel_result(KernelObject *self, PyObject *first)
 {
-    if (self->rt.oom) {
-        Py_XDECREF(first);
-        for (size_t i = 0; i < self->rt.n_closed; i++)
-            interval_free(self->rt.closed[i].iv);
-        self->rt.n_closed = 0;
-        return PyErr_NoMemory();
-    }
     PyObject *closed = take_closed(self);
     if (closed == NULL) {
         Py_XDECREF(first);
@@ -2071,8 +2118,6 @@ static void file_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *dat
     router_t *rt = (router_t *)user;
     int64_t ts = (int64_t)h->ts.tv_sec * 1000000 + (int64_t)h->ts.tv_usec;
     route_frame(rt, ts, data, (long)h->caplen, (long)h->len);
-    if (rt->oom)
-        pcap_breakloop(rt->stop_handle);
 }
 
 /* ---- the pipeline's two sides (see ReaderObject) */
@@ -2186,7 +2231,7 @@ static void *pipe_reader(void *arg)
 static void pipe_count(router_t *rt, ReaderObject *rd, long long max_packets, int started)
 {
     uint64_t t = atomic_load(&rd->tail);
-    while (rt->frames < max_packets && !rt->n_closed && !rt->oom) {
+    while (rt->frames < max_packets && !rt->n_closed) {
         uint64_t h = atomic_load(&rd->head);
         if (h == t) {
             if (!started || atomic_load(&rd->state) != P_RUNNING) {
@@ -2269,7 +2314,7 @@ static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
         self->busy = rd->busy = 0;
         total = rt->frames;
         buffered = atomic_load(&rd->head) != atomic_load(&rd->tail);
-        if (total == 0 && rt->n_closed == 0 && !rt->oom && !buffered) {
+        if (total == 0 && rt->n_closed == 0 && !buffered) {
             if (rd->err_pending)
                 return raise_fast(rd->err_msg, rd->err_off);
             if (rd->eof)
@@ -2287,7 +2332,7 @@ direct:
      * the frames are counted by the callback. */
     while (rt->frames < max_packets) {
         rc = pcap_dispatch(rd->p, (int)(max_packets - rt->frames), file_cb, (u_char *)rt);
-        if (rc <= 0 || rt->n_closed || rt->oom)
+        if (rc <= 0 || rt->n_closed)
             break;
     }
     process_batch(rt); /* nothing stays decoded but uncounted between calls */
@@ -2302,7 +2347,7 @@ direct:
         snprintf(rd->err_msg, sizeof rd->err_msg, "%s", pcap_geterr(rd->p));
         if (total == 0 && rt->n_closed == 0)
             return raise_fast(rd->err_msg, rd->err_off);
-    } else if (rc == 0 && total == 0 && rt->n_closed == 0 && !rt->oom) {
+    } else if (rc == 0 && total == 0 && rt->n_closed == 0) {
         return kernel_result(self, PyLong_FromLong(-1));
     }
     return kernel_result(self, PyLong_FromLongLong(total));
@@ -2334,8 +2379,6 @@ static PyObject *Kernel_feed_frames(KernelObject *self, PyObject *arg)
         PyObject *b = PyTuple_GET_ITEM(t, 2);
         route_frame(&self->rt, ts, (const uint8_t *)PyBytes_AS_STRING(b), (long)PyBytes_GET_SIZE(b),
                     (long)wire);
-        if (self->rt.oom)
-            break;
     }
     process_batch(&self->rt);
     Py_DECREF(seq);
@@ -2353,10 +2396,7 @@ static PyObject *Kernel_close_before(KernelObject *self, PyObject *args)
     int i;
     while ((i = oldest_index(rt, INT64_MAX, 1)) >= 0 && rt->open[i]->start + rt->bucket <= seconds) {
         interval_t *iv = take_open(rt, i);
-        if (push_closed(rt, iv, iv->start != rt->first_start) < 0) {
-            interval_free(iv);
-            return PyErr_NoMemory();
-        }
+        push_closed(rt, iv, iv->start != rt->first_start);
     }
     return kernel_result(self, NULL);
 }
@@ -2370,11 +2410,7 @@ static PyObject *Kernel_flush(KernelObject *self, PyObject *args)
     router_t *rt = &self->rt;
     int i;
     while ((i = oldest_index(rt, INT64_MAX, 1)) >= 0) {
-        interval_t *iv = take_open(rt, i);
-        if (push_closed(rt, iv, complete) < 0) {
-            interval_free(iv);
-            return PyErr_NoMemory();
-        }
+        push_closed(rt, take_open(rt, i), complete);
     }
     return kernel_result(self, NULL);
 }
@@ -2778,7 +2814,45 @@ static PyObject *fast_pack_table(PyObject *Py_UNUSED(m), PyObject *args)
     return out;
 }
 
+/* _fail_allocations_after(n): tests only.  The next n allocations of aggregation state
+ * succeed and every later one fails, in every Kernel of the process, until called with -1. */
+static PyObject *fast_fail_allocations_after(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    atomic_store(&fail_after, n < 0 ? -1 : n);
+    Py_RETURN_NONE;
+}
+
+/* The per-process hash seed: getrandom() without blocking (a board may import this before
+ * the kernel's pool is ready at boot), then GRND_INSECURE (Linux 5.6+), then /dev/urandom,
+ * and only if all of those fail the time, the clock, the pid and an address (ASLR). */
+static uint64_t make_seed(void)
+{
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed ||
+        getrandom(&seed, sizeof seed, GRND_INSECURE) == (ssize_t)sizeof seed)
+        return seed;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        size_t got = fread(&seed, 1, sizeof seed, f);
+        fclose(f);
+        if (got == sizeof seed)
+            return seed;
+    }
+    struct timespec a, b;
+    clock_gettime(CLOCK_REALTIME, &a);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return mix64((uint64_t)a.tv_sec * 1000000000ULL + (uint64_t)a.tv_nsec) ^
+           mix64((uint64_t)b.tv_nsec ^ ((uint64_t)getpid() << 32)) ^
+           mix64((uint64_t)(uintptr_t)&seed ^ (uint64_t)clock());
+}
+
 static PyMethodDef module_methods[] = {
+    {"_fail_allocations_after", fast_fail_allocations_after, METH_O,
+     "_fail_allocations_after(n): tests only; the next n allocations of aggregation state "
+     "succeed, later ones fail (-1: off)"},
     {"pack_table", fast_pack_table, METH_VARARGS,
      "pack_table(kind, rows) -> msgpack bytes of the sorted table, or None (use the Python encoder)"},
     {"decode", fast_decode, METH_VARARGS,
@@ -2796,7 +2870,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fast(void)
 {
-    table_seed = mix64((uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&table_seed ^ (uint64_t)clock());
+    table_seed = make_seed();
     if (PyType_Ready(&IntervalType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&KernelType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

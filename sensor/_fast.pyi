@@ -62,4 +62,8 @@ def decode(
     ]
 ): ...
 
+def _fail_allocations_after(n: int, /) -> None:
+    """Tests only: the next `n` allocations of aggregation state succeed, later ones fail
+    (every Kernel of the process) until called with -1."""
+
 def pack_table(kind: str, rows: Sequence[tuple[Any, ...]], /) -> bytes | None: ...

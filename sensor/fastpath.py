@@ -126,6 +126,12 @@ class FastInterval:
         late = int(t["late"]) + self._extra_late
         if late:
             merged_health["late_packets"] = late
+        # Allocation failures in the kernel (never silent; absent when none happened):
+        # frames not counted at all, and frames a distinct count may be missing.
+        if t["oom_dropped"]:
+            merged_health["kernel_oom_dropped"] = int(t["oom_dropped"])
+        if t["oom_inexact"]:
+            merged_health["kernel_oom_inexact"] = int(t["oom_inexact"])
         tcp_flags, ttls, sizes = t["tcp_flags"], t["ttl"], t["sizes"]
         return Summary(
             sensor_id=sensor_id,
