@@ -245,7 +245,13 @@ class Daemon:
             now = time.monotonic()
             self._capture_heartbeat = now
             if frames:
-                self._ingest(frames, linktype, shift)
+                try:
+                    self._ingest(frames, linktype, shift)
+                except MemoryError:
+                    # The frames are in the kernel (what it could not take is counted in
+                    # health) and closed intervals stay there until the next handover: the
+                    # capture thread must survive a moment of memory pressure.
+                    log.error("out of memory handing over closed intervals; will retry")
             if now - link_checked >= 0.2:
                 link_checked = now
                 self._fold_stats(src)
