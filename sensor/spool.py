@@ -117,6 +117,9 @@ class Spool:
             raise ValueError("spool max_bytes must be positive")
         self.path = Path(path)
         self.max_bytes = max_bytes
+        # quarantine/ holds envelopes central refused for good and files a power cut left
+        # corrupt: kept for an operator, but bounded too (oldest deleted, counted).
+        self.max_quarantine_bytes = max(max_bytes // 4, 1 << 20)
         self.quarantine_path = self.path / QUARANTINE_DIR
         try:
             self.quarantine_path.mkdir(parents=True, exist_ok=True)
@@ -262,7 +265,7 @@ class Spool:
             if problem is None:
                 intact += 1
                 continue
-            if self._quarantine(path):
+            if self.quarantine(path, problem) is not None:
                 quarantined.append(name)
         if quarantined or removed:
             fsync_dir(self.path)
@@ -286,15 +289,68 @@ class Spool:
             return "name does not match the envelope's hour and sequence"
         return None
 
-    def _quarantine(self, path: Path) -> bool:
+    def quarantine(self, path: Path, reason: str | None = None) -> Path | None:
+        """Move a spool file to quarantine/ (with a `.reason` file), keeping quarantine/
+        under its bound by deleting the oldest there.  Returns the new path, or None."""
         target = self.quarantine_path / path.name
         if target.exists():
             target = self.quarantine_path / f"{path.name}.{secrets.token_hex(4)}"
         try:
             os.rename(path, target)
+            if reason is not None:
+                (self.quarantine_path / f"{target.name}.reason").write_text(reason + "\n")
         except OSError:
-            return False
-        return True
+            return None
+        self._bound_quarantine()
+        return target
+
+    def quarantined(self) -> list[Path]:
+        """Files in quarantine/ (not their `.reason` notes), oldest name first."""
+        try:
+            names = sorted(os.listdir(self.quarantine_path))
+        except OSError:
+            return []
+        return [self.quarantine_path / n for n in names if not n.endswith(".reason")]
+
+    def _bound_quarantine(self) -> None:
+        files = self.quarantined()
+        sizes = {}
+        for f in files:
+            with contextlib.suppress(OSError):
+                sizes[f] = f.stat().st_size
+        total = sum(sizes.values())
+        for f in files:
+            if total <= self.max_quarantine_bytes:
+                break
+            with contextlib.suppress(OSError):
+                f.unlink()
+                (f.parent / f"{f.name}.reason").unlink(missing_ok=True)
+                total -= sizes.get(f, 0)
+                self._health["spool_quarantine_evicted"] += 1
+
+    def requeue(self, names: list[str] | None = None) -> list[SpoolEntry]:
+        """Move quarantined envelopes back into the spool (all, or the named ones) once an
+        operator has fixed what made central reject them.  Files that are not whole
+        envelopes stay where they are."""
+        moved = []
+        for path in self.quarantined():
+            if names is not None and path.name not in names:
+                continue
+            name = path.name if parse_entry_name(path.name) else path.name.rsplit(".", 1)[0]
+            parsed = parse_entry_name(name)
+            final = self.path / name
+            if parsed is None or final.exists() or self._check(path, parsed) is not None:
+                continue
+            try:
+                os.rename(path, final)
+            except OSError:
+                continue
+            (self.quarantine_path / f"{path.name}.reason").unlink(missing_ok=True)
+            moved.append(SpoolEntry(parsed[0], parsed[1], name, final, final.stat().st_size))
+        if moved:
+            fsync_dir(self.path)
+            fsync_dir(self.quarantine_path)
+        return moved
 
     # -- health ------------------------------------------------------------------------
 
@@ -305,6 +361,7 @@ class Spool:
             "spool_evicted_hours": [],
             "spool_quarantined": 0,
             "spool_quarantined_files": [],
+            "spool_quarantine_evicted": 0,
         }
 
     def _load_health(self) -> dict[str, Any]:
@@ -335,6 +392,9 @@ class Spool:
         """Put back a fragment from `take_evictions` that could not be delivered."""
         self._health["spool_evicted"] += int(fragment.get("spool_evicted", 0))
         self._health["spool_quarantined"] += int(fragment.get("spool_quarantined", 0))
+        self._health["spool_quarantine_evicted"] += int(
+            fragment.get("spool_quarantine_evicted", 0)
+        )
         hours = set(self._health["spool_evicted_hours"])
         hours.update(fragment.get("spool_evicted_hours", []))
         self._health["spool_evicted_hours"] = sorted(hours)[-MAX_REPORTED_HOURS:]
@@ -347,7 +407,8 @@ class Spool:
         """Health-map fragment for the next summary; resets the counts.
 
         Keys: spool_evicted (int), spool_evicted_hours (hour starts), spool_quarantined
-        (int), spool_quarantined_files (names now in quarantine/).
+        (int), spool_quarantined_files (names now in quarantine/), spool_quarantine_evicted
+        (int: quarantined files deleted to keep quarantine/ under its bound).
         """
         taken = self.pending_health()
         self._health = self._empty_health()

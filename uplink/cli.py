@@ -83,6 +83,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_spool_verify)
 
+    p = spool_sub.add_parser(
+        "requeue",
+        help="move quarantined envelopes back into the spool (after central was fixed)",
+    )
+    p.add_argument("--spool", required=True, type=Path, help="spool directory")
+    p.add_argument("names", nargs="*", metavar="NAME", help="quarantined files (default: all)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_spool_requeue)
+
 
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
@@ -227,6 +236,22 @@ def _open_spool(path: Path) -> Spool | int:
         return Spool(path, scan=False)  # read-only: inspecting must not move files
     except SpoolError as exc:
         return _fail(str(exc))
+
+
+def cmd_spool_requeue(args: argparse.Namespace) -> int:
+    spool = _open_spool(args.spool)
+    if isinstance(spool, int):
+        return spool
+    moved = spool.requeue(args.names or None)
+    left = [p.name for p in spool.quarantined()]
+    if args.json:
+        _emit_json({"requeued": [e.name for e in moved], "still_quarantined": left})
+        return EXIT_OK
+    for e in moved:
+        print(f"requeued {e.name}")
+    print(f"{len(moved)} requeued; {len(left)} still in {spool.quarantine_path}"
+          + (" (not whole envelopes, or a name already in the spool)" if left else ""))
+    return EXIT_OK
 
 
 def cmd_spool_list(args: argparse.Namespace) -> int:

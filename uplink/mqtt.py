@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import ssl
 import threading
@@ -227,14 +226,12 @@ class MqttUplink:
     def _quarantine(self, entry: object, reason: str) -> None:
         """A permanently rejected envelope: keep it for an operator, stop re-sending it."""
         assert isinstance(entry, SpoolEntry)
-        target = self.spool.quarantine_path / entry.name
-        try:
-            os.rename(entry.path, target)
-            (self.spool.quarantine_path / (entry.name + ".reason")).write_text(reason + "\n")
-        except OSError as exc:
-            log.warning("cannot quarantine %s: %s", entry.name, exc)
+        target = self.spool.quarantine(entry.path, reason)
+        if target is None:
+            log.warning("cannot quarantine %s", entry.name)
             return
-        log.warning("central rejected %s (%s): moved to %s", entry.name, reason, target)
+        log.warning("central rejected %s (%s): moved to %s; `teiten spool requeue` sends it "
+                    "again once central is fixed", entry.name, reason, target)
         self._names = None
 
     # ------------------------------------------------------------ paho

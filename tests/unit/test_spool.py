@@ -262,3 +262,23 @@ def test_cli_spool_list_and_verify(
     assert '"ok": true' in out
     verified = ev.verify_envelope(spool.read(spool.entries()[0]), _keyring())
     assert decode_summary(verified.summary_bytes).hour_start == H
+
+
+def test_requeue_moves_whole_envelopes_back_and_quarantine_is_bounded(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=1 << 22)
+    good = spool.write(_envelope(H, 1), H, 1)
+    assert spool.quarantine(good.path, "unknown_version") is not None
+    (spool.quarantine_path / "junk.tenv").write_bytes(b"not an envelope")
+    assert spool.entries() == []
+    assert main(["spool", "requeue", "--spool", str(tmp_path)]) == 0
+    assert [e.name for e in spool.entries()] == [good.name]
+    assert [p.name for p in spool.quarantined()] == ["junk.tenv"]
+    assert not (spool.quarantine_path / f"{good.name}.reason").exists()
+    # quarantine/ is bounded: the oldest files go first, and the deletions are counted
+    spool.max_quarantine_bytes = 3 * len(_envelope(H, 2))
+    for seq in range(2, 8):
+        entry = spool.write(_envelope(H, seq), H, seq)
+        spool.quarantine(entry.path, "bad_signature")
+    left = [p.name for p in spool.quarantined()]
+    assert entry_name(H, 7) in left and entry_name(H, 2) not in left
+    assert spool.pending_health()["spool_quarantine_evicted"] >= 3
