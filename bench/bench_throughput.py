@@ -101,6 +101,21 @@ def rss_kib() -> tuple[int, int]:
     return cur, peak
 
 
+def heap_in_use_mib() -> float:
+    """glibc's bytes in use (mallinfo2: arena + mmap'd blocks), to tell state from RSS."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(f, ctypes.c_size_t) for f in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    mi = libc.mallinfo2()
+    return round((mi.uordblks + mi.hblkhd) / 2**20, 1)
+
+
 def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
     """One hour's state in the compiled kernel, fed frames in batches of 4096."""
     from sensor.aggregate import Limits
@@ -115,6 +130,8 @@ def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
     base_rss, _ = rss_kib()
     batch: list[tuple[int, int, bytes]] = []
     checkpoints: list[float] = []
+    heap: list[float] = []
+    every = 500_000 if scenario == "cap" or flood_packets <= 5_000_000 else 1_000_000
     n = 0
 
     def put(ts: int, frame: bytes) -> None:
@@ -124,8 +141,9 @@ def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
         if len(batch) == 4096:
             agg.feed_frames(batch)
             batch = []
-        if n % 500_000 == 0:
+        if n % every == 0:
             checkpoints.append(round(rss_kib()[0] / 1024, 1))
+            heap.append(heap_in_use_mib())
 
     if scenario == "cap":  # bench_memory's `cap`: the source cap, 4 SYNs each, 8 sweepers
         for i in range(limits.max_sources):
@@ -151,7 +169,8 @@ def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
         "scenario": scenario, "packets": n, "source_rows": len(summary.sources),
         "sources_overflow": summary.sources_overflow,
         "rss_mib": round(cur / 1024, 1), "state_mib": round((cur - base_rss) / 1024, 1),
-        "peak_rss_mib": round(peak / 1024, 1), "rss_every_500k_mib": checkpoints,
+        "peak_rss_mib": round(peak / 1024, 1), "every": every, "rss_every_mib": checkpoints,
+        "heap_every_mib": heap,
     }
 
 
@@ -440,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in memory:
         rows.append((f"RSS, {m['scenario']} ({m['packets']:,} packets)", None,
                      f"RSS {m['rss_mib']} MiB (peak {m['peak_rss_mib']}), state "
-                     f"{m['state_mib']} MiB, {m['source_rows']:,} source rows; every 500k: "
-                     f"{m['rss_every_500k_mib']}"))
+                     f"{m['state_mib']} MiB, {m['source_rows']:,} source rows; every "
+                     f"{m['every'] // 1000:,}k: {m['rss_every_mib']}"))
     table = render(rows, tcp_pps)
     result = {"machine": described, "frames": frames, "bytes": size, "runs": args.runs,
               "seconds": {k: [round(x, 4) for x in v] for k, v in times.items()},

@@ -603,46 +603,6 @@ static fk_t *fk_table(uint32_t n)
     return t;
 }
 
-static int fkset_add(fkset_t *s, const fk_t *k, uint64_t h)
-{
-    if ((s->n + 1) * 2 > s->mask + 1) {
-        uint32_t nsz = (s->mask + 1) * 2;
-        fk_t *nt = fk_table(nsz);
-        if (nt == NULL)
-            return -1;
-        for (uint32_t j = 0; j <= s->mask; j++)
-            if (s->t[j].tag != EMPTY_TAG)
-                fkset_put(nt, nsz - 1, &s->t[j], fk_hash(&s->t[j]));
-        free(s->t);
-        s->t = nt;
-        s->mask = nsz - 1;
-    }
-    fkset_put(s->t, s->mask, k, h);
-    s->n++;
-    return 0;
-}
-
-static fkset_t *fkset_new(void)
-{
-    fkset_t *s = st_calloc(1, sizeof *s);
-    if (s == NULL)
-        return NULL;
-    if ((s->t = fk_table(8)) == NULL) {
-        free(s);
-        return NULL;
-    }
-    s->mask = 7;
-    return s;
-}
-
-static void fkset_free(fkset_t *s)
-{
-    if (s) {
-        free(s->t);
-        free(s);
-    }
-}
-
 /* HyperLogLog.add / RowDistinct._pool_add over the folded key. */
 static inline void hll_add(uint8_t *reg, int p, uint64_t folded)
 {
@@ -664,20 +624,174 @@ typedef struct {
     int64_t overflow_p;
 } limits_t;
 
-#define PORT_INL 2 /* a port's first sources sit in its entry: most ports see one or two */
+/* A port's exact set of sources (BudgetedDistinct's exact set), inside its entry: its first
+ * PORT_INL IPv4 sources inline; then IPv4 sources as 4-byte keys in an open-addressing table
+ * (`t4`, 0 the empty mark, address 0.0.0.0 the flag `zero`) and IPv6 sources as whole keys
+ * in a side table (`w`, rare).  Dense keys keep the sets of the busy ports in cache.  Only
+ * the set's size and its keys' folded values (a sketch conversion: order-free) ever leave
+ * it, so its layout never shows in a summary. */
+#define PORT_INL 4
 
 typedef struct {
     uint64_t packets, bytes, bs;
-    fkset_t *exact; /* the exact set once it outgrew `inl` */
     uint8_t *sketch;
-    int sketch_p;
-    int ninl; /* exact set held in `inl` (exact == NULL) */
-    fk_t inl[PORT_INL];
+    union {
+        uint32_t inl[PORT_INL]; /* lg4 == 0: the set's n keys, all IPv4 */
+        struct {
+            uint32_t *t4; /* lg4 > 0: 2**lg4 slots */
+            fk_t *w;      /* lgw > 0: 2**lgw slots (EMPTY_TAG marks empty) */
+        };
+    };
+    uint32_t n;  /* the exact set's size (0 once a sketch) */
+    uint32_t nw; /* of which IPv6 keys, in w */
+    uint8_t lg4, lgw, sketch_p, zero;
 } port_t;
 
 static inline uint32_t port_exact_n(const port_t *pt)
 {
-    return pt->exact ? pt->exact->n : (uint32_t)pt->ninl;
+    return pt->n;
+}
+
+static inline uint64_t hash32(uint32_t x)
+{
+    fk_t k = {x, 0, 0, 0};
+    return fk_hash(&k);
+}
+
+static inline void t4_put(uint32_t *t, uint32_t mask, uint32_t x, uint64_t h)
+{
+    uint32_t i = (uint32_t)h & mask;
+    while (t[i])
+        i = (i + 1) & mask;
+    t[i] = x;
+}
+
+static int pset_has(const port_t *pt, const fk_t *k, uint64_t h)
+{
+    if (fk_compact(k)) {
+        uint32_t x = (uint32_t)k->lo;
+        if (pt->lg4 == 0) {
+            for (uint32_t i = 0; i < pt->n; i++)
+                if (pt->inl[i] == x)
+                    return 1;
+            return 0;
+        }
+        if (x == 0)
+            return pt->zero;
+        uint32_t mask = (1u << pt->lg4) - 1;
+        for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+            if (pt->t4[i] == x)
+                return 1;
+            if (pt->t4[i] == 0)
+                return 0;
+        }
+    }
+    if (pt->lgw == 0)
+        return 0;
+    const fkset_t ws = {pt->w, (1u << pt->lgw) - 1, pt->nw};
+    return fkset_has(&ws, k, h);
+}
+
+/* Add k (not present).  0, or -1 when an allocation failed: the set is then as it was. */
+static int pset_add(port_t *pt, const fk_t *k, uint64_t h)
+{
+    int compact = fk_compact(k);
+    if (pt->lg4 == 0 && compact && pt->n < PORT_INL) {
+        pt->inl[pt->n++] = (uint32_t)k->lo;
+        return 0;
+    }
+    if (pt->lg4 == 0) { /* inline keys to a table of 16 (room for PORT_INL + 1 at 1/2 load) */
+        uint32_t *t = st_calloc(16, sizeof(uint32_t));
+        if (t == NULL)
+            return -1;
+        uint8_t zero = 0;
+        for (uint32_t i = 0; i < pt->n; i++) {
+            if (pt->inl[i] == 0)
+                zero = 1;
+            else
+                t4_put(t, 15, pt->inl[i], hash32(pt->inl[i]));
+        }
+        pt->t4 = t;
+        pt->w = NULL;
+        pt->lg4 = 4;
+        pt->lgw = 0;
+        pt->nw = 0;
+        pt->zero = zero;
+    }
+    if (compact) {
+        uint32_t x = (uint32_t)k->lo;
+        if (x == 0) {
+            pt->zero = 1;
+            pt->n++;
+            return 0;
+        }
+        uint32_t n4 = pt->n - pt->nw - pt->zero;
+        uint32_t size = 1u << pt->lg4;
+        if ((n4 + 1) * 2 > size) {
+            uint32_t *nt = st_calloc((size_t)size * 2, sizeof(uint32_t));
+            if (nt == NULL)
+                return -1;
+            for (uint32_t j = 0; j < size; j++)
+                if (pt->t4[j])
+                    t4_put(nt, size * 2 - 1, pt->t4[j], hash32(pt->t4[j]));
+            free(pt->t4);
+            pt->t4 = nt;
+            pt->lg4++;
+            size *= 2;
+        }
+        t4_put(pt->t4, size - 1, x, h);
+        pt->n++;
+        return 0;
+    }
+    uint32_t wsize = pt->lgw ? 1u << pt->lgw : 0;
+    if ((pt->nw + 1) * 2 > wsize) {
+        uint32_t nsz = wsize ? wsize * 2 : 4;
+        fk_t *nt = fk_table(nsz);
+        if (nt == NULL)
+            return -1;
+        for (uint32_t j = 0; j < wsize; j++)
+            if (pt->w[j].tag != EMPTY_TAG)
+                fkset_put(nt, nsz - 1, &pt->w[j], fk_hash(&pt->w[j]));
+        free(pt->w);
+        pt->w = nt;
+        pt->lgw = (uint8_t)__builtin_ctz(nsz);
+        wsize = nsz;
+    }
+    fkset_put(pt->w, wsize - 1, k, h);
+    pt->nw++;
+    pt->n++;
+    return 0;
+}
+
+/* Every key of the exact set into registers reg (2**p). */
+static void pset_fold(const port_t *pt, uint8_t *reg, int p)
+{
+    if (pt->lg4 == 0) {
+        for (uint32_t i = 0; i < pt->n; i++)
+            hll_add(reg, p, pt->inl[i]);
+        return;
+    }
+    if (pt->zero)
+        hll_add(reg, p, 0);
+    for (uint32_t j = 0; j < 1u << pt->lg4; j++)
+        if (pt->t4[j])
+            hll_add(reg, p, pt->t4[j]);
+    if (pt->lgw)
+        for (uint32_t j = 0; j < 1u << pt->lgw; j++)
+            if (pt->w[j].tag != EMPTY_TAG)
+                hll_add(reg, p, fk_fold(&pt->w[j]));
+}
+
+static void pset_free(port_t *pt)
+{
+    if (pt->lg4) {
+        free(pt->t4);
+        free(pt->w);
+    }
+    pt->t4 = NULL;
+    pt->w = NULL;
+    pt->n = pt->nw = 0;
+    pt->lg4 = pt->lgw = pt->zero = 0;
 }
 
 typedef struct { /* one column of a source row (RowDistinct) */
@@ -697,6 +811,7 @@ typedef struct {
 
 typedef struct interval {
     int64_t start, late;
+    int64_t start_us, end_us; /* [start, start + bucket) in microseconds: routing without division */
     uint64_t packets, bytes, fragments, src_overflow, dst_overflow;
     map_t ports;
     port_t *port;
@@ -789,7 +904,7 @@ static void interval_free(interval_t *iv)
     if (iv == NULL)
         return;
     for (uint32_t i = 0; i < iv->ports.n; i++) {
-        fkset_free(iv->port[i].exact);
+        pset_free(&iv->port[i]);
         free(iv->port[i].sketch);
     }
     for (uint32_t i = 0; i < iv->src.n; i++)
@@ -807,41 +922,22 @@ static void interval_free(interval_t *iv)
     free(iv);
 }
 
-/* BudgetedDistinct.add(port, source key); the exact set is `inl` then `exact`. */
+/* BudgetedDistinct.add(port, source key): the exact set (pset_*), then a sketch. */
 static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t kh)
 {
     const limits_t *lim = &iv->lim;
-    if (pt->exact || pt->ninl) {
-        fkset_t *ex = pt->exact;
-        uint64_t h = kh;
-        if (ex) {
-            if (fkset_has(ex, k, h))
-                return;
-        } else {
-            for (int i = 0; i < pt->ninl; i++)
-                if (fk_eq(&pt->inl[i], k))
-                    return;
-        }
-        uint32_t n = port_exact_n(pt);
+    if (pt->sketch) {
+        hll_add(pt->sketch, pt->sketch_p, fk_fold(k));
+        return;
+    }
+    uint32_t n = pt->n;
+    if (n) {
+        if (pset_has(pt, k, kh))
+            return;
         if ((int64_t)n < lim->port_limit && iv->pbudget > 0) {
-            if (ex) {
-                if (fkset_add(ex, k, h) < 0) {
-                    iv->oom = 1; /* the budget stays as it was */
-                    return;
-                }
-            } else if (pt->ninl < PORT_INL) {
-                pt->inl[pt->ninl++] = *k;
-            } else {
-                if ((ex = fkset_new()) == NULL) {
-                    iv->oom = 1;
-                    return;
-                }
-                /* a fresh set has room for PORT_INL + 1 keys: these adds cannot fail */
-                for (int i = 0; i < pt->ninl; i++)
-                    fkset_add(ex, &pt->inl[i], fk_hash(&pt->inl[i]));
-                fkset_add(ex, k, kh);
-                pt->exact = ex;
-                pt->ninl = 0;
+            if (pset_add(pt, k, kh) < 0) {
+                iv->oom = 1; /* the budget stays as it was */
+                return;
             }
             iv->pbudget--;
             return;
@@ -855,30 +951,19 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         }
         if (big)
             iv->pbig--;
-        if (ex) {
-            for (uint32_t j = 0; j <= ex->mask; j++)
-                if (ex->t[j].tag != EMPTY_TAG)
-                    hll_add(reg, p, fk_fold(&ex->t[j]));
-        } else {
-            for (int i = 0; i < pt->ninl; i++)
-                hll_add(reg, p, fk_fold(&pt->inl[i]));
-        }
+        pset_fold(pt, reg, p);
         hll_add(reg, p, fk_fold(k));
         iv->pbudget += n;
-        fkset_free(ex);
-        pt->exact = NULL;
-        pt->ninl = 0;
+        pset_free(pt);
         pt->sketch = reg;
-        pt->sketch_p = p;
-        return;
-    }
-    if (pt->sketch) {
-        hll_add(pt->sketch, pt->sketch_p, fk_fold(k));
+        pt->sketch_p = (uint8_t)p;
         return;
     }
     if (iv->pbudget > 0) {
-        pt->inl[0] = *k;
-        pt->ninl = 1;
+        if (pset_add(pt, k, kh) < 0) {
+            iv->oom = 1;
+            return;
+        }
         iv->pbudget--;
         return;
     }
@@ -887,7 +972,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         iv->oom = 1;
         return;
     }
-    pt->sketch_p = p;
+    pt->sketch_p = (uint8_t)p;
     hll_add(pt->sketch, p, fk_fold(k));
 }
 
@@ -1261,6 +1346,9 @@ static int oldest_index(router_t *rt, int64_t below, int any)
 /* HourlyAggregation._interval: the interval for ts, or NULL (late, counted) */
 static interval_t *route(router_t *rt, int64_t ts)
 {
+    for (int i = 0; i < rt->n_open; i++) /* the common case: no division */
+        if (ts >= rt->open[i]->start_us && ts < rt->open[i]->end_us)
+            return rt->open[i];
     int64_t seconds = floordiv(ts, 1000000);
     int64_t start = seconds - (seconds - floordiv(seconds, rt->bucket) * rt->bucket);
     int64_t newest = INT64_MIN;
@@ -1286,6 +1374,9 @@ static interval_t *route(router_t *rt, int64_t ts)
     }
     iv->oom_dropped += rt->oom_pending;
     rt->oom_pending = 0;
+    if (__builtin_mul_overflow(start, 1000000, &iv->start_us) ||
+        __builtin_mul_overflow(start + rt->bucket, 1000000, &iv->end_us))
+        iv->start_us = iv->end_us = 0; /* an empty range: route() divides for this one */
     rt->open[rt->n_open++] = iv;
     if (!rt->have_first) {
         rt->have_first = 1;
@@ -1322,10 +1413,8 @@ static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t 
 /* The open interval a timestamp belongs to, without routing (a prefetch hint only). */
 static interval_t *peek_interval(const router_t *rt, int64_t ts)
 {
-    int64_t seconds = floordiv(ts, 1000000);
-    int64_t start = floordiv(seconds, rt->bucket) * rt->bucket;
     for (int i = 0; i < rt->n_open; i++)
-        if (rt->open[i]->start == start)
+        if (ts >= rt->open[i]->start_us && ts < rt->open[i]->end_us)
             return rt->open[i];
     return NULL;
 }
@@ -1368,6 +1457,7 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
         PF(&iv->src.slot[(uint32_t)kk[i]->hs & iv->src.mask]);
         PF(&iv->dst.slot[(uint32_t)kk[i]->hd & iv->dst.mask]);
     }
+    uint32_t fresh = 0;
     for (int i = 0; i < n; i++) {
         interval_t *iv = ivs[i];
         ip[i] = is[i] = -1;
@@ -1376,12 +1466,21 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
         ip[i] = slot_hint(&iv->ports, &kk[i]->pk, kk[i]->hp);
         is[i] = slot_hint(&iv->src, &kk[i]->sk, kk[i]->hs);
         int64_t id = slot_hint(&iv->dst, &kk[i]->dk, kk[i]->hd);
-        if (ip[i] >= 0)
+        if (ip[i] >= 0) { /* an entry may straddle two cache lines: both */
             PF(&iv->port[ip[i]]);
+            PF((const char *)&iv->port[ip[i] + 1] - 1);
+        }
         if (is[i] >= 0) {
-            PF(&iv->row[is[i]]);
+            PF(&iv->row[is[i]]); /* 120 bytes: up to three lines */
+            PF((const char *)&iv->row[is[i]] + 64);
+            PF((const char *)&iv->row[is[i] + 1] - 1);
             if (kk[i]->sk.tag)
                 PF(&iv->src.keys[is[i]]);
+        } else if (iv->src.n + fresh < iv->src.cap) { /* likely a new source: its row is appended */
+            const row_t *nr = &iv->row[iv->src.n + fresh++];
+            PF(nr);
+            PF((const char *)nr + 64);
+            PF((const char *)(nr + 1) - 1);
         }
         if (id >= 0) {
             PF(&iv->dst_n[id]);
@@ -1394,9 +1493,13 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
         if (iv == NULL)
             continue;
         if (ip[i] >= 0) {
-            const fkset_t *ex = iv->port[ip[i]].exact;
-            if (ex)
-                PF(&ex->t[(uint32_t)kk[i]->hs & ex->mask]);
+            const port_t *pt = &iv->port[ip[i]];
+            if (pt->lg4) {
+                if (fk_compact(&kk[i]->sk))
+                    PF(&pt->t4[(uint32_t)kk[i]->hs & ((1u << pt->lg4) - 1)]);
+                else if (pt->lgw)
+                    PF(&pt->w[(uint32_t)kk[i]->hs & ((1u << pt->lgw) - 1)]);
+            }
         }
         if (is[i] >= 0) {
             const row_t *row = &iv->row[is[i]];
