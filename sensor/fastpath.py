@@ -23,9 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from sensor.aggregate import HOUR, HourAggregator, HourlyAggregation, Limits
-from sensor.bpf import darknet_filter
 from sensor.classify import BACKSCATTER_NAMES
-from sensor.records import LINKTYPE_ETHERNET
 from sensor.sketch import _estimate
 from sensor.summary import (
     FINGERPRINTS,
@@ -268,30 +266,17 @@ def replay_fast(
     """`sensor.replay.replay` on the compiled path: same arguments, summaries and errors."""
     # The capture edge is imported here, not at the top: summary.encode_summary imports this
     # module, and the sans-I/O core must not pull libpcap in.
-    from sensor.pcap import CaptureFileError, FilterError, open_file
-    from sensor.replay import ReplayStats
+    from sensor.pcap import CaptureFileError, FilterError
+    from sensor.replay import ReplayStats, SummarySink, capture_filter
 
     if _fast is None:
         raise RuntimeError("sensor._fast is not built")
     stats = ReplayStats()
-    health = {"source": "replay"}
+    finish = SummarySink(emit, stats, sensor_id, darknet)
     aggregation: FastHourlyAggregation | None = None
-
-    def finish(closed: list[FastClosed]) -> None:
-        for interval in closed:
-            emit(
-                interval.aggregator.finish(
-                    sensor_id=sensor_id, darknet=darknet, complete=interval.complete,
-                    health=health,
-                )
-            )
-            stats.summaries += 1
-
     try:
         for path in paths:
-            with open_file(path) as probe:  # same checks and errors as the reference
-                linktype = probe.linktype
-            bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+            linktype, bpf = capture_filter(path, darknet)  # same checks as the reference
             stats.files += 1
             if aggregation is None:
                 aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits)

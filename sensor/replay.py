@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, Final, Protocol, TextIO
 
-from sensor.aggregate import HOUR, ClosedInterval, HourlyAggregation, Limits
+from sensor.aggregate import HOUR, HourlyAggregation, Limits
 from sensor.bpf import darknet_filter
 from sensor.decode import decode_frame
 from sensor.pcap import CaptureFileError, open_file
@@ -60,6 +60,53 @@ class Progress:
             self.stream.flush()
 
 
+def capture_filter(path: str, darknet: Sequence[str]) -> tuple[int, str]:
+    """A capture file's link type and the darknet filter for it (`vlan` is Ethernet-only)."""
+    with open_file(path) as probe:
+        linktype = probe.linktype
+    return linktype, darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+
+
+class _Finishable(Protocol):
+    def finish(
+        self, *, sensor_id: str, darknet: Iterable[str], complete: bool,
+        health: Mapping[str, Any] | None,
+    ) -> Summary: ...
+
+
+class _Closed(Protocol):
+    @property
+    def aggregator(self) -> _Finishable: ...
+    @property
+    def complete(self) -> bool: ...
+
+
+class SummarySink:
+    """Finishes closed intervals (reference or compiled) into summaries for `emit`."""
+
+    def __init__(
+        self, emit: Callable[[Summary], None], stats: ReplayStats, sensor_id: str,
+        darknet: Sequence[str],
+    ) -> None:
+        self.emit = emit
+        self.stats = stats
+        self.sensor_id = sensor_id
+        self.darknet = darknet
+
+    def __call__(self, closed: Iterable[_Closed]) -> None:
+        for interval in closed:
+            self.emit(
+                interval.aggregator.finish(
+                    sensor_id=self.sensor_id, darknet=self.darknet,
+                    complete=interval.complete, health=REPLAY_HEALTH,
+                )
+            )
+            self.stats.summaries += 1
+
+
+REPLAY_HEALTH: Final = {"source": "replay"}
+
+
 def replay(
     paths: Sequence[str],
     *,
@@ -86,23 +133,10 @@ def replay(
         )
     aggregation = HourlyAggregation(bucket_seconds, limits)
     stats = ReplayStats()
-    health = {"source": "replay"}
-
-    def finish(closed: list[ClosedInterval]) -> None:
-        for interval in closed:
-            emit(
-                interval.aggregator.finish(
-                    sensor_id=sensor_id, darknet=darknet, complete=interval.complete,
-                    health=health,
-                )
-            )
-            stats.summaries += 1
-
+    finish = SummarySink(emit, stats, sensor_id, darknet)
     try:
         for path in paths:
-            with open_file(path) as probe:  # the filter depends on the link type
-                linktype = probe.linktype
-            bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+            linktype, bpf = capture_filter(path, darknet)
             stats.files += 1
             with open_file(path, bpf) as source:
                 for batch in source.batches(BATCH):
