@@ -80,14 +80,35 @@ def _setfilter(handle: _pcap.Handle, bpf: str | None) -> None:
         raise FilterError(bpf, exc.message) from exc
 
 
-class PcapSource:
-    """Packets from a pcap or pcapng file, in batches."""
+class _HandleSource:
+    """What file and live sources share: the handle, its link type, closing."""
 
-    def __init__(self, path: str, handle: _pcap.Handle) -> None:
-        self.path = path
+    def __init__(self, handle: _pcap.Handle) -> None:
         self._h = handle
         self.linktype = handle.datalink()
         self.snaplen = handle.snapshot()
+
+    def close(self) -> None:
+        self._h.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PcapSource(_HandleSource):
+    """Packets from a pcap or pcapng file, in batches."""
+
+    def __init__(self, path: str, handle: _pcap.Handle) -> None:
+        super().__init__(handle)
+        self.path = path
 
     def batches(self, n: int = DEFAULT_BATCH) -> Iterator[list[Frame]]:
         """Yield non-empty batches of up to `n` frames until the end of the file.
@@ -108,19 +129,6 @@ class PcapSource:
         """Byte offset in the file of the next unread record."""
         return self._h.file_offset()
 
-    def close(self) -> None:
-        self._h.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_file(path: str | os.PathLike[str], bpf: str | None = None) -> PcapSource:
@@ -140,14 +148,12 @@ def open_file(path: str | os.PathLike[str], bpf: str | None = None) -> PcapSourc
     return PcapSource(name, handle)
 
 
-class LiveSource:
+class LiveSource(_HandleSource):
     """Packets from a network interface; `next_batch` returns [] after `timeout_ms` idle."""
 
     def __init__(self, iface: str, handle: _pcap.Handle) -> None:
+        super().__init__(handle)
         self.iface = iface
-        self._h = handle
-        self.linktype = handle.datalink()
-        self.snaplen = handle.snapshot()
         self.warning = handle.warning
 
     def next_batch(self, n: int = DEFAULT_BATCH) -> list[Frame]:
@@ -176,19 +182,6 @@ class LiveSource:
         """Make a `next_batch` running in another thread return [] now (thread-safe)."""
         self._h.breakloop()
 
-    def close(self) -> None:
-        self._h.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_interface(
