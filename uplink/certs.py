@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from uplink.keys import KeyFileError, read_private_file, validate_sensor_id
+from uplink.keys import KeyFileError, read_private_file, validate_sensor_id, write_private_file
 
 
 def generate_tls_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey:
@@ -29,19 +29,7 @@ def generate_tls_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePrivateKey
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    target = Path(path)
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{target} already exists; refusing to overwrite a TLS key") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot create {target}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private_file(Path(path), pem, "a TLS key")
     return key
 
 

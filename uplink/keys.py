@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from sensor.durable import fsync_dir, write_all
 from sensor.ids import validate_sensor_id as validate_sensor_id
 from uplink.envelope import RevokedSensor, UnknownSensor
 
@@ -49,27 +50,31 @@ def generate_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    target = Path(path)
+    write_private_file(
+        Path(path), pem, "a signing key. Use another path, or remove it yourself if you "
+        "really mean to re-enrol",
+    )
+    return key
+
+
+def write_private_file(target: Path, pem: bytes, what: str) -> None:
+    """Create a private key file: mode 0600, never over an existing file, fsynced."""
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        raise KeyFileError(
-            f"{target} already exists; refusing to overwrite a signing key. "
-            "Use another path, or remove it yourself if you really mean to re-enrol."
-        ) from None
+        raise KeyFileError(f"{target} already exists; refusing to overwrite {what}") from None
     except OSError as exc:
         raise KeyFileError(f"cannot create {target}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by umask; be explicit
-        os.write(fd, pem)
+        write_all(fd, pem)
         os.fsync(fd)
     except OSError as exc:
         os.close(fd)
         target.unlink(missing_ok=True)
         raise KeyFileError(f"cannot write {target}: {exc.strerror}") from None
     os.close(fd)
-    _fsync_dir(target.parent)
-    return key
+    fsync_dir(target.parent)
 
 
 def read_private_file(target: Path, missing: str) -> bytes:
@@ -234,11 +239,3 @@ class Keyring:
 
     def sensor_ids(self) -> list[str]:
         return sorted(self._sensors)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
