@@ -1162,7 +1162,37 @@ static inline void decode_rec(int linktype, int64_t ts, const uint8_t *data, lon
  * counted in oom_dropped and nothing else, and the tables stay as they were.  Then the
  * frame is counted; inserts cannot fail any more.  A distinct set that cannot grow loses
  * the item: the frame is counted, and in oom_inexact. */
-static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
+/* A slot hint from process_recs (entry index, or -1) as the lookup's answer when it is one:
+ * a compact key's slot holds the key whole, and a wide key is confirmed here.  Entries are
+ * never removed or renumbered while an interval is open, so a hit stays a hit (a growth
+ * rehashes the slots, not the entries).  A miss (-1) is only a hint: look it up. */
+static inline int64_t map_find_hinted(const map_t *m, const fk_t *k, uint64_t h, int64_t hint)
+{
+    if (hint >= 0 && (fk_compact(k) || fk_eq(&m->keys[hint], k)))
+        return hint;
+    return map_find(m, k, h);
+}
+
+/* process_recs' slot hints for one frame, valid for interval `iv` only. */
+typedef struct {
+    const interval_t *iv;
+    int64_t p, s, d;
+} hints_t;
+
+/* SIZE_BUCKETS index by ip_len / 4 below 1500 (every bound is a multiple of 4). */
+static uint8_t size_index[1500 / 4];
+
+static void size_index_init(void)
+{
+    for (uint32_t q = 0; q < 1500 / 4; q++) {
+        int b = N_SIZES - 1;
+        while (SIZE_BUCKETS[b] > q * 4)
+            b--;
+        size_index[q] = (uint8_t)b;
+    }
+}
+
+static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk, const hints_t *hint)
 {
     const limits_t *lim = &iv->lim;
     uint32_t ip_len = r->ip_len;
@@ -1182,10 +1212,11 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
         if (ci < 0)
             ROOM1(&iv->icmp, iv->icmp_n, drop);
     }
-    int64_t pi = map_find(&iv->ports, &pk, ph);
+    int hinted = hint != NULL && hint->iv == iv;
+    int64_t pi = map_find_hinted(&iv->ports, &pk, ph, hinted ? hint->p : -1);
     if (pi < 0)
         ROOM1(&iv->ports, iv->port, drop);
-    int64_t ri = map_find(&iv->src, &sk, sh);
+    int64_t ri = map_find_hinted(&iv->src, &sk, sh, hinted ? hint->s : -1);
     int new_row = ri < 0 && (int64_t)iv->src.n < lim->max_sources;
     if (new_row) {
         ROOM1(&iv->src, iv->row, drop);
@@ -1193,7 +1224,7 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
                (iv->overflow_hll = st_calloc((size_t)1 << lim->overflow_p, 1)) == NULL) {
         goto drop;
     }
-    int64_t di = map_find(&iv->dst, &dk, dh);
+    int64_t di = map_find_hinted(&iv->dst, &dk, dh, hinted ? hint->d : -1);
     int new_dst = di < 0 && (int64_t)iv->dst.n < lim->max_destinations;
     if (new_dst)
         ROOM1(&iv->dst, iv->dst_n, drop);
@@ -1239,10 +1270,7 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk)
     }
     port_sources_add(iv, pt, &sk, sh);
     iv->ttl[r->ttl]++;
-    int b = N_SIZES - 1;
-    while (SIZE_BUCKETS[b] > ip_len)
-        b--;
-    iv->sizes[b]++;
+    iv->sizes[ip_len < 1500 ? size_index[ip_len >> 2] : N_SIZES - 1]++;
 
     if (new_row) {
         ri = map_insert(&iv->src, &sk, sh);
@@ -1395,7 +1423,7 @@ static interval_t *route(router_t *rt, int64_t ts)
     return iv;
 }
 
-static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t *kk)
+static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t *kk, const hints_t *hint)
 {
     if (r->ts < rt->horizon) {
         rt->before++;
@@ -1407,7 +1435,7 @@ static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t 
     if (reason >= 0)
         iv->malformed[reason]++;
     else
-        agg_add(iv, r, kk);
+        agg_add(iv, r, kk, hint);
 }
 
 /* The open interval a timestamp belongs to, without routing (a prefetch hint only). */
@@ -1441,7 +1469,7 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
 {
     interval_t *ivs[BATCH];
     const pkeys_t *kk[BATCH];
-    int64_t ip[BATCH], is[BATCH];
+    int64_t ip[BATCH], is[BATCH], idd[BATCH];
     for (int i = 0; i < n; i++) {
         const pkt_t *r = &b[i].p;
         interval_t *iv = NULL;
@@ -1460,12 +1488,12 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
     uint32_t fresh = 0;
     for (int i = 0; i < n; i++) {
         interval_t *iv = ivs[i];
-        ip[i] = is[i] = -1;
+        ip[i] = is[i] = idd[i] = -1;
         if (iv == NULL)
             continue;
         ip[i] = slot_hint(&iv->ports, &kk[i]->pk, kk[i]->hp);
         is[i] = slot_hint(&iv->src, &kk[i]->sk, kk[i]->hs);
-        int64_t id = slot_hint(&iv->dst, &kk[i]->dk, kk[i]->hd);
+        int64_t id = idd[i] = slot_hint(&iv->dst, &kk[i]->dk, kk[i]->hd);
         if (ip[i] >= 0) { /* an entry may straddle two cache lines: both */
             PF(&iv->port[ip[i]]);
             PF((const char *)&iv->port[ip[i] + 1] - 1);
@@ -1516,8 +1544,10 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
                 }
         }
     }
-    for (int i = 0; i < n; i++)
-        count_frame(rt, &b[i].p, b[i].reason, kk[i]);
+    for (int i = 0; i < n; i++) {
+        hints_t h = {ivs[i], ip[i], is[i], idd[i]};
+        count_frame(rt, &b[i].p, b[i].reason, kk[i], &h);
+    }
 }
 
 static void process_batch(router_t *rt)
@@ -2974,6 +3004,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fast(void)
 {
     table_seed = make_seed();
+    size_index_init();
     if (PyType_Ready(&IntervalType) < 0 || PyType_Ready(&ReaderType) < 0 || PyType_Ready(&KernelType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
