@@ -19,14 +19,20 @@ Quarters are calendar quarters in UTC, written `2025Q1`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import numpy as np
+
+from central._rollup import LifeTable
+from central.columns import SummaryColumns, decode_columns
 from central.regions import UNKNOWN_CC, RegionTable
 from sensor.summary import FINGERPRINTS, Summary
 
+log = logging.getLogger(__name__)
 DAY: Final = 86_400
 OVERFLOW_REGISTRY: Final = "overflow"
 _FP_BITS: Final = {"mirai": 0x01, "zmap": 0x02, "masscan": 0x04}
@@ -130,34 +136,10 @@ def rollup_summary(s: Summary, sequence: int, regions: RegionTable) -> HourRollu
     ]
     if s.sources_overflow:
         reg.append((UNKNOWN_CC, OVERFLOW_REGISTRY, s.sources_overflow))
-    counters: dict[str, int] = {
-        "packets": s.packets,
-        "bytes": s.bytes,
-        "fragments": s.fragments,
-        "backscatter": s.backscatter_total,
-        "malformed": s.malformed_total,
-        "sources_overflow": s.sources_overflow,
-    }
-    for k, v in s.backscatter.items():
-        counters[f"backscatter:{k}"] = v
-    for k, v in s.fingerprints.items():
-        counters[f"fp:{k}"] = v
     sources = tuple(
         (r.address, r.first_us, r.last_us, r.packets, r.fingerprints) for r in s.sources
     )
-    partial, drops, unsynced, evicted = health_facts(s.health)
-    return HourRollup(
-        sensor_id=s.sensor_id,
-        sequence=sequence,
-        hour_start=s.hour_start,
-        bucket_seconds=s.bucket_seconds,
-        ports=ports,
-        regions=tuple(reg),
-        counters=tuple(counters.items()),
-        sources=sources,
-        hour_row=(s.packets, s.backscatter_total, s.sources_distinct, s.sources_overflow,
-                  partial, drops, unsynced, evicted),
-    )
+    return _hour_rollup(s, sequence, ports, tuple(reg), sources)
 
 
 @dataclass(slots=True)
@@ -225,24 +207,189 @@ __all__ = [
 ]
 
 
+def _sum_by(keys: Any, values: Any) -> dict[int, int]:
+    """Exact sums of int64 `values` per int `keys` (Python ints past int64's range)."""
+    if not len(keys):
+        return {}
+    if int(values.max()) > (2**63 - 1) // len(values):  # could overflow int64: slow, exact
+        out: dict[int, int] = {}
+        for k, v in zip(keys.tolist(), values.tolist(), strict=True):
+            out[k] = out.get(k, 0) + v
+        return out
+    order = np.argsort(keys, kind="stable")
+    k, v = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    return dict(zip(k[starts].tolist(), np.add.reduceat(v, starts).tolist(), strict=True))
+
+
+class ColumnBatch:
+    """`RollupBatch`'s fast twin: the same aggregates from `SummaryColumns`.
+
+    Per-row work is in numpy and `central._rollup.LifeTable` (the fleet-wide source table,
+    one per quarter), never one Python object per source row; `finish` hands the store a
+    `RollupBatch` with the same keys and sums as the reference path, which
+    tests/unit/test_columns.py checks.  `sources` counts the rows the life tables hold, so a
+    caller can bound the memory (about 70 bytes a distinct source) by flushing early.
+    """
+
+    def __init__(self, regions: RegionTable) -> None:
+        self.regions = regions
+        self.batch = RollupBatch()
+        self.life: dict[str, LifeTable] = {}
+        self._ports: dict[tuple[int, str], list[tuple[Any, Any, Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    @property
+    def sources(self) -> int:
+        return sum(len(t) for t in self.life.values())
+
+    def add(self, c: SummaryColumns, sequence: int) -> None:
+        s = c.head
+        day, quarter = s.hour_start // DAY, quarter_of(s.hour_start)
+        src = c.sources
+        labs: dict[int, int] = {}
+        if src.n:
+            packets = src.int_column(0)
+            lens = np.frombuffer(src.length, dtype=np.uint8)
+            slots = np.frombuffer(src.address, dtype=np.uint8).reshape(-1, 16)
+            v4 = lens == 4
+            label = np.full(src.n, -1, dtype=np.int64)
+            if v4.any():
+                a4 = np.ascontiguousarray(slots[v4, :4]).view(">u4").ravel().astype(np.uint32)
+                label[v4] = self.regions.lookup_v4_batch(a4)
+            for i in np.flatnonzero(~v4).tolist():
+                label[i] = self.regions.lookup_many([bytes(slots[i])])[0]
+            labs = _sum_by(label, packets)
+            self.life.setdefault(quarter, LifeTable()).add(
+                src.address, src.length, src.ints[2], src.ints[3], src.ints[0], src.ints[7]
+            )
+        regions = [
+            (*(self.regions.labels[lab] if lab >= 0 else (UNKNOWN_CC, "")), n)
+            for lab, n in labs.items()
+        ]
+        if s.sources_overflow:
+            regions.append((UNKNOWN_CC, OVERFLOW_REGISTRY, s.sources_overflow))
+        if c.ports.n:
+            ports = c.ports
+            key = ports.int_column(0) * 65_537 + ports.int_column(1) + 1
+            self._ports.setdefault((day, s.sensor_id), []).append(
+                (key, ports.int_column(2), ports.int_column(4))
+            )
+        self.batch.add(_hour_rollup(s, sequence, (), tuple(regions), ()))
+
+    def finish(self) -> RollupBatch:
+        """The batch for `Store.write_rollup` (ports folded, life tables exported)."""
+        b = self.batch
+        for (day, sid), parts in self._ports.items():
+            keys = np.concatenate([p[0] for p in parts])
+            pk = _sum_by(keys, np.concatenate([p[1] for p in parts]))
+            bs = _sum_by(keys, np.concatenate([p[2] for p in parts]))
+            quarter = quarter_of(day * DAY)
+            for k, n in pk.items():
+                proto, port = divmod(k, 65_537)
+                row = b.ports.setdefault((proto, port - 1, day, sid), [0, 0])
+                row[0] += n
+                row[1] += bs[k]
+                qrow = b.quarter_ports.setdefault((quarter, sid, proto, port - 1), [0, 0])
+                qrow[0] += n
+                qrow[1] += bs[k]
+        self._ports.clear()
+        for quarter, table in self.life.items():
+            addr, lens, first, last, packets, fps = table.export()
+            cols = [np.frombuffer(x, dtype=np.int64).tolist() for x in (first, last, packets, fps)]
+            for i, (ln, f, la, pk, fp) in enumerate(zip(lens, *cols, strict=True)):
+                b.sources[(quarter, addr[16 * i : 16 * i + ln])] = [f, la, pk, fp]
+            table.clear()
+        return b
+
+
+def _hour_rollup(s: Summary, sequence: int, ports: tuple[tuple[int, int, int, int], ...],
+                 regions: tuple[tuple[str, str, int], ...],
+                 sources: tuple[tuple[bytes, int, int, int, int], ...]) -> HourRollup:
+    counters: dict[str, int] = {
+        "packets": s.packets,
+        "bytes": s.bytes,
+        "fragments": s.fragments,
+        "backscatter": s.backscatter_total,
+        "malformed": s.malformed_total,
+        "sources_overflow": s.sources_overflow,
+    }
+    for k, v in s.backscatter.items():
+        counters[f"backscatter:{k}"] = v
+    for k, v in s.fingerprints.items():
+        counters[f"fp:{k}"] = v
+    partial, drops, unsynced, evicted = health_facts(s.health)
+    return HourRollup(
+        sensor_id=s.sensor_id,
+        sequence=sequence,
+        hour_start=s.hour_start,
+        bucket_seconds=s.bucket_seconds,
+        ports=ports,
+        regions=regions,
+        counters=tuple(counters.items()),
+        sources=sources,
+        hour_row=(s.packets, s.backscatter_total, s.sources_distinct, s.sources_overflow,
+                  partial, drops, unsynced, evicted),
+    )
+
+
+# A rollup writes when its life tables hold this many distinct sources (about 70 bytes
+# each in memory), or when nothing is pending.
+MAX_BATCH_SOURCES: Final = 8_000_000
+
+
 def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
-                    progress: Any = None) -> int:
+                    progress: Any = None, reference: bool = False,
+                    max_sources: int = MAX_BATCH_SOURCES) -> int:
     """Fold every stored summary not yet rolled up into the aggregates; returns how many.
 
-    Reads and writes through `store` (a `central.store.Store`); the summary bytes were
-    checked by `decode_summary` when they were received, and are decoded again here.
+    Reads and writes through `store` (a `central.store.Store`).  The summary bytes were
+    checked when they were received and are decoded again here, from the stored envelope
+    (its payload, decompressed under the same cap).  The fast path (`ColumnBatch`) reads
+    pages of `batch` summaries and writes when its source tables reach `max_sources` or
+    nothing is left, in one transaction; `reference=True` runs the row-by-row reference
+    (`rollup_summary` + `RollupBatch`), one transaction per page.
     """
-    from sensor.summary import decode_summary
+    from sensor.summary import SummaryFormatError, decode_summary
+    from uplink.envelope import (
+        DEFAULT_MAX_SUMMARY_BYTES,
+        EnvelopeError,
+        decompress_capped,
+        parse_envelope,
+    )
 
-    done = 0
+    def summary_bytes(blob: bytes | None, envelope: bytes) -> bytes:
+        if blob is not None:
+            return blob
+        return decompress_capped(parse_envelope(envelope).payload, DEFAULT_MAX_SUMMARY_BYTES)
+
+    done = skipped = 0
+    after: tuple[int, str, int] | None = None
+    fast = ColumnBatch(regions)
     while True:
-        rows = store.pending_rollup(batch)
-        if not rows:
-            return done
-        b = RollupBatch()
-        for _sid, seq, blob in rows:
-            b.add(rollup_summary(decode_summary(blob), seq, regions))
-        store.write_rollup(b)
+        rows = store.pending_rollup(batch, after)
+        for sid, seq, hour, blob, envelope in rows:
+            after = (hour, sid, seq)
+            try:
+                data = summary_bytes(blob, envelope)
+                if reference:
+                    b = RollupBatch()
+                    b.add(rollup_summary(decode_summary(data), seq, regions))
+                    store.write_rollup(b)
+                else:
+                    fast.add(decode_columns(data), seq)
+            except (EnvelopeError, SummaryFormatError) as exc:
+                # Checked on receipt, so only a damaged file gets here: skip the row (it
+                # stays pending, `teiten central db` counts it) rather than stop the rollup.
+                log.warning("not rolled up: %s sequence %d: %s", sid, seq, exc)
+                skipped += 1
+        if not reference and len(fast) and (not rows or fast.sources >= max_sources):
+            store.write_rollup(fast.finish())
+            fast = ColumnBatch(regions)
         done += len(rows)
-        if progress is not None:
+        if progress is not None and rows:
             progress(done)
+        if not rows:
+            return done - skipped

@@ -394,16 +394,31 @@ class Store:
         }
 
     # ------------------------------------------------------------ rollup (central/rollup.py)
-    def pending_rollup(self, limit: int = 500) -> list[tuple[str, int, bytes]]:
-        """(sensor_id, sequence, summary bytes) of stored summaries not yet rolled up."""
+    def pending_rollup(
+        self, limit: int = 500, after: tuple[int, str, int] | None = None
+    ) -> list[tuple[str, int, int, bytes | None, bytes]]:
+        """Stored summaries not yet rolled up, in (hour, sensor, sequence) order:
+        (sensor_id, sequence, hour_start, summary bytes or None, envelope).
+
+        The receiver keeps only the envelope (the summary is its payload); rows stored by
+        older versions also hold the summary bytes.  `after` is the last row's
+        (hour_start, sensor_id, sequence) of the previous page, for a rollup that reads
+        many pages before it writes.
+        """
+        cond: str = ""
+        args: tuple[Any, ...] = ()
+        if after is not None:
+            cond = " AND (s.hour_start, s.sensor_id, s.seq_key) > (?, ?, ?)"
+            args = (after[0], after[1], after[2] - _SEQ_OFFSET)
         return [
-            (sid, key + _SEQ_OFFSET, bytes(blob))
-            for sid, key, blob in self._db.execute(
-                "SELECT s.sensor_id, s.seq_key, s.summary FROM summaries s "
-                "LEFT JOIN rollup_hours r ON r.sensor_id = s.sensor_id AND r.seq_key = s.seq_key "
-                "WHERE r.seq_key IS NULL AND s.summary IS NOT NULL "
-                "ORDER BY s.hour_start, s.sensor_id, s.seq_key LIMIT ?",
-                (limit,),
+            (sid, key + _SEQ_OFFSET, hour, None if blob is None else bytes(blob), bytes(env))
+            for sid, key, hour, blob, env in self._db.execute(
+                "SELECT s.sensor_id, s.seq_key, s.hour_start, s.summary, s.envelope "
+                "FROM summaries s LEFT JOIN rollup_hours r "
+                "ON r.sensor_id = s.sensor_id AND r.seq_key = s.seq_key "
+                "WHERE r.seq_key IS NULL AND (s.summary IS NOT NULL OR length(s.envelope) > 0)"
+                f"{cond} ORDER BY s.hour_start, s.sensor_id, s.seq_key LIMIT ?",
+                (*args, limit),
             )
         ]
 
@@ -412,7 +427,7 @@ class Store:
             self._db.execute(
                 "SELECT count(*) FROM summaries s LEFT JOIN rollup_hours r "
                 "ON r.sensor_id = s.sensor_id AND r.seq_key = s.seq_key "
-                "WHERE r.seq_key IS NULL AND s.summary IS NOT NULL"
+                "WHERE r.seq_key IS NULL AND (s.summary IS NOT NULL OR length(s.envelope) > 0)"
             ).fetchone()[0]
         )
 

@@ -347,6 +347,14 @@ def decode_summary(data: bytes) -> Summary:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise _fail(f"not msgpack ({type(exc).__name__}: {exc})") from None
+    return decode_document(doc)
+
+
+def decode_document(doc: object) -> Summary:
+    """Check an unpacked summary document (what `decode_summary` does after msgpack).
+
+    central/columns.py calls it with the big tables set aside, to check everything else.
+    """
     doc = _map(doc, "top level")
     version = _uint(doc.get("v"), "v")
     if version != SUMMARY_VERSION:

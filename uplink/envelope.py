@@ -20,6 +20,7 @@ No I/O, no clock: the caller passes the key, the time and the keyring.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -321,9 +322,13 @@ def verify_envelope(
     keyring: Keyring,
     *,
     max_summary_bytes: int = DEFAULT_MAX_SUMMARY_BYTES,
+    decode: Callable[[bytes], Summary] = decode_summary,
 ) -> Verified:
     """Parse, authenticate, decompress (capped) and decode an envelope.
 
+    `decode` must raise `SummaryFormatError` exactly when `decode_summary` does; the
+    central receiver passes `central.columns.check_summary`, which does so without building
+    the table rows (its summary has empty sources, ports and destinations).
     Raises exactly one EnvelopeError subclass per failure, never anything else.
     """
     env = parse_envelope(data)
@@ -350,7 +355,7 @@ def verify_envelope(
         ) from None
     summary_bytes = decompress_capped(env.payload, max_summary_bytes)
     try:
-        summary = decode_summary(summary_bytes)
+        summary = decode(summary_bytes)
     except SummaryFormatError as exc:
         raise MalformedSummary(f"summary does not decode: {exc}") from None
     if summary.sensor_id != env.sensor_id or summary.hour_start != env.hour_start:

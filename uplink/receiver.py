@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from central.columns import check_summary
 from central.config import ReceiverConfig
 from central.store import Store
 from uplink.envelope import EnvelopeError, parse_envelope, verify_envelope
@@ -185,8 +186,9 @@ class Ingest:
             self.counters.rejected += 1
             return self._reply(sid, env.sequence, "rejected", "topic_mismatch")
         try:
-            verified = verify_envelope(
-                payload, self.keyring(), max_summary_bytes=self.max_summary_bytes
+            verify_envelope(
+                payload, self.keyring(), max_summary_bytes=self.max_summary_bytes,
+                decode=check_summary,
             )
         except EnvelopeError as exc:
             self.store.reject(
@@ -206,7 +208,7 @@ class Ingest:
             hour_start=env.hour_start,
             created_us=env.created_us,
             envelope=payload,
-            summary=verified.summary_bytes,
+            summary=None,  # the envelope holds it; the rollup decompresses it again
             topic=mqtt_topic,
         )
         if outcome == "sequence_reuse":
