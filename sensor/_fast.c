@@ -33,6 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#ifdef __linux__
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -836,6 +840,9 @@ typedef struct interval {
     int oom;
     int complete;                /* set when closed */
     struct interval *next_closed; /* the router's list of closed intervals */
+    /* Rows made ahead by feed_file's helper thread (see prebuild_main) for rows() called
+     * with the same five arguments (`prebuilt_args`, a tuple); both NULL when none. */
+    PyObject *prebuilt, *prebuilt_args;
 } interval_t;
 
 static void interval_free(interval_t *iv);
@@ -919,6 +926,8 @@ static void interval_free(interval_t *iv)
     free(iv->row);
     free(iv->dst_n);
     free(iv->overflow_hll);
+    Py_XDECREF(iv->prebuilt); /* set only on closed intervals, freed with the GIL held */
+    Py_XDECREF(iv->prebuilt_args);
     free(iv);
 }
 
@@ -1827,7 +1836,7 @@ static PyObject *col_obj(PyObject *estimate, const interval_t *iv, const row_t *
 }
 
 /* rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) -> 4 tuples of rows */
-static PyObject *Interval_rows(IntervalObject *self, PyObject *args)
+static PyObject *make_rows(const interval_t *iv, PyObject *args)
 {
     PyObject *pc, *ic, *sc, *dc, *estimate;
     rowcls_t P, I, S, D;
@@ -1835,7 +1844,6 @@ static PyObject *Interval_rows(IntervalObject *self, PyObject *args)
         rowcls_init(&P, pc, PORT_FIELDS, 7) < 0 || rowcls_init(&I, ic, ICMP_FIELDS, 4) < 0 ||
         rowcls_init(&S, sc, SOURCE_FIELDS, 10) < 0 || rowcls_init(&D, dc, DEST_FIELDS, 2) < 0)
         return NULL;
-    const interval_t *iv = self->iv;
     PyObject *ports = PyTuple_New(iv->ports.n), *icmp = PyTuple_New(iv->icmp.n);
     PyObject *srcs = PyTuple_New(iv->src.n), *dsts = PyTuple_New(iv->dst.n);
     if (!ports || !icmp || !srcs || !dsts)
@@ -1879,7 +1887,12 @@ static PyObject *Interval_rows(IntervalObject *self, PyObject *args)
         v[1] = U64(r->packets);
         v[2] = U64(r->bytes);
         v[3] = PyLong_FromLongLong(r->first);
-        v[4] = PyLong_FromLongLong(r->last);
+        if (r->last == r->first && v[3] != NULL) { /* one packet, or one timestamp: one int */
+            Py_INCREF(v[3]);
+            v[4] = v[3];
+        } else {
+            v[4] = PyLong_FromLongLong(r->last);
+        }
         v[5] = col_obj(estimate, iv, r, 0, &e0);
         v[6] = col_obj(estimate, iv, r, 1, &e1);
         v[7] = PyLong_FromLong(r->ttl);
@@ -1904,6 +1917,33 @@ fail:
     Py_XDECREF(srcs);
     Py_XDECREF(dsts);
     return NULL;
+}
+
+/* Whether two argument tuples hold the same five objects (identity, as the rows depend on
+ * nothing else). */
+static int same_args(PyObject *a, PyObject *b)
+{
+    if (!PyTuple_Check(a) || !PyTuple_Check(b) || PyTuple_GET_SIZE(a) != PyTuple_GET_SIZE(b))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(a); i++)
+        if (PyTuple_GET_ITEM(a, i) != PyTuple_GET_ITEM(b, i))
+            return 0;
+    return 1;
+}
+
+/* rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) -> 4 tuples of rows; the
+ * rows feed_file's helper made ahead when it was given the same five objects (same values:
+ * the same function made them from the same closed, unchanging tables). */
+static PyObject *Interval_rows(IntervalObject *self, PyObject *args)
+{
+    interval_t *iv = self->iv;
+    if (iv->prebuilt != NULL && iv->prebuilt_args != NULL && same_args(iv->prebuilt_args, args)) {
+        PyObject *rows = iv->prebuilt; /* handed over once */
+        iv->prebuilt = NULL;
+        Py_CLEAR(iv->prebuilt_args);
+        return rows;
+    }
+    return make_rows(iv, args);
 }
 
 static PyObject *Interval_get_hour_start(IntervalObject *self, void *Py_UNUSED(c))
@@ -1939,7 +1979,14 @@ static PyObject *Interval_get_limits(IntervalObject *self, void *Py_UNUSED(c))
                          (long long)l->port_small_p, (long long)l->overflow_p);
 }
 
+static PyObject *Interval_get_prebuilt(IntervalObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->iv->prebuilt != NULL);
+}
+
 static PyGetSetDef Interval_getset[] = {
+    {"prebuilt", (getter)Interval_get_prebuilt, NULL,
+     "True while rows made ahead by feed_file wait for rows() (tests)", NULL},
     {"limits", (getter)Interval_get_limits, NULL, "the limits this interval was opened with", NULL},
     {"hour_start", (getter)Interval_get_hour_start, NULL, "start of the interval (Unix s)", NULL},
     {"late", (getter)Interval_get_late, NULL, "late packets counted here", NULL},
@@ -2125,6 +2172,7 @@ typedef struct {
     PyObject_HEAD
     router_t rt;
     int busy;
+    PyObject *rowargs; /* set_rows: rows() arguments for feed_file's helper, or NULL */
 } KernelObject;
 
 /* The 13-tuple of fastpath._limits_tuple into l; -1 with an exception if it is not valid. */
@@ -2183,6 +2231,7 @@ static void Kernel_dealloc(KernelObject *self)
         interval_free(iv);
         iv = next;
     }
+    Py_XDECREF(self->rowargs);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -2360,11 +2409,88 @@ static void *pipe_reader(void *arg)
     return NULL;
 }
 
-/* feed_file's pipelined body (GIL released): count up to max_packets records in order. */
-static void pipe_count(router_t *rt, ReaderObject *rd, long long max_packets, int started)
+/* Rows made ahead (the pipeline's third part).  When an interval closes during a file
+ * replay, its summary rows (Python objects: Interval.rows) are what the caller builds next,
+ * with the GIL and the counting stopped.  Instead, feed_file starts this helper thread,
+ * which takes the GIL (released by the counting thread, which needs none) and makes the
+ * closed intervals' rows with the arguments given to Kernel.set_rows, while the counting
+ * goes on with the next interval; feed_file returns once the helper is done (or when it
+ * would have returned anyway), and Interval.rows hands the rows over.  Closed intervals
+ * are never written by the counting thread, so the helper reads them without locks.  A
+ * failure in the helper (MemoryError) only means no rows are made ahead: rows() makes them
+ * and raises as it would have. */
+#define PREBUILD_MAX 4
+
+typedef struct {
+    PyObject *args; /* a reference owned by the helper */
+    interval_t *iv[PREBUILD_MAX];
+    int n;
+    pthread_t th;
+    int started;
+    atomic_int done;
+} prebuild_t;
+
+static void *prebuild_main(void *arg)
+{
+    prebuild_t *pb = arg;
+    /* Lowest priority: on two cores this thread shares one with the reader thread, which
+     * the counting thread waits for; the rows can wait instead (Linux: per thread). */
+#ifdef __linux__
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+#endif
+    PyGILState_STATE g = PyGILState_Ensure();
+    for (int i = 0; i < pb->n; i++) {
+        PyObject *rows = make_rows(pb->iv[i], pb->args);
+        if (rows == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        Py_INCREF(pb->args);
+        pb->iv[i]->prebuilt = rows;
+        pb->iv[i]->prebuilt_args = pb->args;
+    }
+    Py_CLEAR(pb->args);
+    PyGILState_Release(g);
+    atomic_store(&pb->done, 1);
+    return NULL;
+}
+
+/* Start the helper for the router's closed intervals (counting thread, GIL released).
+ * 0 when it runs, -1 when there is nothing to do or it cannot start. */
+static int prebuild_start(prebuild_t *pb, router_t *rt)
+{
+    if (pb->args == NULL)
+        return -1;
+    pb->n = 0;
+    for (interval_t *iv = rt->closed; iv && pb->n < PREBUILD_MAX; iv = iv->next_closed)
+        if (iv->prebuilt == NULL)
+            pb->iv[pb->n++] = iv;
+    if (pb->n == 0)
+        return -1;
+    atomic_store(&pb->done, 0);
+    if (pthread_create(&pb->th, NULL, prebuild_main, pb) != 0)
+        return -1;
+    pb->started = 1;
+    return 0;
+}
+
+/* feed_file's pipelined body (GIL released): count up to max_packets records in order.
+ * When an interval closes, stop (then the caller hands it over) unless the helper `pb`
+ * can make its rows meanwhile: then count on until the helper is done. */
+static void pipe_count(router_t *rt, ReaderObject *rd, long long max_packets, int started, prebuild_t *pb)
 {
     uint64_t t = atomic_load(&rd->tail);
-    while (rt->frames < max_packets && !rt->n_closed) {
+    int helping = 0;
+    while (rt->frames < max_packets) {
+        if (rt->n_closed) {
+            if (!helping) {
+                if (pb == NULL || pb->started || prebuild_start(pb, rt) < 0)
+                    break;
+                helping = 1;
+            } else if (atomic_load(&pb->done)) {
+                break;
+            }
+        }
         uint64_t h = atomic_load(&rd->head);
         if (h == t) {
             if (!started || atomic_load(&rd->state) != P_RUNNING) {
@@ -2431,8 +2557,12 @@ static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
         self->busy = rd->busy = 1;
         rt->frames = 0;
         rt->stop_handle = NULL; /* the reader thread owns the pcap handle */
+        prebuild_t pb = {.args = self->rowargs};
+        Py_XINCREF(pb.args); /* the helper's own reference, dropped with the GIL by it */
         Py_BEGIN_ALLOW_THREADS
-        pipe_count(rt, rd, max_packets, started);
+        pipe_count(rt, rd, max_packets, started, &pb);
+        if (pb.started)
+            pthread_join(pb.th, NULL);
         if (started) {
             atomic_store(&rd->stop, 1);
             pipe_wake(rd, NULL);
@@ -2444,6 +2574,7 @@ static PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
                 rd->err_pending = 1;
         }
         Py_END_ALLOW_THREADS
+        Py_XDECREF(pb.args); /* when no helper ran */
         self->busy = rd->busy = 0;
         total = rt->frames;
         buffered = atomic_load(&rd->head) != atomic_load(&rd->tail);
@@ -2587,7 +2718,29 @@ static PyObject *Kernel_take_before(KernelObject *self, PyObject *Py_UNUSED(a))
     return PyLong_FromUnsignedLongLong(n);
 }
 
+/* set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate), or set_rows(None):
+ * the arguments Interval.rows will be called with, so that feed_file can make the rows of
+ * intervals that close while it counts on (see prebuild_main). */
+static PyObject *Kernel_set_rows(KernelObject *self, PyObject *args)
+{
+    if (kernel_enter(self) < 0)
+        return NULL;
+    if (PyTuple_GET_SIZE(args) == 1 && PyTuple_GET_ITEM(args, 0) == Py_None) {
+        Py_CLEAR(self->rowargs);
+        Py_RETURN_NONE;
+    }
+    if (PyTuple_GET_SIZE(args) != 5) {
+        PyErr_SetString(PyExc_TypeError, "set_rows takes the four row classes and estimate, or None");
+        return NULL;
+    }
+    Py_INCREF(args);
+    Py_XSETREF(self->rowargs, args);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Kernel_methods[] = {
+    {"set_rows", (PyCFunction)Kernel_set_rows, METH_VARARGS,
+     "set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) or set_rows(None)"},
     {"set_horizon", (PyCFunction)Kernel_set_horizon, METH_VARARGS,
      "set_horizon(ts_us): count frames timed before ts_us instead of routing them"},
     {"take_before", (PyCFunction)Kernel_take_before, METH_NOARGS,

@@ -194,6 +194,11 @@ class FastHourlyAggregation:
         self.bucket_seconds = bucket_seconds
         self._k = _fast.Kernel(linktype, bucket_seconds, max(1, open_intervals),
                                _limits_tuple(self._limits))
+        # The arguments FastInterval.finish gives Interval.rows: with them, feed_file makes
+        # the rows of an interval that closes while it counts on (a helper thread; see
+        # prebuild_main in sensor/_fast.c).  set_rows is not in sensor/_fast.pyi.
+        kernel: Any = self._k
+        kernel.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
 
     @property
     def limits(self) -> Limits:
