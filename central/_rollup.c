@@ -130,12 +130,145 @@ static int read_item(reader_t *r, item_t *it)
     }
 }
 
+/* ------------------------------------------------------------------ map_spans */
+
+/* Step over `count` whole items of any msgpack type; -1 on truncated or invalid input. */
+static int skip_items(reader_t *r, uint64_t count)
+{
+    while (count) {
+        count--;
+        if (r->p >= r->end)
+            return -1;
+        uint8_t b = *r->p++;
+        uint64_t len = 0, extra = 0;
+        int width = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+            continue;
+        if ((b & 0xf0) == 0x80) {
+            count += 2 * (uint64_t)(b & 0x0f);
+            continue;
+        }
+        if ((b & 0xf0) == 0x90) {
+            count += b & 0x0f;
+            continue;
+        }
+        if ((b & 0xe0) == 0xa0) {
+            len = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: width = 1; break;
+            case 0xc5: case 0xda: width = 2; break;
+            case 0xc6: case 0xdb: width = 4; break;
+            case 0xc7: width = 1; extra = 1; break;
+            case 0xc8: width = 2; extra = 1; break;
+            case 0xc9: width = 4; extra = 1; break;
+            case 0xca: len = 4; break;
+            case 0xcb: len = 8; break;
+            case 0xcc: case 0xd0: len = 1; break;
+            case 0xcd: case 0xd1: len = 2; break;
+            case 0xce: case 0xd2: len = 4; break;
+            case 0xcf: case 0xd3: len = 8; break;
+            case 0xd4: len = 2; break;
+            case 0xd5: len = 3; break;
+            case 0xd6: len = 5; break;
+            case 0xd7: len = 9; break;
+            case 0xd8: len = 17; break;
+            case 0xdc: case 0xdd: case 0xde: case 0xdf: {
+                uint64_t n;
+                if (read_be(r, b == 0xdc || b == 0xde ? 2 : 4, &n))
+                    return -1;
+                count += b >= 0xde ? 2 * n : n;
+                continue;
+            }
+            default:
+                return -1; /* 0xc1: never used */
+            }
+            if (width && read_be(r, width, &len))
+                return -1;
+            len += extra;
+        }
+        if ((uint64_t)(r->end - r->p) < len)
+            return -1;
+        r->p += len;
+    }
+    return 0;
+}
+
+/* map_spans(data) -> [(key, start, end), ...] for a top-level map whose keys are all
+ * strings, each value as a byte span; None for anything else (the caller falls back). */
+static PyObject *map_spans(PyObject *Py_UNUSED(m), PyObject *arg)
+{
+    Py_buffer data;
+    if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const uint8_t *base = data.buf;
+    reader_t r = {base, base + data.len};
+    PyObject *out = PyList_New(0);
+    uint64_t n = 0;
+    if (!out)
+        goto done;
+    if (r.p >= r.end)
+        goto fallback;
+    {
+        uint8_t b = *r.p++;
+        if ((b & 0xf0) == 0x80)
+            n = b & 0x0f;
+        else if (b == 0xde || b == 0xdf) {
+            if (read_be(&r, b == 0xde ? 2 : 4, &n))
+                goto fallback;
+        } else
+            goto fallback;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (r.p >= r.end)
+            goto fallback;
+        uint8_t b = *r.p++;
+        uint64_t len;
+        if ((b & 0xe0) == 0xa0)
+            len = b & 0x1f;
+        else if (b >= 0xd9 && b <= 0xdb) {
+            if (read_be(&r, 1 << (b - 0xd9), &len))
+                goto fallback;
+        } else
+            goto fallback;
+        if ((uint64_t)(r.end - r.p) < len)
+            goto fallback;
+        PyObject *key = PyUnicode_DecodeUTF8((const char *)r.p, (Py_ssize_t)len, "strict");
+        if (!key) {
+            PyErr_Clear();
+            goto fallback;
+        }
+        r.p += len;
+        Py_ssize_t start = r.p - base;
+        if (skip_items(&r, 1)) {
+            Py_DECREF(key);
+            goto fallback;
+        }
+        PyObject *item = Py_BuildValue("(Nnn)", key, start, (Py_ssize_t)(r.p - base));
+        if (!item || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
+    if (r.p == r.end)
+        goto done;
+fallback:
+    Py_XDECREF(out);
+    out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&data);
+    return out;
+}
+
 /* ------------------------------------------------------------------ parse_rows */
 
 /* Cell kinds of a spec string (one character per column):
  *   A  source address: bin of 4 or 16 bytes      -> 16-byte slot + length column
  *   D  destination address: bin of 4 or 8 bytes  -> 16-byte slot + length column
  *   u  integer 0..2**63-1       t  integer 0..MAX_TIME_US      b  integer 0..255
+ *   f, l  like t, and first >= lo_us, last < hi_us, first <= last (f before l in a row)
  *   p  nil (-> -1) or integer 0..65535            ?  boolean (-> 0/1)
  * Numeric columns come out as native int64 arrays. */
 static int cell_ok(char kind, const item_t *it, int64_t *value)
@@ -167,104 +300,171 @@ static int cell_ok(char kind, const item_t *it, int64_t *value)
     return 0;
 }
 
-typedef struct {
-    char *buf;
-    Py_ssize_t size;
-} column_t;
-
-static PyObject *parse_rows(PyObject *Py_UNUSED(m), PyObject *args)
+/* The common cells, inline: positive fixint and uint8..64 for numbers, bin8 for
+ * addresses.  Anything else goes through read_item + cell_ok. */
+static inline int fast_uint(reader_t *r, uint64_t *v)
 {
+    const uint8_t *p = r->p;
+    if (p >= r->end)
+        return 0;
+    uint8_t b = *p;
+    if (b <= 0x7f) {
+        *v = b;
+        r->p = p + 1;
+        return 1;
+    }
+    Py_ssize_t left = r->end - p;
+    switch (b) {
+    case 0xcc:
+        if (left < 2)
+            return 0;
+        *v = p[1];
+        r->p = p + 2;
+        return 1;
+    case 0xcd:
+        if (left < 3)
+            return 0;
+        *v = ((uint64_t)p[1] << 8) | p[2];
+        r->p = p + 3;
+        return 1;
+    case 0xce: {
+        uint32_t x;
+        if (left < 5)
+            return 0;
+        memcpy(&x, p + 1, 4);
+        *v = __builtin_bswap32(x);
+        r->p = p + 5;
+        return 1;
+    }
+    case 0xcf: {
+        uint64_t x;
+        if (left < 9)
+            return 0;
+        memcpy(&x, p + 1, 8);
+        *v = __builtin_bswap64(x);
+        r->p = p + 9;
+        return 1;
+    }
+    }
+    return 0;
+}
+
+static PyObject *parse_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"span", "spec", "max_rows", "keep", "lo_us", "hi_us", NULL};
     Py_buffer span;
     const char *spec;
     Py_ssize_t max_rows;
-    if (!PyArg_ParseTuple(args, "y*sn", &span, &spec, &max_rows))
+    int keep = 1;
+    long long lo_us = 0, hi_us = (long long)MAX_TIME_US + 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*sn|pLL", kwlist, &span, &spec, &max_rows, &keep,
+                                     &lo_us, &hi_us))
         return NULL;
     size_t ncol = strlen(spec);
     PyObject *result = NULL;
-    column_t cols[MAX_ROW_CELLS];
-    column_t lens[MAX_ROW_CELLS];
-    memset(cols, 0, sizeof cols);
-    memset(lens, 0, sizeof lens);
-    if (ncol == 0 || ncol > MAX_ROW_CELLS) {
-        PyErr_SetString(PyExc_ValueError, "spec must have 1 to 16 columns");
+    PyObject *cols[MAX_ROW_CELLS] = {NULL};
+    PyObject *lens[MAX_ROW_CELLS] = {NULL};
+    char *cbuf[MAX_ROW_CELLS] = {NULL};
+    char *lbuf[MAX_ROW_CELLS] = {NULL};
+    uint64_t limit[MAX_ROW_CELLS];
+    if (ncol == 0 || ncol > MAX_ROW_CELLS || strspn(spec, "ADutflbp?") != ncol) {
+        PyErr_SetString(PyExc_ValueError, "spec must be 1 to 16 of the kinds ADutflbp?");
         goto done;
     }
+    for (size_t c = 0; c < ncol; c++)
+        limit[c] = spec[c] == 'u' ? U63 : strchr("tfl", spec[c]) ? MAX_TIME_US
+                 : spec[c] == 'b' ? 255 : 65535;
     reader_t r = {(const uint8_t *)span.buf, (const uint8_t *)span.buf + span.len};
     item_t top;
     if (read_item(&r, &top) || top.kind != K_ARRAY || top.len > (uint64_t)max_rows)
         goto fallback;
     Py_ssize_t n = (Py_ssize_t)top.len;
-    for (size_t c = 0; c < ncol; c++) {
-        int addr = spec[c] == 'A' || spec[c] == 'D';
-        if (!strchr("ADutbp?", spec[c])) {
-            PyErr_SetString(PyExc_ValueError, "unknown column kind in spec");
-            goto done;
-        }
-        cols[c].size = n * (addr ? 16 : 8);
-        cols[c].buf = PyMem_Calloc(n ? (size_t)cols[c].size : 1, 1);
-        if (!cols[c].buf)
-            goto nomem;
-        if (addr) {
-            lens[c].size = n;
-            lens[c].buf = PyMem_Calloc(n ? (size_t)n : 1, 1);
-            if (!lens[c].buf)
-                goto nomem;
+    if (keep) {
+        for (size_t c = 0; c < ncol; c++) {
+            int addr = spec[c] == 'A' || spec[c] == 'D';
+            cols[c] = PyBytes_FromStringAndSize(NULL, n * (addr ? 16 : 8));
+            if (!cols[c])
+                goto done;
+            cbuf[c] = PyBytes_AS_STRING(cols[c]);
+            if (addr) {
+                memset(cbuf[c], 0, (size_t)n * 16);
+                lens[c] = PyBytes_FromStringAndSize(NULL, n);
+                if (!lens[c])
+                    goto done;
+                lbuf[c] = PyBytes_AS_STRING(lens[c]);
+            }
         }
     }
+    const uint8_t row_head = (uint8_t)(0x90 | ncol);
+    int64_t row_first = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        item_t row;
-        if (read_item(&r, &row) || row.kind != K_ARRAY || row.len != ncol)
+        /* Rows of up to 15 cells are a fixarray; anything else is unusual here. */
+        if (r.p >= r.end || *r.p != row_head)
             goto fallback;
+        r.p++;
         for (size_t c = 0; c < ncol; c++) {
-            item_t it;
-            if (read_item(&r, &it))
-                goto fallback;
             char kind = spec[c];
+            int64_t v;
             if (kind == 'A' || kind == 'D') {
-                int ok = it.kind == K_BIN && (it.len == 4 || (kind == 'A' ? it.len == 16 : it.len == 8));
-                if (!ok)
+                item_t it;
+                if (read_item(&r, &it) || it.kind != K_BIN)
                     goto fallback;
-                memcpy(cols[c].buf + 16 * i, it.data, (size_t)it.len);
-                lens[c].buf[i] = (char)it.len;
-            } else {
-                int64_t v;
-                if (!cell_ok(kind, &it, &v))
+                if (!(it.len == 4 || (kind == 'A' ? it.len == 16 : it.len == 8)))
                     goto fallback;
-                memcpy(cols[c].buf + 8 * i, &v, 8);
+                if (keep) {
+                    memcpy(cbuf[c] + 16 * i, it.data, (size_t)it.len);
+                    lbuf[c][i] = (char)it.len;
+                }
+                continue;
             }
+            uint64_t u;
+            if (kind != '?' && fast_uint(&r, &u)) {
+                if (u > limit[c])
+                    goto fallback;
+                v = (int64_t)u;
+            } else {
+                item_t it;
+                if (read_item(&r, &it) || !cell_ok(kind == 'f' || kind == 'l' ? 't' : kind, &it, &v))
+                    goto fallback;
+            }
+            /* f/l: first and last sighting, inside [lo_us, hi_us), first <= last */
+            if (kind == 'f') {
+                if (v < lo_us)
+                    goto fallback;
+                row_first = v;
+            } else if (kind == 'l' && (v >= hi_us || v < row_first)) {
+                goto fallback;
+            }
+            if (keep)
+                memcpy(cbuf[c] + 8 * i, &v, 8);
         }
     }
     if (r.p != r.end)
         goto fallback;
-    result = PyTuple_New((Py_ssize_t)ncol + 1);
+    result = PyTuple_New(keep ? (Py_ssize_t)ncol + 1 : 1);
     if (!result)
         goto done;
     PyTuple_SET_ITEM(result, 0, PyLong_FromSsize_t(n));
-    for (size_t c = 0; c < ncol; c++) {
-        PyObject *col = PyBytes_FromStringAndSize(cols[c].buf, cols[c].size);
-        if (col && lens[c].buf) {
-            PyObject *ln = PyBytes_FromStringAndSize(lens[c].buf, lens[c].size);
-            PyObject *pair = ln ? PyTuple_Pack(2, col, ln) : NULL;
-            Py_XDECREF(ln);
-            Py_DECREF(col);
-            col = pair;
-        }
-        if (!col) {
-            Py_CLEAR(result);
-            goto done;
+    for (size_t c = 0; keep && c < ncol; c++) {
+        PyObject *col = cols[c];
+        if (lens[c]) {
+            col = PyTuple_Pack(2, cols[c], lens[c]);
+            if (!col) {
+                Py_CLEAR(result);
+                goto done;
+            }
+        } else {
+            Py_INCREF(col);
         }
         PyTuple_SET_ITEM(result, (Py_ssize_t)c + 1, col);
     }
-    goto done;
-nomem:
-    PyErr_NoMemory();
     goto done;
 fallback:
     result = Py_NewRef(Py_None);
 done:
     for (size_t c = 0; c < MAX_ROW_CELLS; c++) {
-        PyMem_Free(cols[c].buf);
-        PyMem_Free(lens[c].buf);
+        Py_XDECREF(cols[c]);
+        Py_XDECREF(lens[c]);
     }
     PyBuffer_Release(&span);
     return result;
@@ -367,28 +567,56 @@ static PyObject *LifeTable_add(LifeTable *self, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "address length must be 4 or 16");
             goto done;
         }
-        if ((self->used + 1) * 10 > self->cap * 7 && grow(self)) {
+    }
+    /* Room for every row first, so the slots cannot move while prefetched. */
+    while ((self->used + (size_t)n + 1) * 10 > self->cap * 7) {
+        if (grow(self)) {
             PyErr_NoMemory();
             goto done;
         }
-        uint64_t hi = load_be64(addr + 16 * i), lo = load_be64(addr + 16 * i + 8);
-        slot_t *s = find_slot(self->slots, self->cap, hi, lo, alen[i]);
-        if (s->alen == 0) {
-            s->hi = hi;
-            s->lo = lo;
-            s->alen = alen[i];
-            s->first = first[i];
-            s->last = last[i];
-            s->packets = packets[i];
-            s->fp = (uint8_t)fp[i];
-            self->used++;
-        } else {
-            if (first[i] < s->first)
+    }
+    /* The table is far bigger than the caches: hash a block of rows and prefetch their
+     * home slots, then insert them (the misses overlap instead of queueing). */
+    enum { BLOCK = 16 };
+    size_t home[BLOCK];
+    uint64_t his[BLOCK], los[BLOCK];
+    size_t mask = self->cap - 1;
+    for (Py_ssize_t i0 = 0; i0 < n; i0 += BLOCK) {
+        Py_ssize_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+        for (Py_ssize_t k = 0; k < m; k++) {
+            const uint8_t *a = addr + 16 * (i0 + k);
+            his[k] = load_be64(a);
+            los[k] = load_be64(a + 8);
+            home[k] = slot_hash(his[k], los[k], alen[i0 + k]) & mask;
+            __builtin_prefetch(&self->slots[home[k]], 1);
+        }
+        for (Py_ssize_t k = 0; k < m; k++) {
+            Py_ssize_t i = i0 + k;
+            size_t j = home[k];
+            slot_t *s;
+            for (;;) {
+                s = &self->slots[j];
+                if (s->alen == 0 || (s->hi == his[k] && s->lo == los[k] && s->alen == alen[i]))
+                    break;
+                j = (j + 1) & mask;
+            }
+            if (s->alen == 0) {
+                s->hi = his[k];
+                s->lo = los[k];
+                s->alen = alen[i];
                 s->first = first[i];
-            if (last[i] > s->last)
                 s->last = last[i];
-            s->packets = sat_add(s->packets, packets[i]);
-            s->fp |= (uint8_t)fp[i];
+                s->packets = packets[i];
+                s->fp = (uint8_t)fp[i];
+                self->used++;
+            } else {
+                if (first[i] < s->first)
+                    s->first = first[i];
+                if (last[i] > s->last)
+                    s->last = last[i];
+                s->packets = sat_add(s->packets, packets[i]);
+                s->fp |= (uint8_t)fp[i];
+            }
         }
     }
     result = Py_NewRef(Py_None);
@@ -496,8 +724,11 @@ static PyTypeObject LifeTableType = {
 };
 
 static PyMethodDef module_methods[] = {
-    {"parse_rows", parse_rows, METH_VARARGS,
-     "parse_rows(span, spec, max_rows) -> (n, column, ...) or None (use the reference decoder)"},
+    {"map_spans", map_spans, METH_O,
+     "map_spans(data) -> [(key, start, end), ...] of a top-level map with string keys, or None"},
+    {"parse_rows", (PyCFunction)(void (*)(void))parse_rows, METH_VARARGS | METH_KEYWORDS,
+     "parse_rows(span, spec, max_rows, keep=True) -> (n, column, ...) or None (use the "
+     "reference decoder); keep=False checks only and returns (n,)"},
     {NULL, NULL, 0, NULL},
 };
 

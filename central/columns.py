@@ -1,18 +1,18 @@
 """Summary bytes -> the head and fixed-width columns of the big tables (fast path, pure).
 
 Strategy: `decode_summary` builds one Python tuple per source row, 60 ms for a busy /24
-hour; a quarter of 20 sensors is 43,200 of them.  `decode_columns` reads the top-level map
-with msgpack but steps over the three big tables (`sources`, `ports`, `destinations`),
-checks everything else with the reference checks (`sensor.summary.decode_document`), and
-has `central._rollup.parse_rows` turn each table into int64 columns, checking every cell
-the same way.  Whenever anything is unusual (a table the C parser does not accept, a
-failed check, trailing bytes), it runs the reference decoder instead: that raises the
-reference's error, or, for a valid but unusual summary (extra columns from a newer minor
-version), gives rows that are turned into the same columns.  So the accepted set and the
-error messages are the reference's by construction; tests/unit/test_columns.py checks it
-on mutated summaries.
+hour; a quarter of 20 sensors is 43,200 of them.  `decode_columns` finds the values of the
+top-level map (`central._rollup.map_spans`), unpacks all but the three big tables
+(`sources`, `ports`, `destinations`) with msgpack, checks them with the reference checks
+(`sensor.summary.decode_document`), and has `central._rollup.parse_rows` turn each table
+into int64 columns, checking every cell the same way (1.3 ms for that hour).  Whenever
+anything is unusual (a table the C parser does not accept, a failed check, trailing
+bytes), it runs the reference decoder instead: that raises the reference's error, or, for
+a valid but unusual summary (extra columns from a newer minor version), gives rows that
+are turned into the same columns.  So the accepted set and the error messages are the
+reference's by construction; tests/unit/test_columns.py checks it on mutated summaries.
 
-No I/O here.  numpy is used for the interval check only.
+No I/O here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Final
 import msgpack
 import numpy as np
 
-from central._rollup import parse_rows
+from central._rollup import map_spans, parse_rows
 from sensor.summary import (
     MAX_DESTINATION_ROWS,
     MAX_PORT_ROWS,
@@ -36,7 +36,7 @@ from sensor.summary import (
 
 # Column kinds of central/_rollup.c's parse_rows, one per cell of a v1 row.
 _SPECS: Final = {
-    "sources": ("Auuttuubbb", MAX_SOURCE_ROWS),
+    "sources": ("Auufluubbb", MAX_SOURCE_ROWS),
     "ports": ("bpuuuu?", MAX_PORT_ROWS),
     "destinations": ("Du", MAX_DESTINATION_ROWS),
 }
@@ -82,45 +82,34 @@ def _columns(parsed: tuple[object, ...]) -> Columns:
     return Columns(n, address, length, tuple(ints))
 
 
-def _fast(data: bytes) -> SummaryColumns | None:
-    up = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
-                          max_buffer_size=max(len(data), 1))
-    up.feed(data)
+def _fast(data: bytes, keep: bool = True) -> SummaryColumns | None:
+    found = map_spans(data)
+    if found is None:
+        return None
+    view = memoryview(data)
     doc: dict[str, object] = {}
     spans: dict[str, tuple[int, int]] = {}
     try:
-        for _ in range(up.read_map_header()):
-            key = up.unpack()
-            if type(key) is not str:
-                return None
+        for key, start, end in found:
             if key in _SPECS:
-                start = up.tell()
-                up.skip()
-                spans[key] = (start, up.tell())
+                spans[key] = (start, end)
                 doc[key] = []
             else:
-                doc[key] = up.unpack()
-        if up.tell() != len(data):
-            return None
+                doc[key] = msgpack.unpackb(view[start:end], raw=False, strict_map_key=True,
+                                           use_list=True)
         head = decode_document(doc)
     except (SummaryFormatError, ValueError, msgpack.UnpackException, RecursionError):
         return None
     if len(spans) != len(_SPECS):
         return None
-    view = memoryview(data)
+    lo_us, hi_us = head.hour_start * 1_000_000, head.hour_end * 1_000_000
     tables: dict[str, Columns] = {}
     for name, (spec, max_rows) in _SPECS.items():
         lo, hi = spans[name]
-        parsed = parse_rows(view[lo:hi], spec, max_rows)
+        parsed = parse_rows(view[lo:hi], spec, max_rows, keep=keep, lo_us=lo_us, hi_us=hi_us)
         if parsed is None:
             return None
         tables[name] = _columns(parsed)
-    src = tables["sources"]
-    if src.n:
-        first, last = src.int_column(2), src.int_column(3)
-        lo_us, hi_us = head.hour_start * 1_000_000, head.hour_end * 1_000_000
-        if int(first.min()) < lo_us or int(last.max()) >= hi_us or bool((first > last).any()):
-            return None
     return SummaryColumns(head, tables["sources"], tables["ports"], tables["destinations"])
 
 
@@ -169,7 +158,8 @@ def decode_columns(data: bytes) -> SummaryColumns:
 def check_summary(data: bytes) -> Summary:
     """`decode_summary` for a verifier that needs the verdict and the head only: the
     returned summary's sources, ports and destinations are empty."""
-    return decode_columns(data).head
+    fast = _fast(data, keep=False)
+    return fast.head if fast is not None else decode_columns(data).head
 
 
 __all__ = ["Columns", "SummaryColumns", "check_summary", "columns_from_summary",

@@ -100,6 +100,22 @@ MIGRATIONS: Final = (
         );
         """,
     ),
+    Migration(
+        3,
+        "daily ports as one compressed column set per sensor-day",
+        """
+        -- A busy /24 sees most of the 65,536 ports in a day: as rows, a 20-sensor quarter
+        -- is 60 M of them.  One row per (day, sensor) instead: `data` is a zstd frame of
+        -- three little-endian int64 arrays of `ports` entries each: the port keys
+        -- (proto * 65537 + port + 1, port -1 = none), sorted, then packets, then
+        -- backscatter.  `daily_port` keeps what older versions wrote; reads add both.
+        CREATE TABLE daily_port_cols (
+            day INTEGER NOT NULL, sensor_id TEXT NOT NULL,
+            ports INTEGER NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (day, sensor_id)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

@@ -30,6 +30,7 @@ import numpy as np
 COUNTED_STATUS: Final = frozenset({"allocated", "assigned"})
 REGISTRIES: Final = frozenset({"afrinic", "apnic", "arin", "lacnic", "ripencc"})
 UNKNOWN_CC: Final = "ZZ"  # ISO 3166 user-assigned: "unknown or unspecified"
+_MIXED: Final = -2  # a /24 that two delegations (or one and a gap) share
 
 
 class DelegationFormatError(ValueError):
@@ -172,6 +173,7 @@ class RegionTable:
 
     def __init__(self, v4: _Family, v6: _Family, labels: Sequence[tuple[str, str]],
                  stats: BuildStats) -> None:
+        self._slash24: Any = None
         self._v4 = v4
         self._v6 = v6
         self.labels: tuple[tuple[str, str], ...] = tuple(labels)
@@ -234,6 +236,38 @@ class RegionTable:
         safe = np.maximum(i, 0)
         hit = (i >= 0) & (a <= f.np_ends[safe])
         return np.where(hit, f.np_labels[safe], -1)
+
+    def lookup_v4_many(self, addresses: Any) -> Any:
+        """`lookup_v4_batch` through a table of every /24 (built on first use: 32 MiB,
+        about 0.5 s): one load per address, a binary search only in the few /24s that
+        two delegations share.  For the rollup, which looks up 20,000 sources an hour per
+        sensor; the same labels as `lookup_v4_batch`, which tests check."""
+        a = np.asarray(addresses, dtype=np.uint32)
+        if self._slash24 is None:
+            self._slash24 = self._build_slash24()
+        lab = self._slash24[a >> 8].astype(np.int32)
+        mixed = lab == _MIXED
+        if mixed.any():
+            lab[mixed] = self.lookup_v4_batch(a[mixed])
+        return lab
+
+    def _build_slash24(self) -> Any:
+        f = self._v4
+        if len(self.labels) >= 2**15 - 2:  # int16 cells: use the searches instead
+            return np.full(1 << 24, _MIXED, dtype=np.int16)
+        block = np.arange(1 << 24, dtype=np.uint32) << np.uint32(8)
+        if not f.starts:
+            return np.full(1 << 24, -1, dtype=np.int16)
+        i = np.searchsorted(f.np_starts, block, side="right") - 1
+        safe = np.maximum(i, 0)
+        ends = f.np_ends[safe]
+        full = (i >= 0) & (f.np_starts[safe] <= block) & (ends >= block + np.uint32(255))
+        touches_start = (i >= 0) & (ends >= block)
+        nxt = np.minimum(i + 1, len(f.starts) - 1)
+        starts_inside = (i + 1 < len(f.starts)) & (f.np_starts[nxt] <= block + np.uint32(255))
+        out = np.where(touches_start | starts_inside, _MIXED, -1).astype(np.int16)
+        out[full] = f.np_labels[safe[full]].astype(np.int16)
+        return out
 
     def lookup_many(self, addresses: Sequence[bytes]) -> list[int]:
         """Label indexes (-1 = unknown) for a list of 4/16-byte addresses, IPv4 batched."""

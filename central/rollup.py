@@ -23,9 +23,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, Final
 
 import numpy as np
+import zstandard
 
 from central._rollup import LifeTable
 from central.columns import SummaryColumns, decode_columns
@@ -152,6 +154,22 @@ class RollupBatch:
     counters: dict[tuple[int, str, str], int] = field(default_factory=dict)
     sources: dict[tuple[str, bytes], list[int]] = field(default_factory=dict)
     hours: list[tuple[str, int, int, int, tuple[int, ...]]] = field(default_factory=list)
+    # (day, sensor) -> (port keys, packets, backscatter): ColumnBatch's ports, already summed
+    port_days: dict[tuple[int, str], PortDay] = field(default_factory=dict)
+    # (quarter, address, first_us, last_us, packets, fingerprints), unique per
+    # (quarter, address) and disjoint from `sources`: ColumnBatch's life tables
+    source_rows: list[tuple[str, bytes, int, int, int, int]] = field(default_factory=list)
+
+    def port_day_columns(self) -> dict[tuple[int, str], PortDay]:
+        """`ports` and `port_days` together, one `PortDay` per (day, sensor)."""
+        rows: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+        for (proto, port, day, sid), (pk, bs) in self.ports.items():
+            rows.setdefault((day, sid), []).append((port_key(proto, port), pk, bs))
+        out = dict(self.port_days)
+        for k, r in rows.items():
+            cols = reduce_ports(*(np.array(c, dtype=np.int64) for c in zip(*r, strict=True)))
+            out[k] = merge_port_days(out[k], cols) if k in out else cols
+        return out
 
     def __len__(self) -> int:
         return len(self.hours)
@@ -207,19 +225,69 @@ __all__ = [
 ]
 
 
-def _sum_by(keys: Any, values: Any) -> dict[int, int]:
-    """Exact sums of int64 `values` per int `keys` (Python ints past int64's range)."""
+_I64_MAX: Final = 2**63 - 1
+# (sorted unique port keys, packets, backscatter) of one sensor-day, int64 arrays
+PortDay = tuple[Any, Any, Any]
+
+
+def port_key(proto: int, port: int) -> int:
+    """One int64 per (proto, port); port -1 (no port) included."""
+    return proto * 65_537 + port + 1
+
+
+def port_of_key(key: int) -> tuple[int, int]:
+    proto, p = divmod(key, 65_537)
+    return proto, p - 1
+
+
+def reduce_ports(keys: Any, *values: Any) -> tuple[Any, ...]:
+    """(sorted unique keys, *exact sums per key); sums past int64 saturate at 2**63 - 1."""
     if not len(keys):
-        return {}
-    if int(values.max()) > (2**63 - 1) // len(values):  # could overflow int64: slow, exact
-        out: dict[int, int] = {}
-        for k, v in zip(keys.tolist(), values.tolist(), strict=True):
-            out[k] = out.get(k, 0) + v
-        return out
+        return (keys, *values)
+    if any(int(v.max()) > _I64_MAX // len(v) for v in values):
+        sums: dict[int, list[int]] = {}
+        for k, *vs in zip(keys.tolist(), *(v.tolist() for v in values), strict=True):
+            acc = sums.setdefault(k, [0] * len(vs))
+            for i, x in enumerate(vs):
+                acc[i] += x
+        ks = sorted(sums)
+        return (np.array(ks, dtype=np.int64), *(
+            np.array([min(sums[k][i], _I64_MAX) for k in ks], dtype=np.int64)
+            for i in range(len(values))))
     order = np.argsort(keys, kind="stable")
-    k, v = keys[order], values[order]
+    k = keys[order]
     starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-    return dict(zip(k[starts].tolist(), np.add.reduceat(v, starts).tolist(), strict=True))
+    return (k[starts], *(np.add.reduceat(v[order], starts) for v in values))
+
+
+def merge_port_days(a: PortDay, b: PortDay) -> PortDay:
+    k, pk, bs = reduce_ports(*(np.concatenate([x, y]) for x, y in zip(a, b, strict=True)))
+    return k, pk, bs
+
+
+def pack_port_day(day: PortDay) -> bytes:
+    """The `daily_port_cols.data` bytes: zstd of keys, packets, backscatter (int64 LE)."""
+    raw = b"".join(np.ascontiguousarray(c, dtype="<i8").tobytes() for c in day)
+    out: bytes = zstandard.ZstdCompressor(level=1).compress(raw)
+    return out
+
+
+def unpack_port_day(n: int, data: bytes) -> PortDay:
+    raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=24 * n)
+    cols = np.frombuffer(raw, dtype="<i8").astype(np.int64).reshape(3, n)
+    return cols[0], cols[1], cols[2]
+
+
+def _sum_by_label(labels: Any, values: Any) -> dict[int, int]:
+    """Exact sums of int64 `values` per label (-1 included); bincount when float64 is exact."""
+    if not len(labels):
+        return {}
+    if int(values.max()) * len(values) < 2**53:
+        sums = np.bincount(labels + 1, weights=values)
+        present = np.flatnonzero(np.bincount(labels + 1))
+        return {int(i) - 1: int(sums[i]) for i in present.tolist()}
+    k, v = reduce_ports(labels, values)
+    return dict(zip(k.tolist(), v.tolist(), strict=True))
 
 
 class ColumnBatch:
@@ -258,10 +326,10 @@ class ColumnBatch:
             label = np.full(src.n, -1, dtype=np.int64)
             if v4.any():
                 a4 = np.ascontiguousarray(slots[v4, :4]).view(">u4").ravel().astype(np.uint32)
-                label[v4] = self.regions.lookup_v4_batch(a4)
+                label[v4] = self.regions.lookup_v4_many(a4)
             for i in np.flatnonzero(~v4).tolist():
                 label[i] = self.regions.lookup_many([bytes(slots[i])])[0]
-            labs = _sum_by(label, packets)
+            labs = _sum_by_label(label, packets)
             self.life.setdefault(quarter, LifeTable()).add(
                 src.address, src.length, src.ints[2], src.ints[3], src.ints[0], src.ints[7]
             )
@@ -273,7 +341,7 @@ class ColumnBatch:
             regions.append((UNKNOWN_CC, OVERFLOW_REGISTRY, s.sources_overflow))
         if c.ports.n:
             ports = c.ports
-            key = ports.int_column(0) * 65_537 + ports.int_column(1) + 1
+            key = port_key(ports.int_column(0), ports.int_column(1))  # type: ignore[arg-type]
             self._ports.setdefault((day, s.sensor_id), []).append(
                 (key, ports.int_column(2), ports.int_column(4))
             )
@@ -282,25 +350,24 @@ class ColumnBatch:
     def finish(self) -> RollupBatch:
         """The batch for `Store.write_rollup` (ports folded, life tables exported)."""
         b = self.batch
+        by_quarter: dict[tuple[str, str], list[PortDay]] = {}
         for (day, sid), parts in self._ports.items():
-            keys = np.concatenate([p[0] for p in parts])
-            pk = _sum_by(keys, np.concatenate([p[1] for p in parts]))
-            bs = _sum_by(keys, np.concatenate([p[2] for p in parts]))
-            quarter = quarter_of(day * DAY)
-            for k, n in pk.items():
-                proto, port = divmod(k, 65_537)
-                row = b.ports.setdefault((proto, port - 1, day, sid), [0, 0])
-                row[0] += n
-                row[1] += bs[k]
-                qrow = b.quarter_ports.setdefault((quarter, sid, proto, port - 1), [0, 0])
-                qrow[0] += n
-                qrow[1] += bs[k]
+            cols = reduce_ports(*(np.concatenate(c) for c in zip(*parts, strict=True)))
+            one: PortDay = (cols[0], cols[1], cols[2])
+            b.port_days[(day, sid)] = one
+            by_quarter.setdefault((quarter_of(day * DAY), sid), []).append(one)
+        for (quarter, sid), days in by_quarter.items():
+            k, pk, bs = reduce_ports(*(np.concatenate(c) for c in zip(*days, strict=True)))
+            for key, p, x in zip(k.tolist(), pk.tolist(), bs.tolist(), strict=True):
+                qrow = b.quarter_ports.setdefault((quarter, sid, *port_of_key(key)), [0, 0])
+                qrow[0] += p
+                qrow[1] += x
         self._ports.clear()
         for quarter, table in self.life.items():
             addr, lens, first, last, packets, fps = table.export()
-            cols = [np.frombuffer(x, dtype=np.int64).tolist() for x in (first, last, packets, fps)]
-            for i, (ln, f, la, pk, fp) in enumerate(zip(lens, *cols, strict=True)):
-                b.sources[(quarter, addr[16 * i : 16 * i + ln])] = [f, la, pk, fp]
+            life = [np.frombuffer(x, dtype=np.int64).tolist() for x in (first, last, packets, fps)]
+            addrs = [addr[16 * i : 16 * i + ln] for i, ln in enumerate(lens)]
+            b.source_rows.extend(zip(repeat(quarter), addrs, *life, strict=False))
             table.clear()
         return b
 

@@ -28,12 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import numpy as np
+
 from central import migrations
+from central.rollup import (
+    merge_port_days,
+    pack_port_day,
+    port_key,
+    port_of_key,
+    unpack_port_day,
+)
 
 if TYPE_CHECKING:
     from central.rollup import RollupBatch
 
 SCHEMA_VERSION: Final = migrations.LATEST
+CACHE_KIB: Final = 256 * 1024  # page cache per connection (memory, not disk)
 REJECTED_COPY_BYTES: Final = 4096
 _SEQ_OFFSET: Final = 2**63
 
@@ -115,6 +125,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # A rollup writes millions of source rows into two B-trees (the key and the
+            # last-seen index); with SQLite's 2 MiB default cache most of those writes miss.
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(
@@ -443,12 +456,17 @@ class Store:
                     for sid, seq, hour, bucket, row in batch.hours
                 ],
             )
-            db.executemany(
-                "INSERT INTO daily_port VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
-                "packets = packets + excluded.packets, "
-                "backscatter = backscatter + excluded.backscatter",
-                [(*k, v[0], v[1]) for k, v in batch.ports.items()],
-            )
+            for (day, sid), cols in batch.port_day_columns().items():
+                old = db.execute(
+                    "SELECT ports, data FROM daily_port_cols WHERE day = ? AND sensor_id = ?",
+                    (day, sid),
+                ).fetchone()
+                if old is not None:
+                    cols = merge_port_days(unpack_port_day(old[0], bytes(old[1])), cols)
+                db.execute(
+                    "INSERT OR REPLACE INTO daily_port_cols VALUES (?,?,?,?)",
+                    (day, sid, len(cols[0]), pack_port_day(cols)),
+                )
             db.executemany(
                 "INSERT INTO quarter_port VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
                 "packets = packets + excluded.packets, "
@@ -471,7 +489,9 @@ class Store:
                 "last_us = max(last_us, excluded.last_us), "
                 "packets = packets + excluded.packets, "
                 "fingerprints = fingerprints | excluded.fingerprints",
-                [(q, a, *v) for (q, a), v in batch.sources.items()],
+                itertools.chain(
+                    ((q, a, *v) for (q, a), v in batch.sources.items()), batch.source_rows
+                ),
             )
 
     # ------------------------------------------------------------ regions
@@ -551,17 +571,29 @@ class Store:
     ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
         """{(proto, port): {day: (packets, backscatter)}} for days in [day_lo, day_hi)."""
         cond, args = self._in("sensor_id", sensors)
-        out: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
-        for proto, port in keys:
-            out[(proto, port)] = {
-                int(d): (int(p), int(b))
-                for d, p, b in self._db.execute(
-                    "SELECT day, sum(packets), sum(backscatter) FROM daily_port "
-                    f"WHERE proto = ? AND port = ? AND day >= ? AND day < ?{cond} GROUP BY day",
-                    (proto, port, day_lo, day_hi, *args),
-                )
-            }
-        return out
+        sums: dict[tuple[int, int], dict[int, list[int]]] = {k: {} for k in keys}
+        for proto, port in keys:  # rows written by versions before schema 3
+            for d, p, b in self._db.execute(
+                "SELECT day, sum(packets), sum(backscatter) FROM daily_port "
+                f"WHERE proto = ? AND port = ? AND day >= ? AND day < ?{cond} GROUP BY day",
+                (proto, port, day_lo, day_hi, *args),
+            ):
+                sums[(proto, port)][int(d)] = [int(p), int(b)]
+        wanted = np.array(sorted(port_key(*k) for k in keys), dtype=np.int64)
+        for d, n, data in self._db.execute(
+            "SELECT day, ports, data FROM daily_port_cols "
+            f"WHERE day >= ? AND day < ?{cond}",
+            (day_lo, day_hi, *args),
+        ):
+            pk_keys, pk, bs = unpack_port_day(n, bytes(data))
+            at = np.minimum(np.searchsorted(pk_keys, wanted), max(len(pk_keys) - 1, 0))
+            for key, i in zip(wanted.tolist(), at.tolist(), strict=True):
+                if len(pk_keys) and int(pk_keys[i]) == key:
+                    row = sums[port_of_key(key)].setdefault(int(d), [0, 0])
+                    row[0] += int(pk[i])
+                    row[1] += int(bs[i])
+        return {k: {d: (v[0], v[1]) for d, v in sorted(days.items())}
+                for k, days in sums.items()}
 
     def region_daily(
         self, day_lo: int, day_hi: int, sensors: list[str] | None = None

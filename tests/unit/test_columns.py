@@ -179,7 +179,8 @@ def test_life_table_merges_and_sorts() -> None:
 def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     db = sqlite3.connect(path)
     out = {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall())
-           for t in ("daily_port", "quarter_port", "daily_region", "daily_counter",
+           for t in ("daily_port", "daily_port_cols", "quarter_port", "daily_region",
+                     "daily_counter",
                      "source_life")}
     out["rollup_hours"] = sorted(r[:4] + r[5:] for r in db.execute("SELECT * FROM rollup_hours"))
     db.close()
@@ -205,3 +206,25 @@ def test_fast_rollup_writes_what_the_reference_writes(tmp_path: Path) -> None:
     fast, ref = dump(tmp_path / "fast.db"), dump(tmp_path / "ref.db")
     assert fast["source_life"] and fast["daily_region"]
     assert fast == ref
+
+
+def test_slash24_lookups_equal_the_binary_search() -> None:
+    import numpy as np
+
+    rnd = random.Random(17)
+    recs = []
+    start = 1 << 24
+    while start < (224 << 24) and len(recs) < 3000:  # sizes from 1 to 64 Ki, any alignment
+        start += rnd.choice((0, 0, 1, 7, 256, 4096, 1 << 20))
+        size = rnd.choice((1, 3, 100, 256, 300, 512, 65536))
+        recs.append(Delegation(4, start, start + size - 1, rnd.choice("ABCDE") + "X",
+                               rnd.choice(("apnic", "arin"))))
+        start += size
+    table = RegionTable.build(recs)
+    edges = [x for r in recs for x in (r.start - 1, r.start, r.end, r.end + 1)]
+    rng = np.random.default_rng(5)
+    probe = np.concatenate([np.array(edges, dtype=np.int64) % (1 << 32),
+                            rng.integers(0, 1 << 32, 200_000)]).astype(np.uint32)
+    assert (table.lookup_v4_many(probe) == table.lookup_v4_batch(probe)).all()
+    empty = RegionTable.build([])
+    assert (empty.lookup_v4_many(probe[:10]) == -1).all()
