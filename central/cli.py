@@ -324,7 +324,8 @@ def _db(args: argparse.Namespace) -> int:
 
 def print_overview(ov: dict[str, Any]) -> None:
     print(f"database   {ov['database']}")
-    print(f"summaries  {ov['summaries']}  (duplicates received: {ov['duplicates_received']})")
+    print(f"summaries  {ov['summaries']}  (duplicates received: {ov['duplicates_received']}; "
+          f"not rolled up yet: {ov.get('not_rolled_up', 0)})")
     rej = ov["rejected"]
     print("rejected   " + (", ".join(f"{k}: {v}" for k, v in rej.items()) if rej else "none"))
     print(f"{'sensor':20} {'status':8} {'stored':>6} {'seq first..last':>20} {'health':>6}  gaps")

@@ -134,6 +134,10 @@ def rollup(store: Any, *, quiet: bool = True) -> int:
     n: int = roll_up_pending(store, table, progress=progress)
     if not quiet:
         print(f"\rrollup: {n} summaries in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    if n < pending:
+        print(f"rollup: {pending - n} stored summaries do not decode and were skipped (the "
+              "log names them); they stay pending: check the database file, or restore it "
+              "from a backup", file=sys.stderr)
     return n
 
 

@@ -449,7 +449,8 @@ def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
                     fast.add(decode_columns(data), seq)
             except (EnvelopeError, SummaryFormatError) as exc:
                 # Checked on receipt, so only a damaged file gets here: skip the row (it
-                # stays pending, `teiten central db` counts it) rather than stop the rollup.
+                # stays pending; `teiten central db` counts it as not_rolled_up) rather
+                # than stop the rollup.
                 log.warning("not rolled up: %s sequence %d: %s", sid, seq, exc)
                 skipped += 1
         if not reference and len(fast) and (not rows or fast.sources >= max_sources):

@@ -401,6 +401,7 @@ class Store:
             "database": str(self.path),
             "schema_version": SCHEMA_VERSION,
             "summaries": self.count_summaries(),
+            "not_rolled_up": self.count_pending_rollup(),
             "duplicates_received": self.duplicates(),
             "rejected": reasons,
             "sensors": sensors,
