@@ -305,6 +305,7 @@ class ColumnBatch:
         self.batch = RollupBatch()
         self.life: dict[str, LifeTable] = {}
         self._ports: dict[tuple[int, str], list[tuple[Any, Any, Any]]] = {}
+        self.port_bytes = 0  # memory held by the port columns until `finish`
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -345,6 +346,7 @@ class ColumnBatch:
             self._ports.setdefault((day, s.sensor_id), []).append(
                 (key, ports.int_column(2), ports.int_column(4))
             )
+            self.port_bytes += 24 * ports.n
         self.batch.add(_hour_rollup(s, sequence, (), tuple(regions), ()))
 
     def finish(self) -> RollupBatch:
@@ -363,6 +365,7 @@ class ColumnBatch:
                 qrow[0] += p
                 qrow[1] += x
         self._ports.clear()
+        self.port_bytes = 0
         for quarter, table in self.life.items():
             addr, lens, first, last, packets, fps = table.export()
             life = [np.frombuffer(x, dtype=np.int64).tolist() for x in (first, last, packets, fps)]
@@ -403,21 +406,25 @@ def _hour_rollup(s: Summary, sequence: int, ports: tuple[tuple[int, int, int, in
 
 
 # A rollup writes when its life tables hold this many distinct sources (about 70 bytes
-# each in memory), or when nothing is pending.
+# each in memory), when its port columns hold this many bytes (a busy /24 sensor-hour is
+# 48 KB of them), or when nothing is pending.
 MAX_BATCH_SOURCES: Final = 8_000_000
+MAX_BATCH_PORT_BYTES: Final = 1 << 30
 
 
 def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
                     progress: Any = None, reference: bool = False,
-                    max_sources: int = MAX_BATCH_SOURCES) -> int:
+                    max_sources: int = MAX_BATCH_SOURCES,
+                    max_port_bytes: int = MAX_BATCH_PORT_BYTES) -> int:
     """Fold every stored summary not yet rolled up into the aggregates; returns how many.
 
     Reads and writes through `store` (a `central.store.Store`).  The summary bytes were
     checked when they were received and are decoded again here, from the stored envelope
     (its payload, decompressed under the same cap).  The fast path (`ColumnBatch`) reads
-    pages of `batch` summaries and writes when its source tables reach `max_sources` or
-    nothing is left, in one transaction; `reference=True` runs the row-by-row reference
-    (`rollup_summary` + `RollupBatch`), one transaction per page.
+    pages of `batch` summaries and writes, in one transaction, when its source tables
+    reach `max_sources`, its port columns `max_port_bytes`, or nothing is left.
+    `reference=True` runs the row-by-row reference (`rollup_summary` + `RollupBatch`),
+    one transaction per page.
     """
     from sensor.summary import SummaryFormatError, decode_summary
     from uplink.envelope import (
@@ -453,7 +460,8 @@ def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
                 # than stop the rollup.
                 log.warning("not rolled up: %s sequence %d: %s", sid, seq, exc)
                 skipped += 1
-        if not reference and len(fast) and (not rows or fast.sources >= max_sources):
+        full = fast.sources >= max_sources or fast.port_bytes >= max_port_bytes
+        if not reference and len(fast) and (not rows or full):
             store.write_rollup(fast.finish())
             fast = ColumnBatch(regions)
         done += len(rows)

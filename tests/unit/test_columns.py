@@ -187,7 +187,14 @@ def dump(path: Path) -> dict[str, list[tuple[object, ...]]]:
     return out
 
 
-def test_fast_rollup_writes_what_the_reference_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("max_sources", "max_port_bytes"), [
+    (300, 1 << 30),     # flushed by the source bound
+    (10**6, 24 * 60),   # flushed by the port bound
+    (10**6, 1 << 30),   # one write at the end
+])
+def test_fast_rollup_writes_what_the_reference_writes(
+    tmp_path: Path, max_sources: int, max_port_bytes: int
+) -> None:
     rnd = random.Random(13)
     # two quarters, three sensors, sources shared between sensors and hours
     hours = [HOUR + 3600 * h for h in range(6)] + [HOUR - 3600 * 2, HOUR - 3600]
@@ -199,9 +206,10 @@ def test_fast_rollup_writes_what_the_reference_writes(tmp_path: Path) -> None:
                 data = encode_summary(s)
                 store.store_summary(sensor_id=s.sensor_id, sequence=i, hour_start=s.hour_start,
                                     created_us=0, envelope=b"x", summary=data)
-            # pages of 5, flushed every ~300 sources: exercises the page cursor and flushes
+            # pages of 5: exercises the page cursor, and the flushes the bounds make
             assert roll_up_pending(store, REGIONS, batch=5, reference=reference,
-                                   max_sources=300) == len(summaries)
+                                   max_sources=max_sources,
+                                   max_port_bytes=max_port_bytes) == len(summaries)
             assert store.count_pending_rollup() == 0
     fast, ref = dump(tmp_path / "fast.db"), dump(tmp_path / "ref.db")
     assert fast["source_life"] and fast["daily_region"]
