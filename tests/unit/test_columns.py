@@ -236,3 +236,22 @@ def test_slash24_lookups_equal_the_binary_search() -> None:
     assert (table.lookup_v4_many(probe) == table.lookup_v4_batch(probe)).all()
     empty = RegionTable.build([])
     assert (empty.lookup_v4_many(probe[:10]) == -1).all()
+
+
+def test_port_daily_adds_legacy_rows_and_column_sets(tmp_path: Path) -> None:
+    s = random_summary(random.Random(21), n_sources=5)
+    p = max(s.ports, key=lambda r: r.packets)
+    day = HOUR // 86400
+    with Store(tmp_path / "c.db") as store:
+        store.store_summary(sensor_id=s.sensor_id, sequence=1, hour_start=s.hour_start,
+                            created_us=0, envelope=b"x", summary=encode_summary(s))
+        assert roll_up_pending(store, REGIONS) == 1
+        key = (p.proto, -1 if p.port is None else p.port)
+        got = store.port_daily([key, (6, 1)], day, day + 1)
+        assert got == {key: {day: (p.packets, p.backscatter)}, (6, 1): {}}
+        # a row as schema 2 wrote them, for the same port and day: both count
+        store._db.execute("INSERT INTO daily_port VALUES (?,?,?,?,?,?)",
+                          (*key, day, s.sensor_id, 5, 1))
+        assert store.port_daily([key], day, day + 1) == {
+            key: {day: (p.packets + 5, p.backscatter + 1)}}
+        assert store.port_daily([key], day, day + 1, ["other"]) == {key: {}}
