@@ -255,3 +255,30 @@ def test_port_daily_adds_legacy_rows_and_column_sets(tmp_path: Path) -> None:
         assert store.port_daily([key], day, day + 1) == {
             key: {day: (p.packets + 5, p.backscatter + 1)}}
         assert store.port_daily([key], day, day + 1, ["other"]) == {key: {}}
+
+
+def test_the_compiled_parsers_survive_arbitrary_bytes() -> None:
+    from central._rollup import map_spans
+
+    rnd = random.Random(23)
+    valid = encode_summary(random_summary(rnd, n_sources=20))
+    spans = map_spans(valid)
+    assert spans is not None
+    tables = [valid[a:b] for k, a, b in spans if k in ("sources", "ports", "destinations")]
+    for i in range(20_000):
+        if i % 2:
+            data = rnd.randbytes(rnd.randrange(64))
+        else:  # a valid table or summary, cut and flipped
+            src = rnd.choice([valid, *tables])
+            cut = bytearray(src[: rnd.randrange(len(src) + 1)])
+            for _ in range(rnd.randrange(4)):
+                if cut:
+                    cut[rnd.randrange(len(cut))] = rnd.randrange(256)
+            data = bytes(cut)
+        found = map_spans(data)
+        if found is not None:
+            assert all(0 <= a <= b <= len(data) for _, a, b in found)
+        for spec in ("Auufluubbb", "bpuuuu?", "Du"):
+            parsed = parse_rows(data, spec, 1 << 20, keep=bool(i % 3), lo_us=0, hi_us=1 << 62)
+            if parsed is not None:
+                assert isinstance(parsed[0], int) and parsed[0] >= 0
