@@ -513,19 +513,25 @@ typedef struct {
     uint8_t has_zero;
 } set64_t;
 
-static int set64_has(const set64_t *s, uint64_t x)
+static inline uint64_t set64_hash(uint64_t x)
 {
-    if (x == 0)
-        return s->has_zero;
-    for (uint32_t i = (uint32_t)mix64(x ^ table_seed) & s->mask;; i = (i + 1) & s->mask) {
-        if (s->t[i] == x)
-            return 1;
-        if (s->t[i] == 0)
-            return 0;
-    }
+    return mix64(x ^ table_seed);
 }
 
-static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memory) */
+/* Where x (hash h = set64_hash(x), x != 0) is in s, or the empty slot where it would go. */
+static inline uint32_t set64_slot(const set64_t *s, uint64_t x, uint64_t h)
+{
+    uint32_t i = (uint32_t)h & s->mask;
+    while (s->t[i] != x && s->t[i] != 0)
+        i = (i + 1) & s->mask;
+    return i;
+}
+
+static int set64_grow(set64_t *s);
+
+/* Add x (not present; hash h; `slot` from set64_slot, or any value when x is 0): 0 or -1
+ * (no memory). */
+static int set64_add_at(set64_t *s, uint64_t x, uint64_t h, uint32_t slot)
 {
     if (x == 0) {
         s->has_zero = 1;
@@ -533,29 +539,40 @@ static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memor
         return 0;
     }
     if ((s->n + 1) * 2 > s->mask + 1) {
-        uint32_t nsz = (s->mask + 1) * 2;
-        uint64_t *nt = st_calloc(nsz, sizeof(uint64_t));
-        if (nt == NULL)
+        if (set64_grow(s) < 0)
             return -1;
-        for (uint32_t j = 0; j <= s->mask; j++) {
-            uint64_t y = s->t[j];
-            if (y == 0)
-                continue;
-            uint32_t i = (uint32_t)mix64(y ^ table_seed) & (nsz - 1);
-            while (nt[i])
-                i = (i + 1) & (nsz - 1);
-            nt[i] = y;
-        }
-        free(s->t);
-        s->t = nt;
-        s->mask = nsz - 1;
+        slot = set64_slot(s, x, h);
     }
-    uint32_t i = (uint32_t)mix64(x ^ table_seed) & s->mask;
-    while (s->t[i])
-        i = (i + 1) & s->mask;
-    s->t[i] = x;
+    s->t[slot] = x;
     s->n++;
     return 0;
+}
+
+static int set64_grow(set64_t *s) /* twice the slots: 0 or -1 (no memory, s unchanged) */
+{
+    uint32_t nsz = (s->mask + 1) * 2;
+    uint64_t *nt = st_calloc(nsz, sizeof(uint64_t));
+    if (nt == NULL)
+        return -1;
+    for (uint32_t j = 0; j <= s->mask; j++) {
+        uint64_t y = s->t[j];
+        if (y == 0)
+            continue;
+        uint32_t i = (uint32_t)set64_hash(y) & (nsz - 1);
+        while (nt[i])
+            i = (i + 1) & (nsz - 1);
+        nt[i] = y;
+    }
+    free(s->t);
+    s->t = nt;
+    s->mask = nsz - 1;
+    return 0;
+}
+
+static int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memory) */
+{
+    uint64_t h = x ? set64_hash(x) : 0;
+    return set64_add_at(s, x, h, x ? set64_slot(s, x, h) : 0);
 }
 
 /* A set lives inside its column (col_t), so it costs one allocation and one pointer hop. */
@@ -1000,8 +1017,8 @@ static uint8_t *set_to_sketch(const set64_t *s, int p, uint64_t item)
     return reg;
 }
 
-/* RowDistinct.add(row, item) for column c. */
-static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
+/* RowDistinct.add(row, item) for column c; ih = set64_hash(item) (pkt_keys). */
+static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, uint64_t ih)
 {
     const limits_t *lim = &iv->lim;
     uint8_t n = row->state[c];
@@ -1048,11 +1065,18 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item)
     }
     if (n == ST_SET) {
         set64_t *s = &col->set;
-        if (set64_has(s, item))
-            return;
+        uint32_t slot = 0;
+        if (item == 0) {
+            if (s->has_zero)
+                return;
+        } else {
+            slot = set64_slot(s, item, ih); /* one probe finds it, or where it goes */
+            if (s->t[slot] == item)
+                return;
+        }
         int64_t limit = lim->src_limit > SLOTS + 1 ? lim->src_limit : SLOTS + 1;
         if ((int64_t)s->n < limit && iv->sbudget[c] > 0) {
-            if (set64_add(s, item) < 0)
+            if (set64_add_at(s, item, ih, slot) < 0)
                 iv->oom = 1;
             else
                 iv->sbudget[c]--;
@@ -1123,7 +1147,16 @@ static inline int backscatter_kind(const pkt_t *r)
 typedef struct {
     fk_t pk, sk, dk;
     uint64_t hp, hs, hd;
+    uint64_t hi[2]; /* set64_hash of the source row's two items: port (0 when none), dk.lo */
 } pkeys_t;
+
+/* The source row's port item (RowDistinct column 0): -1 when the packet has none. */
+static inline int64_t port_item(const pkt_t *r)
+{
+    if (r->later || (r->proto != P_TCP && r->proto != P_UDP))
+        return -1;
+    return r->dport | (r->proto << 16);
+}
 
 static inline void pkt_keys(const pkt_t *r, pkeys_t *k)
 {
@@ -1135,6 +1168,9 @@ static inline void pkt_keys(const pkt_t *r, pkeys_t *k)
     k->hp = fk_hash(&k->pk);
     k->hs = fk_hash(&k->sk);
     k->hd = fk_hash(&k->dk);
+    int64_t pi = port_item(r);
+    k->hi[0] = pi > 0 ? set64_hash((uint64_t)pi) : 0;
+    k->hi[1] = k->dk.lo ? set64_hash(k->dk.lo) : 0;
 }
 
 /* A decoded frame: the packet and its keys, or the malformed reason (reason >= 0). */
@@ -1300,8 +1336,8 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk, const hin
             row->last = r->ts;
         row->fp |= (uint8_t)fp;
         if (port_of_source >= 0)
-            row_distinct_add(iv, row, 0, (uint64_t)port_of_source);
-        row_distinct_add(iv, row, 1, dk.lo);
+            row_distinct_add(iv, row, 0, (uint64_t)port_of_source, kk->hi[0]);
+        row_distinct_add(iv, row, 1, dk.lo, kk->hi[1]);
     }
 
     if (di >= 0) {
@@ -1541,15 +1577,9 @@ static void process_recs(router_t *rt, const rec_t *b, int n)
         if (is[i] >= 0) {
             const row_t *row = &iv->row[is[i]];
             for (int c = 0; c < 2; c++)
-                if (row->state[c] == ST_SET) {
+                if (row->state[c] == ST_SET && kk[i]->hi[c]) { /* an item, not 0 */
                     const set64_t *st = &row->col[c].set;
-                    const pkt_t *r = &b[i].p;
-                    uint64_t item = c ? kk[i]->dk.lo
-                                      : (uint64_t)(r->proto == P_TCP || r->proto == P_UDP
-                                                   ? (r->later ? 0 : r->dport | (r->proto << 16))
-                                                   : 0);
-                    if (item)
-                        PF(&st->t[(uint32_t)mix64(item ^ table_seed) & st->mask]);
+                    PF(&st->t[(uint32_t)kk[i]->hi[c] & st->mask]);
                 }
         }
     }
