@@ -379,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "bench.synth", "--out", pcap, "--truth",
                             str(tmp / "truth.json"), "--packets", str(args.packets), "--quiet"],
                            check=True, cwd=ROOT)
+            # Written just now: flush it, or its writeback (150 MiB, due about 30 s later,
+            # i.e. during the timed runs) takes CPU from the methods being timed.
+            fd = os.open(pcap, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         size = os.path.getsize(pcap)
         frames = int(subprocess.run(["tcpdump", "-n", "-r", pcap, "--count"],
                                     capture_output=True, text=True, check=True
