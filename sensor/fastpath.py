@@ -196,9 +196,8 @@ class FastHourlyAggregation:
                                _limits_tuple(self._limits))
         # The arguments FastInterval.finish gives Interval.rows: with them, feed_file makes
         # the rows of an interval that closes while it counts on (a helper thread; see
-        # prebuild_main in sensor/_fast.c).  set_rows is not in sensor/_fast.pyi.
-        kernel: Any = self._k
-        kernel.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
+        # prebuild_main in sensor/_fast.c).
+        self._k.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
 
     @property
     def limits(self) -> Limits:
