@@ -89,6 +89,9 @@ def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: Virt
     uid, caps = b.sensor_identity()
     assert uid == pwd.getpwnam("teiten").pw_uid
     assert caps == 1 << 13, f"CapEff {caps:#x}: the daemon must hold CAP_NET_RAW only"
+    # the board's firewall, rendered from the config and loaded as the netsetup unit does
+    rules = b.firewall_counters()
+    assert "198.51.100.0/24" in rules and "2001:db8:dead::/48" in rules, rules
     truth, answers, ss = mix_then_empty_bucket(b)
     assert answers == [], f"the sensor answered: {answers}"
     assert_counts(totals(ss), truth)

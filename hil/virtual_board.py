@@ -11,7 +11,8 @@
   `onlink` as connected routes, so the scanner ARPs/solicits for every dark address and
   the sensor's responder must answer.  In `routed` the scanner has static neighbour
   entries too, so any ARP reply the sensor sends is a failure, not noise.
-- `sensor` runs `teiten netsetup` as root (the oneshot unit), then `teiten run` and
+- `sensor` runs what `teiten-netsetup.service` runs as root (`teiten firewall`, `nft -f`
+  of the ruleset, `teiten netsetup`), then `teiten run` and
   `teiten uplink` as user `teiten` through `setpriv`, the daemon with only CAP_NET_RAW,
   as `board/rpi/teiten-sensor.service` would.
 - `central` runs a real Mosquitto and the receiver writing a real SQLite database.
@@ -273,8 +274,19 @@ class VirtualBoard:
 
     # ---------------------------------------------------------------- sensor
     def netsetup(self) -> subprocess.CompletedProcess[str]:
+        """What teiten-netsetup.service runs: render the firewall from the config, load
+        it with nft, then set up the interface (board/rpi/teiten-netsetup.service)."""
+        rules = self.dir / "nftables.conf"
+        self.exec("sensor", PY, "-m", "sensor.cli", "firewall", "--config", str(self.config),
+                  "--out", str(rules), cwd=REPO, env=self._env())
+        self.exec("sensor", "nft", "-f", str(rules), env=self._env())
         return self.exec("sensor", PY, "-m", "sensor.cli", "netsetup", "--config",
                          str(self.config), cwd=REPO, env=self._env())
+
+    def firewall_counters(self) -> str:
+        """The loaded ruleset with its counters (what the board's firewall dropped)."""
+        return self.exec("sensor", "nft", "list", "table", "inet", "teiten",
+                         env=self._env()).stdout
 
     def doctor(self) -> dict[str, Any]:
         r = self.exec("sensor", PY, "-m", "sensor.cli", "doctor", "--json", "--config",
