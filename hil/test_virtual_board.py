@@ -89,6 +89,14 @@ def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: Virt
     uid, caps = b.sensor_identity()
     assert uid == pwd.getpwnam("teiten").pw_uid
     assert caps == 1 << 13, f"CapEff {caps:#x}: the daemon must hold CAP_NET_RAW only"
+    # two users, as the units: neither process can read the other's private key
+    want = pwd.getpwnam("teiten-uplink").pw_uid  # once `ip netns exec` and setpriv exec'd
+    up_uid, up_caps = wait_for(lambda: (i := b.sensor_identity("uplink"))[0] == want and i,
+                               10, "the uplink as teiten-uplink")
+    assert up_caps == 0
+    for key, owner in ((b.sig_key, uid), (b.tls_key, up_uid)):
+        st = key.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (owner, 0o600), (key, st)
     # the board's firewall, rendered from the config and loaded as the netsetup unit does
     rules = b.firewall_counters()
     assert "198.51.100.0/24" in rules and "2001:db8:dead::/48" in rules, rules

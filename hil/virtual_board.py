@@ -12,9 +12,9 @@
   the sensor's responder must answer.  In `routed` the scanner has static neighbour
   entries too, so any ARP reply the sensor sends is a failure, not noise.
 - `sensor` runs what `teiten-netsetup.service` runs as root (`teiten firewall`, `nft -f`
-  of the ruleset, `teiten netsetup`), then `teiten run` and
-  `teiten uplink` as user `teiten` through `setpriv`, the daemon with only CAP_NET_RAW,
-  as `board/rpi/teiten-sensor.service` would.
+  of the ruleset, `teiten netsetup`), then `teiten run` as user `teiten` with only
+  CAP_NET_RAW and `teiten uplink` as user `teiten-uplink` (group `teiten`), through
+  `setpriv`, as the units in board/rpi would: neither can read the other's key.
 - `central` runs a real Mosquitto and the receiver writing a real SQLite database.
 
 The board's files live in a 0755 directory under /tmp (not pytest's 0700 tmp_path) so the
@@ -46,6 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 USER = "teiten"
+UPLINK_USER = "teiten-uplink"
 DARK4 = "198.51.100.0/24"
 DARK6 = "2001:db8:dead::/48"
 SENSOR_V4, SCANNER_V4 = "192.0.2.2", "192.0.2.1"
@@ -62,6 +63,7 @@ def sh(
 
 
 def ensure_user() -> tuple[int, int]:
+    """The daemon's user `teiten` (and its group), as board/rpi/teiten.sysusers makes it."""
     try:
         pw = pwd.getpwnam(USER)
     except KeyError:
@@ -69,6 +71,18 @@ def ensure_user() -> tuple[int, int]:
            "--user-group", USER)
         pw = pwd.getpwnam(USER)
     return pw.pw_uid, pw.pw_gid
+
+
+def ensure_uplink_user() -> int:
+    """The uplink's user `teiten-uplink`, primary group `teiten` (teiten.sysusers)."""
+    ensure_user()
+    try:
+        pw = pwd.getpwnam(UPLINK_USER)
+    except KeyError:
+        sh("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+           "--gid", USER, UPLINK_USER)
+        pw = pwd.getpwnam(UPLINK_USER)
+    return pw.pw_uid
 
 
 def wait_for(cond: Any, timeout: float, what: str, step: float = 0.1) -> Any:
@@ -191,8 +205,10 @@ class VirtualBoard:
         from uplink.keys import generate_key, public_key_text
 
         uid, gid = ensure_user()
+        uplink_uid = ensure_uplink_user()
         self.board.mkdir(mode=0o750)
-        (self.board / "spool").mkdir(mode=0o750)
+        (self.board / "spool").mkdir()
+        os.chmod(self.board / "spool", 0o770)  # as teiten.tmpfiles: the uplink removes
         self.ca = init_ca(self.dir / "ca", hosts=["localhost", "127.0.0.1", CENTRAL_V4])
         self.sig_key = self.board / "sensor.key"
         pub = generate_key(self.sig_key).public_key()
@@ -207,6 +223,8 @@ class VirtualBoard:
         self.write_config()
         for p in [self.board, *self.board.rglob("*")]:
             os.chown(p, uid, gid)
+        os.chown(tls_key, uplink_uid, gid)  # 0600: the uplink's alone, as on the board
+        self.tls_key = tls_key
         central = self.dir / "central"
         central.mkdir()
         self.db = central / "central.db"
@@ -297,8 +315,8 @@ class VirtualBoard:
         return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO),
                 "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
 
-    def _as_teiten(self, caps: bool) -> list[str]:
-        cmd = ["setpriv", "--reuid", USER, "--regid", USER, "--init-groups"]
+    def _as_teiten(self, caps: bool, user: str = USER) -> list[str]:
+        cmd = ["setpriv", "--reuid", user, "--regid", USER, "--init-groups"]
         if caps:
             cmd += ["--inh-caps", "+net_raw", "--ambient-caps", "+net_raw",
                     "--bounding-set", "-all,+net_raw"]
@@ -331,12 +349,18 @@ class VirtualBoard:
         time.sleep(0.3)  # the capture handle is open once the log says so; let it settle
 
     def start_uplink(self) -> None:
-        cmd = ["ip", "netns", "exec", self.ns["sensor"], *self._as_teiten(False), PY, "-m",
-               "sensor.cli", "uplink", "-v", "--config", str(self.config)]
+        cmd = ["ip", "netns", "exec", self.ns["sensor"], *self._as_teiten(False, UPLINK_USER),
+               PY, "-m", "sensor.cli", "uplink", "-v", "--config", str(self.config)]
         self._spawn("uplink", cmd, self.dir / "uplink.log")
 
     def start(self, *, uplink_thread: bool = False) -> VirtualBoard:
-        """Daemon and uplink as two processes (the units), or one with an uplink thread."""
+        """Daemon and uplink as two processes (the units), or one with an uplink thread.
+
+        One process (`teiten run --uplink`) holds both keys, so the TLS key is the
+        daemon user's then: the separation of the two units is given up."""
+        if uplink_thread:
+            uid, gid = ensure_user()
+            os.chown(self.tls_key, uid, gid)
         self.start_sensor(uplink_thread=uplink_thread)
         if not uplink_thread:
             self.start_uplink()
@@ -374,9 +398,9 @@ class VirtualBoard:
         """Messages the daemon sent to its (simulated) systemd so far."""
         return list(self._said)
 
-    def sensor_identity(self) -> tuple[int, int]:
-        """(uid, effective capability mask) of the running daemon."""
-        status = Path(f"/proc/{self.procs['sensor'].pid}/status").read_text()
+    def sensor_identity(self, name: str = "sensor") -> tuple[int, int]:
+        """(uid, effective capability mask) of the running daemon (or uplink)."""
+        status = Path(f"/proc/{self.procs[name].pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         return int(fields["Uid"].split()[1]), int(fields["CapEff"].strip(), 16)
 

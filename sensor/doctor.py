@@ -195,7 +195,7 @@ def check_files(cfg: SensorConfig) -> list[Check]:
     elif not probe.exists() or not os.access(probe, os.W_OK | os.X_OK):
         out.append(Check("spool_unwritable", ERROR,
                          f"spool directory {spool} cannot be written by this user",
-                         f"`sudo install -d -o teiten -g teiten -m 0750 {spool}`"))
+                         f"`sudo install -d -o teiten -g teiten -m 0770 {spool}`"))
     if not out:
         out.append(Check("files", OK, "signing key and spool are in place"))
     return out

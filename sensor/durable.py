@@ -31,10 +31,13 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_durably(
-    path: str | os.PathLike[str], data: bytes, *, tmp_name: str | None = None, mode: int = 0o644
+    path: str | os.PathLike[str], data: bytes, *, tmp_name: str | None = None, mode: int = 0o644,
+    exact_mode: bool = False,
 ) -> None:
     """Write `data` to `path` so that a crash leaves either no file or the whole file.
 
+    The file gets `mode` less the umask, or exactly `mode` with `exact_mode` (set before it
+    appears under its name: for files another user must read).
     OSError propagates (ENOSPC, EIO...); the temporary file is removed before it does.
     """
     final = Path(path)
@@ -44,6 +47,8 @@ def write_durably(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
+            if exact_mode:
+                os.fchmod(fd, mode)
             write_all(fd, data)
             os.fsync(fd)
         finally:

@@ -99,8 +99,15 @@ def _landed(final: Path, size: int) -> bool:
         return False
 
 
+# The capture daemon (user teiten) writes the spool and the uplink (user teiten-uplink,
+# group teiten) reads and removes from it: files are group-readable, directories
+# group-writable, whatever the umask; neither can read the other's private key.
+FILE_MODE: Final = 0o640
+DIR_MODE: Final = 0o770
+
+
 def _durable_write(directory: Path, final: Path, data: bytes, tmp_name: str) -> None:
-    write_durably(final, data, tmp_name=tmp_name, mode=0o600)
+    write_durably(final, data, tmp_name=tmp_name, mode=FILE_MODE, exact_mode=True)
 
 
 class Spool:
@@ -122,7 +129,10 @@ class Spool:
         self.max_quarantine_bytes = max(max_bytes // 4, 1 << 20)
         self.quarantine_path = self.path / QUARANTINE_DIR
         try:
-            self.quarantine_path.mkdir(parents=True, exist_ok=True)
+            for d in (self.path, self.quarantine_path):
+                if not d.is_dir():
+                    d.mkdir(parents=True, exist_ok=True)
+                    os.chmod(d, DIR_MODE)  # ours, just made: group-writable for the uplink
         except OSError as exc:
             raise SpoolWriteError(
                 f"cannot create spool directory {self.quarantine_path}: {exc.strerror}; "
@@ -298,7 +308,10 @@ class Spool:
         try:
             os.rename(path, target)
             if reason is not None:
-                (self.quarantine_path / f"{target.name}.reason").write_text(reason + "\n")
+                note = self.quarantine_path / f"{target.name}.reason"
+                note.write_text(reason + "\n")
+                with contextlib.suppress(OSError):  # someone else's note: leave its mode
+                    os.chmod(note, FILE_MODE)
         except OSError:
             return None
         self._bound_quarantine()
