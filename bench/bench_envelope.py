@@ -36,7 +36,6 @@ from uplink.envelope import (
     decompress_capped,
     parse_envelope,
     seal,
-    signing_bytes,
     verify_envelope,
 )
 from uplink.keys import Keyring
@@ -114,10 +113,7 @@ def measure(name: str, summary: Summary, key: Ed25519PrivateKey, keyring: Keyrin
     k, t0 = 0, time.perf_counter()
     while True:
         env = parse_envelope(envelope)
-        keyring.lookup(env.sensor_id).verify(env.signature, signing_bytes(
-            version=env.version, sensor_id=env.sensor_id, sequence=env.sequence,
-            hour_start=env.hour_start, created_us=env.created_us, codec=env.codec,
-            payload=env.payload))
+        keyring.lookup(env.sensor_id).verify(env.signature, env.signed_bytes())
         decompress_capped(env.payload, DEFAULT_MAX_SUMMARY_BYTES)
         k += 1
         if time.perf_counter() - t0 >= min_seconds and k >= 3:

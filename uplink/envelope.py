@@ -123,6 +123,18 @@ class Envelope:
         """Low 32 bits of the sequence: +1 per envelope while the sensor keeps its state."""
         return self.sequence & 0xFFFFFFFF
 
+    def signed_bytes(self) -> bytes:
+        """What the signature covers (`signing_bytes` of this envelope's fields)."""
+        return signing_bytes(
+            version=self.version,
+            sensor_id=self.sensor_id,
+            sequence=self.sequence,
+            hour_start=self.hour_start,
+            created_us=self.created_us,
+            codec=self.codec,
+            payload=self.payload,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Verified:
@@ -337,18 +349,7 @@ def verify_envelope(
         raise MalformedEnvelope(f"created_us {env.created_us} is past the year 9999")
     public_key = keyring.lookup(env.sensor_id)
     try:
-        public_key.verify(
-            env.signature,
-            signing_bytes(
-                version=env.version,
-                sensor_id=env.sensor_id,
-                sequence=env.sequence,
-                hour_start=env.hour_start,
-                created_us=env.created_us,
-                codec=env.codec,
-                payload=env.payload,
-            ),
-        )
+        public_key.verify(env.signature, env.signed_bytes())
     except InvalidSignature:
         raise BadSignature(
             f"signature does not verify with the key enrolled for {env.sensor_id!r}"

@@ -88,6 +88,7 @@ def test_vector_signed_bytes_and_signature_are_reproducible() -> None:
         payload=env.payload,
     )
     assert signed == (VECTORS / "envelope.signed-bytes.bin").read_bytes()
+    assert env.signed_bytes() == signed
     # Ed25519 is deterministic: re-signing the committed payload gives the committed bytes.
     again = ev.seal_payload(
         env.payload, sensor_id=env.sensor_id, sequence=env.sequence,

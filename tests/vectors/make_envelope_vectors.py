@@ -171,15 +171,7 @@ def build() -> dict[str, bytes | str]:
         key=key,
     )
     env = ev.parse_envelope(envelope)
-    signed = ev.signing_bytes(
-        version=env.version,
-        sensor_id=env.sensor_id,
-        sequence=env.sequence,
-        hour_start=env.hour_start,
-        created_us=env.created_us,
-        codec=env.codec,
-        payload=env.payload,
-    )
+    signed = env.signed_bytes()
     pub = key.public_key()
     other = vector_key(OTHER_SEED)
     files: dict[str, bytes | str] = {
