@@ -62,6 +62,29 @@ log = logging.getLogger("teiten.uplink")
 HealthProvider = Callable[[], dict[str, Any]]
 
 
+def new_client(
+    client_id: str,
+    *,
+    websockets: bool,
+    tls: tuple[object, object, object] | None,
+) -> mqtt.Client:
+    """A paho MQTT 5 client; `tls` = (CA file, certificate, key) for mutual TLS, or None
+    (tests only).  Both ends use it: the board's uplink and the central receiver."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        transport="websockets" if websockets else "tcp",
+    )
+    if tls is not None:
+        ca, cert, key = tls
+        client.tls_set(
+            ca_certs=str(ca), certfile=str(cert), keyfile=str(key),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    return client
+
+
 def clock_state() -> dict[str, Any]:
     """Kernel clock discipline (adjtimex): synchronised or not, and the error estimate."""
     synchronized, maxerror_us = kernel_sync_state()
@@ -238,21 +261,13 @@ class MqttUplink:
     def _connect(self, cmd: Connect) -> None:
         self._drop_client()
         cfg = self.cfg
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.sensor_id,
-            protocol=mqtt.MQTTv5,
-            transport="websockets" if cmd.transport == TRANSPORT_WS else "tcp",
+        client = new_client(
+            cfg.sensor_id,
+            websockets=cmd.transport == TRANSPORT_WS,
+            tls=None if cfg.insecure else (cfg.ca, cfg.cert, cfg.key),
         )
         if cmd.transport == TRANSPORT_WS:
             client.ws_set_options(path=cfg.ws_path)
-        if not cfg.insecure:
-            client.tls_set(
-                ca_certs=str(cfg.ca),
-                certfile=str(cfg.cert),
-                keyfile=str(cfg.key),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         will = self.session.will()
         client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.max_inflight_messages_set(max(cfg.max_in_flight, 1))

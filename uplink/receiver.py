@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -38,6 +37,7 @@ from central.config import ReceiverConfig
 from central.store import Store
 from uplink.envelope import EnvelopeError, parse_envelope, verify_envelope
 from uplink.keys import Keyring, KeyringError, validate_sensor_id
+from uplink.mqtt import new_client
 from uplink.session import ack_payload, topic
 
 log = logging.getLogger("teiten.receiver")
@@ -240,19 +240,11 @@ class Receiver:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5,
-            transport="websockets" if cfg.transport == "websockets" else "tcp",
+        c = new_client(
+            cfg.client_id,
+            websockets=cfg.transport == "websockets",
+            tls=None if cfg.insecure else (cfg.ca, cfg.cert, cfg.key),
         )
-        if not cfg.insecure:
-            c.tls_set(
-                ca_certs=str(cfg.ca),
-                certfile=str(cfg.cert),
-                keyfile=str(cfg.key),
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
         c.manual_ack_set(True)
         c.max_inflight_messages_set(100)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
