@@ -120,14 +120,22 @@ def parse_receiver(t: Mapping[str, Any], *, base_dir: Path | None = None) -> Rec
     )
 
 
-def load_central(path: str | Path) -> ReceiverConfig:
+def read_central_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed central.toml, or CentralConfigError saying what is wrong with the file."""
     p = Path(path)
     try:
-        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CentralConfigError(f"{p}: no such file; see docs/central.md for an example") from None
     except tomllib.TOMLDecodeError as exc:
         raise CentralConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+def load_central(path: str | Path, doc: Mapping[str, Any] | None = None) -> ReceiverConfig:
+    """The [receiver] settings of central.toml at `path` (`doc`: that file, already read)."""
+    p = Path(path)
+    if doc is None:
+        doc = read_central_toml(p)
     t = doc.get("receiver")
     if not isinstance(t, dict):
         raise CentralConfigError(f"{p}: no [receiver] table (see docs/central.md)")

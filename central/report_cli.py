@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +85,13 @@ def _err(msg: object) -> int:
 
 def _settings(args: argparse.Namespace) -> tuple[Path, OperationsConfig, Path | None]:
     """(database, operations settings, sensors.toml) from --db or --config."""
-    from central.config import load_central
+    from central.config import load_central, read_central_toml
     from central.fleet import parse_operations
 
     if getattr(args, "db", None):
         return Path(args.db), OperationsConfig(), None
-    cfg = load_central(args.config)
-    doc = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+    doc = read_central_toml(args.config)
+    cfg = load_central(args.config, doc)
     return cfg.database, parse_operations(doc), cfg.sensors
 
 
@@ -112,7 +111,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from uplink.keys import KeyringError
 
     return (CentralConfigError, OperationsConfigError, StoreError, QuarterError,
-            KeyringError, DelegationFormatError, FileNotFoundError, tomllib.TOMLDecodeError,
+            KeyringError, DelegationFormatError, FileNotFoundError,
             ModuleNotFoundError)
 
 
