@@ -328,8 +328,8 @@ class ColumnBatch:
             if v4.any():
                 a4 = np.ascontiguousarray(slots[v4, :4]).view(">u4").ravel().astype(np.uint32)
                 label[v4] = self.regions.lookup_v4_many(a4)
-            for i in np.flatnonzero(~v4).tolist():
-                label[i] = self.regions.lookup_many([bytes(slots[i])])[0]
+            if not v4.all():
+                label[~v4] = self.regions.lookup_many([bytes(a) for a in slots[~v4]])
             labs = _sum_by_label(label, packets)
             self.life.setdefault(quarter, LifeTable()).add(
                 src.address, src.length, src.ints[2], src.ints[3], src.ints[0], src.ints[7]
