@@ -9,32 +9,11 @@ from pathlib import Path
 
 from sensor.clock import OffsetClock, StepDetector, SystemClock, kernel_sync_state
 from sensor.sdnotify import notify, watchdog_interval_s
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.wall = 1_800_000_000_000_000
-        self.mono = 5_000_000
-
-    def wall_us(self) -> int:
-        return self.wall
-
-    def monotonic_us(self) -> int:
-        return self.mono
-
-    def synchronized(self) -> bool | None:
-        return True
-
-    def adjust(self, ts: int) -> int:
-        return ts
-
-    def tick(self, us: int) -> None:
-        self.wall += us
-        self.mono += us
+from tests.fakes import ManualClock
 
 
 def test_steady_time_is_not_a_step() -> None:
-    c = FakeClock()
+    c = ManualClock(1_800_000_000_000_000, 5_000_000, synchronized=True)
     d = StepDetector(c, threshold_us=2_000_000)
     assert d.check() is None
     for _ in range(10):
@@ -44,7 +23,7 @@ def test_steady_time_is_not_a_step() -> None:
 
 
 def test_forward_and_backward_steps_are_reported_with_their_size() -> None:
-    c = FakeClock()
+    c = ManualClock(1_800_000_000_000_000, 5_000_000, synchronized=True)
     d = StepDetector(c, threshold_us=2_000_000)
     d.check()
     c.tick(100_000)

@@ -20,6 +20,7 @@ from sensor.config import parse_config
 from sensor.daemon import Daemon
 from sensor.decode import decode_frame
 from sensor.pcap import CaptureError, CaptureStats, Frame
+from tests.fakes import ManualClock
 
 BUCKET = 2
 T0 = 1_800_000_000  # a bucket boundary
@@ -41,28 +42,6 @@ step_threshold_s = 1
 [test]
 bucket_seconds = {BUCKET}
 """
-
-
-class Clock:
-    def __init__(self, wall_us: int) -> None:
-        self.wall = wall_us
-        self.mono = 1_000_000
-
-    def wall_us(self) -> int:
-        return self.wall
-
-    def monotonic_us(self) -> int:
-        return self.mono
-
-    def synchronized(self) -> bool | None:
-        return False
-
-    def adjust(self, ts: int) -> int:
-        return ts
-
-    def advance(self, seconds: float) -> None:
-        self.wall += int(seconds * 1e6)
-        self.mono += int(seconds * 1e6)
 
 
 def frame(ts_us: int, port: int = 23) -> Frame:
@@ -92,9 +71,9 @@ def ingest(d: Daemon, *ts: int) -> None:
     d._ingest([frame(t) for t in ts], 1, False)
 
 
-def make(start_offset_s: float = 0.5, path: Path | None = None) -> tuple[Daemon, Clock]:
+def make(start_offset_s: float = 0.5, path: Path | None = None) -> tuple[Daemon, ManualClock]:
     cfg = parse_config(tomllib.loads(CONFIG))
-    clock = Clock(int((T0 + start_offset_s) * 1e6))
+    clock = ManualClock(int((T0 + start_offset_s) * 1e6))
     d = Daemon(cfg, clock=clock, config_path=path, compiled=COMPILED["on"])
     assert d.compiled is COMPILED["on"]
     return d, clock

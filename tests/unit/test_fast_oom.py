@@ -30,6 +30,7 @@ from sensor.decode import decode_frame
 from sensor.pcap import Frame
 from sensor.records import LINKTYPE_ETHERNET
 from sensor.summary import Summary, encode_summary, encode_summary_reference
+from tests.fakes import ManualClock
 
 pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
 
@@ -240,28 +241,13 @@ def test_daemon_survives_and_reports(tmp_path: Any) -> None:
     not raise, and the summary's health carries the drop."""
     cfg = parse_config(tomllib.loads(DAEMON_CONFIG))
 
-    class Clock:
-        wall = BASE + 500_000
-
-        def wall_us(self) -> int:
-            return self.wall
-
-        def monotonic_us(self) -> int:
-            return self.wall
-
-        def synchronized(self) -> bool | None:
-            return True
-
-        def adjust(self, ts: int) -> int:
-            return ts
-
-    clock = Clock()
+    clock = ManualClock(BASE + 500_000, BASE + 500_000, synchronized=True)
     d = Daemon(cfg, clock=clock, compiled=True)  # type: ignore[arg-type]
     good = [Frame(ts, w, data) for ts, w, data in frames_for(0, 200, 10)]
     d._ingest(good[:100], LINKTYPE_ETHERNET, False)
     fail_after(0)
     d._ingest(good[100:], LINKTYPE_ETHERNET, False)
-    clock.wall = BASE + 2_600_000  # bucket 0 (2 s) ended, grace passed
+    clock.tick(BASE + 2_600_000 - clock.wall)  # bucket 0 (2 s) ended, grace passed
     out = d.close_due()
     fail_after(-1)
     (s0,) = [s for s in out if s.hour_start * 1_000_000 == BASE]
