@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -318,10 +318,6 @@ class HourAggregator:
             for key, packets in self._dests.items()
         ]
         overflow_distinct = self._overflow_sources.estimate() if self.sources_overflow else 0
-        merged_health: dict[str, Any] = dict(health or {})
-        merged_health["partial"] = not complete
-        if self.late:
-            merged_health["late_packets"] = self.late
         return Summary(
             sensor_id=sensor_id,
             hour_start=self.hour_start,
@@ -341,17 +337,40 @@ class HourAggregator:
             ),
             sources=tuple(sources),
             destinations=tuple(destinations),
-            tcp_flags=tuple((f, n) for f, n in enumerate(self._tcp_flags) if n),
-            ttl=tuple((t, n) for t, n in enumerate(self._ttl) if n),
-            sizes=tuple((SIZE_BUCKETS[i], n) for i, n in enumerate(self._sizes) if n),
+            tcp_flags=nonzero(self._tcp_flags),
+            ttl=nonzero(self._ttl),
+            sizes=nonzero(self._sizes, SIZE_BUCKETS),
             fingerprints=dict(zip(FINGERPRINTS, self._fingerprints, strict=True)),
-            backscatter={
-                name: self._backscatter[i] for i, name in enumerate(BACKSCATTER_NAMES) if i
-            },
+            backscatter=backscatter_map(self._backscatter),
             malformed=dict(self._malformed),
             sketch=self.limits.sketch_description(),
-            health=merged_health,
+            health=interval_health(health, complete=complete, late=self.late),
         )
+
+
+# Shared by this reference finish and the compiled one (sensor/fastpath.py).
+def nonzero(
+    counts: Sequence[int], keys: Sequence[int] | None = None
+) -> tuple[tuple[int, int], ...]:
+    """(key, count) of the non-zero counts of a histogram; keys default to the indexes."""
+    return tuple((i if keys is None else keys[i], n) for i, n in enumerate(counts) if n)
+
+
+def backscatter_map(counts: Sequence[int]) -> dict[str, int]:
+    """Backscatter kinds by name (index 0 of `BACKSCATTER_NAMES` is "not backscatter")."""
+    return {name: counts[i] for i, name in enumerate(BACKSCATTER_NAMES) if i}
+
+
+def interval_health(
+    health: Mapping[str, Any] | None, *, complete: bool, late: int
+) -> dict[str, Any]:
+    """A summary's health: the caller's facts, `partial` unless the interval is complete,
+    and `late_packets` when packets older than every open interval were counted here."""
+    merged = dict(health or {})
+    merged["partial"] = not complete
+    if late:
+        merged["late_packets"] = late
+    return merged
 
 
 @dataclass(frozen=True, slots=True)

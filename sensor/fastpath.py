@@ -22,8 +22,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from sensor.aggregate import HOUR, HourAggregator, HourlyAggregation, Limits
-from sensor.classify import BACKSCATTER_NAMES
+from sensor.aggregate import (
+    HOUR,
+    HourAggregator,
+    HourlyAggregation,
+    Limits,
+    backscatter_map,
+    interval_health,
+    nonzero,
+)
 from sensor.sketch import _estimate
 from sensor.summary import (
     FINGERPRINTS,
@@ -119,11 +126,9 @@ class FastInterval:
         overflow = t["sources_overflow"]
         registers = t["overflow_registers"]
         overflow_distinct = _estimate(registers) if overflow and registers is not None else 0
-        merged_health: dict[str, Any] = dict(health or {})
-        merged_health["partial"] = not complete
-        late = int(t["late"]) + self._extra_late
-        if late:
-            merged_health["late_packets"] = late
+        merged_health = interval_health(
+            health, complete=complete, late=int(t["late"]) + self._extra_late
+        )
         # Allocation failures in the kernel (never silent; absent when none happened):
         # frames not counted at all, and frames a distinct count may be missing.
         if t["oom_dropped"]:
@@ -147,13 +152,11 @@ class FastInterval:
             icmp_codes=icmp_codes,
             sources=sources,
             destinations=destinations,
-            tcp_flags=tuple((f, n) for f, n in enumerate(tcp_flags) if n),
-            ttl=tuple((v, n) for v, n in enumerate(ttls) if n),
-            sizes=tuple((SIZE_BUCKETS[i], n) for i, n in enumerate(sizes) if n),
+            tcp_flags=nonzero(tcp_flags),
+            ttl=nonzero(ttls),
+            sizes=nonzero(sizes, SIZE_BUCKETS),
             fingerprints=dict(zip(FINGERPRINTS, t["fingerprints"], strict=True)),
-            backscatter={
-                name: t["backscatter"][i] for i, name in enumerate(BACKSCATTER_NAMES) if i
-            },
+            backscatter=backscatter_map(t["backscatter"]),
             malformed=t["malformed"],
             sketch=self.limits.sketch_description(),
             health=merged_health,
