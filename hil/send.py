@@ -58,16 +58,14 @@ class Sender:
         self.packets = 0
 
     def v4(self, pkt: bytes, dst: str, key: str | None) -> None:
-        self.s4.sendto(pkt, (dst, 0))
-        if key is None:
-            self.malformed += 1
-        else:
-            self.ports[key] += 1
-            self.packets += 1
-        time.sleep(0.0005)
+        self._send(self.s4, pkt, dst, key)
 
     def v6(self, pkt: bytes, dst: str, key: str | None) -> None:
-        self.s6.sendto(pkt, (dst, 0))
+        self._send(self.s6, pkt, dst, key)
+
+    def _send(self, sock: socket.socket, pkt: bytes, dst: str, key: str | None) -> None:
+        """Send one raw packet; count it under `key` (None: a malformed one)."""
+        sock.sendto(pkt, (dst, 0))
         if key is None:
             self.malformed += 1
         else:

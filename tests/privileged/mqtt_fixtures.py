@@ -60,6 +60,17 @@ def wait_for(cond: object, timeout: float, what: str, step: float = 0.05) -> Non
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(proc: subprocess.Popen[str] | subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s, a child that is still running."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Pki:
     files: CAFiles
@@ -153,13 +164,7 @@ class Broker:
         self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def log_text(self) -> str:
@@ -365,13 +370,7 @@ class Central:
             self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
