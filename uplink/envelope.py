@@ -343,7 +343,19 @@ def verify_envelope(
     the table rows (its summary has empty sources, ports and destinations).
     Raises exactly one EnvelopeError subclass per failure, never anything else.
     """
-    env = parse_envelope(data)
+    return verify_parsed(parse_envelope(data), keyring, max_summary_bytes=max_summary_bytes,
+                         decode=decode)
+
+
+def verify_parsed(
+    env: Envelope,
+    keyring: Keyring,
+    *,
+    max_summary_bytes: int = DEFAULT_MAX_SUMMARY_BYTES,
+    decode: Callable[[bytes], Summary] = decode_summary,
+) -> Verified:
+    """`verify_envelope` for an envelope `parse_envelope` already gave (the receiver
+    parses first, to know what to acknowledge)."""
     if env.created_us > MAX_TIME_US:
         # Representable as a date, and storable as a signed 64-bit integer by central.
         raise MalformedEnvelope(f"created_us {env.created_us} is past the year 9999")

@@ -35,7 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from central.columns import check_summary
 from central.config import ReceiverConfig
 from central.store import Store
-from uplink.envelope import EnvelopeError, parse_envelope, verify_envelope
+from uplink.envelope import EnvelopeError, parse_envelope, verify_parsed
 from uplink.keys import Keyring, KeyringError, validate_sensor_id
 from uplink.mqtt import new_client
 from uplink.session import ack_payload, topic
@@ -186,8 +186,8 @@ class Ingest:
             self.counters.rejected += 1
             return self._reply(sid, env.sequence, "rejected", "topic_mismatch")
         try:
-            verify_envelope(
-                payload, self.keyring(), max_summary_bytes=self.max_summary_bytes,
+            verify_parsed(
+                env, self.keyring(), max_summary_bytes=self.max_summary_bytes,
                 decode=check_summary,
             )
         except EnvelopeError as exc:
