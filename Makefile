@@ -43,5 +43,8 @@ demo: install
 bench: install
 	$(PY) -m bench
 
+# the SD image (board/image-build/): make image, make image-boot-test, make image-rootfs-test
+-include board/image-build/image.mk
+
 clean:
 	rm -rf $(VENV) build *.egg-info .stamp-* demo-out
