@@ -9,11 +9,12 @@ Strategy: three kinds of thread, one lock.
   It watches the link (operstate) and reopens the capture with exponential backoff when
   the interface disappears; every stretch without capture is a *gap* with a start, an end
   and a reason.
-- The main thread is the timer: every tick it looks for clock steps, closes each bucket
-  `close_grace_s` after the bucket ends (by the injected clock, never by packet arrival, so
-  an empty bucket still yields a summary that says so), seals the summaries into the spool,
-  pings the systemd watchdog, and handles SIGHUP (reload) and SIGTERM (close the partial
-  bucket, seal, exit).
+- The main thread is the timer: every tick it looks for clock steps, asks the hour-closing
+  state machine (`sensor.core.hours.HourCloser`, pure: every decision about which bucket
+  closes when, gaps, late packets and health lives there) for the buckets that ended
+  `close_grace_s` ago by the injected clock, seals the summaries into the spool, pings the
+  systemd watchdog, and handles SIGHUP (reload) and SIGTERM (close the partial bucket,
+  seal, exit).
 - The uplink (optional, `uplink.mqtt.MqttUplink`) runs in its own thread, or better in its
   own process (`teiten uplink`, the `teiten-uplink.service`): it only reads and deletes
   spool files, so a stalled broker can never stall capture.
@@ -38,11 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__, fastpath
-from sensor.aggregate import ClosedInterval, HourAggregator, HourlyAggregation, hour_of
+from sensor.aggregate import HourlyAggregation
 from sensor.clock import Clock, OffsetClock, StepDetector, SystemClock
 from sensor.config import ConfigError, SensorConfig, load_config
+from sensor.core.hours import HourCloser, Identity
 from sensor.decode import decode_frame
-from sensor.fastpath import FastClosed, FastHourlyAggregation
+from sensor.fastpath import FastHourlyAggregation
 from sensor.pcap import CaptureError, FilterError, Frame, LiveSource, open_interface
 from sensor.records import LINKTYPE_ETHERNET
 from sensor.sdnotify import notify, watchdog_interval_s
@@ -53,19 +55,6 @@ log = logging.getLogger("teiten.daemon")
 OpenSource = Callable[..., LiveSource]
 MAX_PENDING = 1024  # summaries waiting for a spool that cannot take them
 SEAL_BACKOFF_MAX_S = 60.0  # longest wait between attempts to spool
-MAX_GAPS = 256  # gap records kept for reporting (older ones are merged into a counter)
-MAX_FILL = 48  # empty buckets written after a pause; beyond that, one gap record
-
-
-@dataclasses.dataclass(slots=True)
-class Gap:
-    start_us: int
-    end_us: int | None
-    reason: str
-
-    def as_list(self) -> list[Any]:
-        return [self.start_us, self.end_us if self.end_us is not None else 0, self.reason]
-
 
 def link_state(iface: str) -> str:
     """operstate of `iface` ("up", "down", "lowerlayerdown", ...) or "missing"."""
@@ -119,25 +108,14 @@ class Daemon:
         else:
             self.aggregation = HourlyAggregation(bucket, cfg.limits, open_intervals=1 + extra)
         self.steps = StepDetector(self.clock, int(cfg.time.step_threshold_s * 1e6))
-        # state shared with the capture thread (under self.lock)
-        self._ready: list[ClosedInterval | FastClosed] = []  # closed by records far ahead
-        self._closed_through = 0  # seconds: every bucket before this one is sealed
-        self._late = 0
+        # the hour-closing decisions, shared with the capture thread (under self.lock)
+        self.hours = self._new_closer(cfg, self.clock.wall_us())
         self._totals = [0, 0, 0]  # received, dropped, if_dropped over every handle
-        self._reported = [0, 0, 0]
-        self._gaps: list[Gap] = []
-        self._gaps_dropped = 0
-        self._steps_pending: list[list[int]] = []
-        self._unsynced_seen = False
-        self._reloads = 0
         self._capture_heartbeat = time.monotonic()
         self._capture_open = threading.Event()
         self._pending: list[Summary] = []
-        self._summaries_dropped = 0  # over MAX_PENDING: reported in the next health map
         self._seal_backoff = 0.0
         self._seal_retry_at = 0.0
-        self._start_us = self.clock.wall_us()
-        self._next_bucket: int | None = None  # start of the next bucket to seal
         self._capture_thread: threading.Thread | None = None
         self._handle_base = [0, 0, 0]
         self.src: LiveSource | None = None
@@ -147,24 +125,30 @@ class Daemon:
         self.sealed: list[Summary] = []  # the last few, for tests and `--json`
         self.frames = 0
 
+    @staticmethod
+    def _identity(cfg: SensorConfig) -> Identity:
+        return Identity(cfg.sensor_id, tuple(cfg.capture.darknet), __version__,
+                        cfg.topology, cfg.capture.interface)
+
+    @classmethod
+    def _new_closer(cls, cfg: SensorConfig, start_us: int) -> HourCloser:
+        return HourCloser(cls._identity(cfg), bucket_s=cfg.bucket_seconds,
+                          close_grace_us=int(cfg.time.close_grace_s * 1e6),
+                          limits=cfg.limits, start_us=start_us)
+
     # ------------------------------------------------------------------ gaps
     def _gap_begin(self, reason: str, at_us: int | None = None) -> None:
         with self.lock:
-            if self._gaps and self._gaps[-1].end_us is None:
-                return
-            self._gaps.append(Gap(at_us if at_us is not None else self.clock.wall_us(),
-                                  None, reason))
-            if len(self._gaps) > MAX_GAPS:
-                self._gaps.pop(0)
-                self._gaps_dropped += 1
-        log.warning("capture gap begins: %s", reason)
+            opened = self.hours.gap_begin(
+                reason, at_us if at_us is not None else self.clock.wall_us())
+        if opened:
+            log.warning("capture gap begins: %s", reason)
 
     def _gap_end(self) -> None:
         with self.lock:
-            if self._gaps and self._gaps[-1].end_us is None:
-                self._gaps[-1].end_us = self.clock.wall_us()
-                log.warning("capture gap ends after %.1f s",
-                            (self._gaps[-1].end_us - self._gaps[-1].start_us) / 1e6)
+            gap = self.hours.gap_end(self.clock.wall_us())
+        if gap is not None and gap.end_us is not None:
+            log.warning("capture gap ends after %.1f s", (gap.end_us - gap.start_us) / 1e6)
 
     # ------------------------------------------------------------------ capture thread
     def _open(self) -> LiveSource:
@@ -219,6 +203,7 @@ class Daemon:
             cur = (st.received, st.dropped, st.if_dropped)
             for i in range(3):
                 self._totals[i] = self._handle_base[i] + cur[i]
+            self.hours.capture_totals(*self._totals)
             if final:
                 self._handle_base = list(self._totals)
 
@@ -228,7 +213,8 @@ class Daemon:
         shift = isinstance(self.clock, OffsetClock)
         link_checked = 0.0
         down = False
-        was_gap = bool(self._gaps and self._gaps[-1].end_us is None)
+        with self.lock:
+            was_gap = self.hours.in_gap()
         if was_gap and self.link_state(iface) in ("up", "unknown"):
             self._gap_end()
         while not self.stopping.is_set():
@@ -294,147 +280,45 @@ class Daemon:
             frames = [Frame(adjust(f.ts_us), f.wire_len, f.data) for f in frames]
         agg = self.aggregation
         if isinstance(agg, FastHourlyAggregation):
-            bucket = self.cfg.bucket_seconds
             with self.lock:
                 if agg.linktype != linktype:
                     agg.set_linktype(linktype)
                 # Buckets already sealed stay sealed: their frames are counted late (in C,
                 # as _file does below for the reference path).
-                agg.set_horizon(self._closed_through * 1_000_000)
+                agg.set_horizon(self.hours.horizon_us)
                 closed = agg.feed_frames(frames)
-                self._late += agg.take_before()
+                self.hours.late(agg.take_before())
                 if closed:
-                    self._ready.extend(closed)
-                    for c in closed:
-                        end = c.aggregator.hour_start + bucket
-                        self._closed_through = max(self._closed_through, end)
+                    self.hours.capture_closed(closed)
         else:
             self._file([decode_frame(f.ts_us, linktype, f.data, f.wire_len) for f in frames])
         self.frames += len(frames)
 
     def _file(self, records: list[Any]) -> None:
-        bucket = self.cfg.bucket_seconds
         with self.lock:
-            horizon = self._closed_through * 1_000_000
+            hours = self.hours
+            horizon = hours.horizon_us
             agg = self.aggregation
             assert isinstance(agg, HourlyAggregation)
             for rec in records:
                 if rec.ts_us < horizon:
-                    self._late += 1
+                    hours.late(1)
                     continue
                 closed = agg.add(rec)
                 if closed:
-                    self._ready.extend(closed)
-                    for c in closed:
-                        end = c.aggregator.hour_start + bucket
-                        self._closed_through = max(self._closed_through, end)
-                    horizon = self._closed_through * 1_000_000
+                    hours.capture_closed(closed)
+                    horizon = hours.horizon_us
 
     # ------------------------------------------------------------------ closing buckets
-    def _health(self, now_us: int, start: int, end: int) -> dict[str, Any]:
-        sync = self.clock.synchronized()
-        if sync is not True:
-            self._unsynced_seen = True
-        received, dropped, ifdropped = (
-            t - r for t, r in zip(self._totals, self._reported, strict=True)
-        )
-        self._reported = list(self._totals)
-        h: dict[str, Any] = {
-            "software": __version__,
-            "topology": self.cfg.topology,
-            "interface": self.cfg.capture.interface,
-            "capture_received": received,
-            "capture_dropped": dropped,
-            "capture_if_dropped": ifdropped,
-            "clock_synchronized": bool(sync),
-            "closed_us": now_us,
-        }
-        if sync is None:
-            h["clock_sync_unknown"] = True
-        gaps = [
-            g for g in self._gaps
-            if g.start_us < end * 1_000_000
-            and (g.end_us is None or g.end_us > start * 1_000_000)
-        ]
-        if gaps:
-            h["capture_gaps"] = [g.as_list() for g in gaps]
-            total = 0
-            for g in gaps:
-                g_end = min(g.end_us if g.end_us is not None else now_us, end * 1_000_000)
-                total += max(0, g_end - max(g.start_us, start * 1_000_000))
-            h["capture_gap_us"] = total
-        # prune gaps that ended before this bucket's end: they cannot touch later ones
-        self._gaps = [g for g in self._gaps if g.end_us is None or g.end_us > end * 1_000_000]
-        if self._gaps_dropped:
-            h["capture_gaps_dropped"] = self._gaps_dropped
-            self._gaps_dropped = 0
-        if self._summaries_dropped:
-            h["summaries_dropped"] = self._summaries_dropped
-            self._summaries_dropped = 0
-        if self._steps_pending:
-            h["clock_steps"] = self._steps_pending
-            self._steps_pending = []
-        if self._reloads:
-            h["config_reloads"] = self._reloads
-            self._reloads = 0
-        if self.responder is not None:
-            h.update(self.responder.take_counters())
-        return h
-
-    def _stepped_over(self, start: int, end: int) -> bool:
-        return any(g.reason == "clock step" and g.start_us < end * 1_000_000
-                   and (g.end_us or 0) > start * 1_000_000 for g in self._gaps)
-
     def close_due(self, *, final: bool = False) -> list[Summary]:
         """Close every bucket that ended `close_grace_s` ago (all of them if `final`)."""
-        bucket = self.cfg.bucket_seconds
         now_us = self.clock.wall_us()
-        due_us = now_us - int(self.cfg.time.close_grace_s * 1e6)
-        current = hour_of(now_us, bucket)
-        out: list[Summary] = []
+        sync = self.clock.synchronized()
+        responder = self.responder
         with self.lock:
-            if self._next_bucket is None:
-                self._next_bucket = hour_of(self._start_us, bucket)
-            closed = list(self._ready)
-            self._ready.clear()
-            closed += self.aggregation.close_before(due_us)
-            if final:
-                # the bucket in progress, partial; and anything ahead of the clock
-                closed += self.aggregation.flush(complete=False)
-            by_start: dict[int, ClosedInterval | FastClosed] = {
-                c.aggregator.hour_start: c for c in closed
-            }
-            # the newest bucket that has ended (all of them, the current one too, if final)
-            last = max([current, *by_start]) if final else hour_of(due_us, bucket) - bucket
-            starts = set(by_start)
-            if last >= self._next_bucket:
-                fill = range(self._next_bucket, last + 1, bucket)
-                if len(fill) > MAX_FILL:
-                    # a long pause or a clock step forward: one gap record, not 10,000 empties
-                    skipped_end = last - (MAX_FILL - 1) * bucket
-                    self._gaps.append(Gap(self._next_bucket * 1_000_000,
-                                          skipped_end * 1_000_000, "no buckets (clock step "
-                                          "or pause)"))
-                    fill = range(skipped_end, last + 1, bucket)
-                starts.update(fill)
-            now_s = now_us // 1_000_000
-            for start in sorted(starts):
-                c = by_start.get(start)
-                agg = c.aggregator if c is not None else HourAggregator(
-                    start, bucket, self.cfg.limits)
-                # complete: the daemon ran from the bucket's start to its end
-                complete = (start * 1_000_000 >= self._start_us and start + bucket <= now_s
-                            and not self._stepped_over(start, start + bucket))
-                if self._late:
-                    agg.late += self._late
-                    self._late = 0
-                health = self._health(now_us, start, start + bucket)
-                out.append(agg.finish(sensor_id=self.cfg.sensor_id,
-                                      darknet=self.cfg.capture.darknet,
-                                      complete=complete, health=health))
-                self._closed_through = max(self._closed_through, start + bucket)
-                self._next_bucket = max(self._next_bucket, start + bucket)
-        return out
+            return self.hours.close_due(
+                now_us, self.aggregation, synchronized=sync, final=final,
+                extra_health=responder.take_counters if responder is not None else None)
 
     def seal(self, summaries: list[Summary], *, force: bool = False) -> None:
         """Seal summaries into the spool; on failure keep them (bounded, the drops counted
@@ -442,7 +326,8 @@ class Daemon:
         self._pending.extend(summaries)
         while len(self._pending) > MAX_PENDING:
             dropped = self._pending.pop(0)
-            self._summaries_dropped += 1
+            with self.lock:
+                self.hours.summaries_dropped(1)
             log.error("dropped the summary of %s: %d summaries already wait for the spool",
                       dropped.hour_start, MAX_PENDING)
         if not force and time.monotonic() < self._seal_retry_at:
@@ -471,14 +356,7 @@ class Daemon:
         if step is not None:
             log.warning("clock step of %+.3f s detected", step.delta_us / 1e6)
             with self.lock:
-                self._steps_pending.append([step.seen_us, step.delta_us])
-                if step.delta_us > 0:
-                    # the time jumped over was never observed: a gap, so the empty
-                    # buckets sealed for it say so and are not marked complete
-                    self._gaps.append(Gap(step.seen_us - step.delta_us, step.seen_us,
-                                          "clock step"))
-            # Back: sealed buckets stay sealed, and packets for them are counted late.
-            # Forward: close_due fills (at most MAX_FILL) empty buckets, then records a gap.
+                self.hours.clock_stepped(step.seen_us, step.delta_us)
 
     def _wait_for_sync(self) -> None:
         limit = self.cfg.time.wait_for_sync_s
@@ -533,9 +411,13 @@ class Daemon:
             except (ValueError, OverflowError) as exc:  # config check bounds them; be safe
                 log.error("reload: limits refused (%s); keeping the running ones", exc)
                 new = dataclasses.replace(new, limits=self.cfg.limits)
-            self._reloads += 1
+            self.hours.reloaded()
         reopen = new.capture != self.cfg.capture
         self.cfg = new
+        with self.lock:
+            self.hours.identity = self._identity(new)
+            self.hours.limits = new.limits
+            self.hours.close_grace_us = int(new.time.close_grace_s * 1e6)
         if reopen:
             self.reopen_requested.set()
             src = self.src
@@ -576,7 +458,8 @@ class Daemon:
             log.warning("test-only bucket of %d s in use", self.cfg.bucket_seconds)
         self.start_uplink()
         self._wait_for_sync()
-        self._start_us = self.clock.wall_us()
+        with self.lock:
+            self.hours.started(self.clock.wall_us())
         self.steps.check()
         if self.cfg.responder.enabled:
             from sensor.responder import Responder
