@@ -18,6 +18,10 @@
  * owned by the handle; the list of (ts_us, wire_len, data) tuples is built after
  * the GIL is taken back.  A read error after some packets were copied returns
  * those packets first and raises PcapError(message, offset) on the next call.
+ *
+ * compile_filter compiles an expression for a link type and snap length without a
+ * capture (pcap_open_dead): `teiten config check` refuses a filter that libpcap would
+ * refuse at capture time (sensor/bpf.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -491,10 +495,58 @@ static PyObject *open_live(PyObject *Py_UNUSED(m), PyObject *args)
     return (PyObject *)h;
 }
 
+/* compile_filter(expr, linktype, snaplen): compile `expr` the way a capture of that link
+ * type and snap length would (pcap_open_dead + pcap_compile, optimised, netmask unknown),
+ * without opening anything.  Returns the program as a list of (code, jt, jf, k) tuples:
+ * its length is the instruction count, and [(BPF_RET|BPF_K, 0, 0, 0)] rejects every
+ * packet.  Raises PcapError with libpcap's message if the expression does not compile.
+ * The GIL is released: a host name in `expr` makes libpcap resolve it. */
+static PyObject *compile_filter(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    const char *expr;
+    int linktype, snaplen, rc;
+    struct bpf_program prog;
+    char msg[PCAP_ERRBUF_SIZE], text[PCAP_ERRBUF_SIZE + 512];
+    if (!PyArg_ParseTuple(args, "sii:compile_filter", &expr, &linktype, &snaplen))
+        return NULL;
+    if (snaplen < 1 || snaplen > 262144) {
+        PyErr_SetString(PyExc_ValueError, "snaplen must be 1..262144");
+        return NULL;
+    }
+    pcap_t *p = pcap_open_dead(linktype, snaplen);
+    if (p == NULL)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    rc = pcap_compile(p, &prog, expr, 1, PCAP_NETMASK_UNKNOWN);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        snprintf(msg, sizeof msg, "%s", pcap_geterr(p));
+        pcap_close(p);
+        snprintf(text, sizeof text, "bad BPF filter '%.400s': %s", expr, msg);
+        return raise_pcap(msg, -1, text);
+    }
+    pcap_close(p);
+    PyObject *list = PyList_New((Py_ssize_t)prog.bf_len);
+    for (u_int i = 0; list != NULL && i < prog.bf_len; i++) {
+        const struct bpf_insn *in = &prog.bf_insns[i];
+        PyObject *t = Py_BuildValue("(iiik)", (int)in->code, (int)in->jt, (int)in->jf,
+                                    (unsigned long)in->k);
+        if (t == NULL)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    pcap_freecode(&prog);
+    return list;
+}
+
 static PyMethodDef module_methods[] = {
     {"open_offline", open_offline, METH_VARARGS, "open_offline(path) -> Handle (pcap or pcapng)"},
     {"open_live", open_live, METH_VARARGS,
      "open_live(iface, snaplen, promisc, timeout_ms, buffer_size, immediate) -> Handle"},
+    {"compile_filter", compile_filter, METH_VARARGS,
+     "compile_filter(expr, linktype, snaplen) -> [(code, jt, jf, k), ...]; PcapError if it "
+     "does not compile"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -52,3 +52,9 @@ def open_live(
     immediate: bool,
     /,
 ) -> Handle: ...
+def compile_filter(expr: str, linktype: int, snaplen: int, /) -> list[tuple[int, int, int, int]]:
+    """Compile `expr` as a capture of `linktype` (DLT_*) and `snaplen` would, opening nothing.
+
+    Returns the optimised program as (code, jt, jf, k) instructions; PcapError if libpcap
+    refuses the expression.
+    """
