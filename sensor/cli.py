@@ -24,7 +24,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Packages that may add sub-commands, in the order they appear in --help.
 _PLUGIN_MODULES = (
-    "sensor.commands", "sensor.run_commands", "uplink.cli", "uplink.commands", "central.cli",
+    "sensor.commands", "sensor.run_commands", "uplink.cli", "uplink.commands", "sensor.firstboot",
+    "central.cli",
 )
 
 
