@@ -53,13 +53,17 @@ enum {
     R_LINK_TRUNCATED, R_LINK_UNSUPPORTED, R_NOT_IP, R_IP_VERSION, R_IPV4_TRUNCATED,
     R_IPV4_BAD_IHL, R_IPV4_BAD_LENGTH, R_IPV6_TRUNCATED, R_IPV6_EXT_TRUNCATED,
     R_IPV6_EXT_CHAIN, R_TCP_TRUNCATED, R_TCP_BAD_OFFSET, R_UDP_TRUNCATED, R_ICMP_TRUNCATED,
-    R_SNAPLEN_SHORT, N_REASONS
+    R_SNAPLEN_SHORT, R_BAD_TIMESTAMP, N_REASONS
 };
 static const char *REASONS[N_REASONS] = {
     "link_truncated", "link_unsupported", "not_ip", "ip_version", "ipv4_truncated",
     "ipv4_bad_ihl", "ipv4_bad_length", "ipv6_truncated", "ipv6_ext_truncated",
     "ipv6_ext_chain", "tcp_truncated", "tcp_bad_offset", "udp_truncated", "icmp_truncated",
-    "snaplen_short"};
+    "snaplen_short", "bad_timestamp"};
+/* decode.py's TS_MAX_US: frames timed before the epoch or after it are R_BAD_TIMESTAMP (the
+ * end of the last hour a summary can hold, 9999-12-30T23:59:59.999999Z).  libpcap reads a
+ * pcap record's seconds as signed 32 bits, so a stamp of 0xffffffff comes out as -1 s. */
+#define TS_MAX_US 253402214399999999LL
 /* decode.py's _CUT_SHORT: reasons that become snaplen_short when the wire was longer */
 static const uint8_t CUT_SHORT[N_REASONS] = {
     [R_LINK_TRUNCATED] = 1, [R_IPV4_TRUNCATED] = 1, [R_IPV6_TRUNCATED] = 1,
@@ -1184,6 +1188,10 @@ static inline void decode_rec(int linktype, int64_t ts, const uint8_t *data, lon
                               rec_t *rec)
 {
     rec->p.ts = ts;
+    if (ts < 0 || ts > TS_MAX_US) { /* decode_frame: checked before the bytes */
+        rec->reason = R_BAD_TIMESTAMP;
+        return;
+    }
     rec->reason = decode(linktype, data, caplen, wire_len, &rec->p);
     if (rec->reason < 0)
         pkt_keys(&rec->p, &rec->k);
@@ -1371,6 +1379,7 @@ typedef struct {
     interval_t *closed, *closed_tail; /* closed, not yet handed over (a list: closing never allocates) */
     size_t n_closed;
     uint64_t oom_pending; /* frames dropped with no interval open to count them in */
+    uint64_t bad_pending; /* R_BAD_TIMESTAMP frames seen with no interval open (counted in the next) */
     long long frames;    /* frames routed (after the BPF filter) */
     sizes_t hint;        /* table sizes of the last closed interval (interval_new) */
     int64_t horizon;     /* frames before this time (us) are not routed: counted in `before` */
@@ -1447,6 +1456,8 @@ static interval_t *route(router_t *rt, int64_t ts)
     }
     iv->oom_dropped += rt->oom_pending;
     rt->oom_pending = 0;
+    iv->malformed[R_BAD_TIMESTAMP] += rt->bad_pending;
+    rt->bad_pending = 0;
     if (__builtin_mul_overflow(start, 1000000, &iv->start_us) ||
         __builtin_mul_overflow(start + rt->bucket, 1000000, &iv->end_us))
         iv->start_us = iv->end_us = 0; /* an empty range: route() divides for this one */
@@ -1472,6 +1483,13 @@ static void count_frame(router_t *rt, const pkt_t *r, int reason, const pkeys_t 
 {
     if (r->ts < rt->horizon) {
         rt->before++;
+        return;
+    }
+    if (reason == R_BAD_TIMESTAMP) { /* HourlyAggregation.add: its time routes nowhere */
+        if (rt->n_open)
+            rt->open[oldest_index(rt, 0, 1)]->malformed[R_BAD_TIMESTAMP]++;
+        else
+            rt->bad_pending++;
         return;
     }
     interval_t *iv = route(rt, r->ts);
@@ -2359,10 +2377,19 @@ static PyObject *kernel_result(KernelObject *self, PyObject *first)
     return Py_BuildValue("(NN)", first, closed);
 }
 
+/* A record's time in microseconds: sensor._pcap's value (tv_sec * 10^6 + tv_usec, wrapped
+ * to 64 bits as its arithmetic does) computed without signed overflow, so that both paths
+ * see, and check, the same number for any stamp libpcap hands over (a pcapng stamp can be
+ * anything up to 2^64 units). */
+static inline int64_t frame_ts(const struct pcap_pkthdr *h)
+{
+    return (int64_t)((uint64_t)(int64_t)h->ts.tv_sec * 1000000u + (uint64_t)(int64_t)h->ts.tv_usec);
+}
+
 static void file_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *data)
 {
     router_t *rt = (router_t *)user;
-    int64_t ts = (int64_t)h->ts.tv_sec * 1000000 + (int64_t)h->ts.tv_usec;
+    int64_t ts = frame_ts(h);
     route_frame(rt, ts, data, (long)h->caplen, (long)h->len);
 }
 
@@ -2426,7 +2453,7 @@ static void pipe_publish(ReaderObject *rd)
 static void pipe_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *data)
 {
     ReaderObject *rd = (ReaderObject *)user;
-    int64_t ts = (int64_t)h->ts.tv_sec * 1000000 + (int64_t)h->ts.tv_usec;
+    int64_t ts = frame_ts(h);
     decode_rec(rd->plinktype, ts, data, (long)h->caplen, (long)h->len, &rd->ring[rd->phead & (RING - 1)]);
     rd->phead++;
     if (rd->phead % PUBLISH == 0)
@@ -2802,6 +2829,16 @@ static PyObject *Kernel_set_rows(KernelObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Kernel_get_pending_bad(KernelObject *self, void *Py_UNUSED(c))
+{
+    return PyLong_FromUnsignedLongLong(self->rt.bad_pending);
+}
+
+static PyGetSetDef Kernel_getset[] = {
+    {"pending_bad_timestamps", (getter)Kernel_get_pending_bad, NULL,
+     "bad_timestamp frames held until an interval opens (none was open when they came)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
 static PyMethodDef Kernel_methods[] = {
     {"set_rows", (PyCFunction)Kernel_set_rows, METH_VARARGS,
      "set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) or set_rows(None)"},
@@ -2830,6 +2867,7 @@ static PyTypeObject KernelType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Kernel(linktype, bucket_seconds, open_intervals, limits): decode + hourly aggregation.",
     .tp_methods = Kernel_methods,
+    .tp_getset = Kernel_getset,
     .tp_new = Kernel_new,
 };
 
@@ -3234,6 +3272,13 @@ PyMODINIT_FUNC PyInit__fast(void)
         PyModule_AddObjectRef(m, "Kernel", (PyObject *)&KernelType) < 0 ||
         PyModule_AddObjectRef(m, "FileReader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Interval", (PyObject *)&IntervalType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *ts_max = PyLong_FromLongLong(TS_MAX_US); /* a long is 32 bits on armhf */
+    int rc = PyModule_AddObjectRef(m, "TS_MAX_US", ts_max);
+    Py_XDECREF(ts_max);
+    if (rc < 0) {
         Py_DECREF(m);
         return NULL;
     }

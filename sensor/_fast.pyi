@@ -4,6 +4,8 @@ from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any, final
 
+TS_MAX_US: int  # sensor.decode.TS_MAX_US: later frames are bad_timestamp
+
 class FastError(Exception):
     """A capture file error; `args` is (message, byte offset or -1)."""
 
@@ -39,6 +41,8 @@ class Kernel:
         open_intervals: int,
         limits: tuple[int, ...],
     ) -> None: ...
+    @property
+    def pending_bad_timestamps(self) -> int: ...
     def set_linktype(self, linktype: int, /) -> None: ...
     def set_limits(self, limits: tuple[int, ...], /) -> None: ...
     def set_horizon(self, ts_us: int, /) -> None: ...

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sensor.classify import BACKSCATTER_NAMES, backscatter_kind, fingerprint_bits
+from sensor.decode import TS_MAX_US
 from sensor.records import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -265,8 +266,8 @@ class HourAggregator:
         self._src_dests.add_row()
         return row
 
-    def add_malformed(self, reason: str) -> None:
-        self._malformed[reason] = self._malformed.get(reason, 0) + 1
+    def add_malformed(self, reason: str, n: int = 1) -> None:
+        self._malformed[reason] = self._malformed.get(reason, 0) + n
 
     def add_all(self, records: Iterable[PacketRecord | Malformed]) -> None:
         for rec in records:
@@ -386,7 +387,10 @@ class HourlyAggregation:
 
     At most `open_intervals` intervals stay open (the newest and the ones just before it,
     for packets that arrive slightly out of order).  A record older than every open
-    interval is counted as `late` in the oldest open one, never dropped silently.
+    interval is counted as `late` in the oldest open one, never dropped silently.  A record
+    timed outside what a summary can hold (0..`sensor.decode.TS_MAX_US`) opens no interval:
+    it is counted as malformed `bad_timestamp` in the oldest open one, or, while none is
+    open, held in `pending_bad_timestamps` and counted in the first one that opens.
     """
 
     def __init__(
@@ -402,6 +406,8 @@ class HourlyAggregation:
         self.open_intervals = max(1, open_intervals)
         self._open: dict[int, HourAggregator] = {}
         self._first_start: int | None = None
+        # Frames with a bad timestamp seen while no interval was open (see the class doc).
+        self.pending_bad_timestamps = 0
 
     def _interval(self, ts_us: int, closed: list[ClosedInterval]) -> HourAggregator:
         start = hour_of(ts_us, self.bucket_seconds)
@@ -415,6 +421,9 @@ class HourlyAggregation:
                 self._open[min(self._open)].late += 1
                 return _LATE
         agg = HourAggregator(start, self.bucket_seconds, self.limits)
+        if self.pending_bad_timestamps:
+            agg.add_malformed("bad_timestamp", self.pending_bad_timestamps)
+            self.pending_bad_timestamps = 0
         self._open[start] = agg
         if self._first_start is None:
             self._first_start = start
@@ -427,6 +436,12 @@ class HourlyAggregation:
 
     def add(self, rec: PacketRecord | Malformed) -> list[ClosedInterval]:
         closed: list[ClosedInterval] = []
+        if not 0 <= rec.ts_us <= TS_MAX_US:  # whatever decoded it: its time routes nowhere
+            if self._open:
+                self._open[min(self._open)].add_malformed("bad_timestamp")
+            else:
+                self.pending_bad_timestamps += 1
+            return closed
         agg = self._interval(rec.ts_us, closed)
         if agg is _LATE:
             return closed

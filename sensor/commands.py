@@ -83,7 +83,7 @@ def summary_filename(summary: Summary) -> str:
 def cmd_replay(args: argparse.Namespace) -> int:
     from sensor.ids import validate_sensor_id
     from sensor.pcap import CaptureFileError
-    from sensor.replay import Progress, replay
+    from sensor.replay import Progress, ReplayStats, replay
 
     try:
         darknet = parse_darknet(args.darknet)
@@ -130,14 +130,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sink.seal_and_spool(summary, data)
 
     failure = None
+    stats = ReplayStats()  # filled as the replay goes: its warnings survive an error
     try:
-        stats = replay(
+        replay(
             args.pcaps, darknet=darknet, sensor_id=args.sensor_id, emit=emit, limits=limits,
             bucket_seconds=args.bucket_seconds, progress=Progress(), reference=args.reference,
+            stats=stats,
         )
     except CaptureFileError as exc:
         failure = str(exc)
-        stats = None
     except spool_errors as exc:
         # A full or failing spool disk: what was spooled before stays; say what to do.
         return _error(
@@ -146,10 +147,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _error(f"replay: {exc}")
+    sealed = sink.sealed if sink is not None else 0
     result = {
         "summaries": written,
-        "frames": stats.frames if stats else None,
-        "envelopes": sink.sealed if sink is not None else 0,
+        "frames": None if failure else stats.frames,
+        "envelopes": sealed,
+        "warnings": stats.warnings,
+        "uncounted": stats.uncounted,
         "error": failure,
     }
     if args.json:
@@ -158,14 +162,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for path in written:
             print(path)
         if sink is not None:
-            print(f"{sink.sealed} signed envelopes in {args.spool}")
+            print(f"{sealed} signed envelopes in {args.spool}")
+    for warning in stats.warnings:
+        print(f"teiten: warning: {warning}", file=sys.stderr)
     if failure:
         print(f"teiten: {failure}", file=sys.stderr)
-        print(
-            f"teiten: wrote {len(written)} summaries from the data before the error",
-            file=sys.stderr,
-        )
+        if written or sealed:
+            print(
+                f"teiten: wrote {len(written) or sealed} summaries from the data before the "
+                "error", file=sys.stderr,
+            )
         return 1
+    if stats.uncounted:
+        n = stats.uncounted
+        return _error(
+            f"replay: {n} frame{'s' if n != 1 else ''} had a timestamp no summary can hold "
+            f"(malformed bad_timestamp: before 1970, as libpcap reads a pcap stamp of "
+            f"2038-01-19T03:14:08Z or later, or after 9999-12-30) and no frame with a valid "
+            f"time came to count {'them' if n != 1 else 'it'} with: no summary was written; "
+            f"check the capture's timestamps (`capinfos -ae FILE`)"
+        )
     return 0
 
 

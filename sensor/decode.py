@@ -39,6 +39,7 @@ from sensor.records import (
     PacketRecord,
     QuotedHeader,
 )
+from sensor.summary import MAX_HOUR
 
 ETHERTYPE_IPV4: Final = 0x0800
 ETHERTYPE_IPV6: Final = 0x86DD
@@ -68,6 +69,24 @@ _IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 _TCP: Final = struct.Struct("!HHIIBBH")
 
 
+# The times a summary can hold: from the epoch to the end of its last hour, MAX_HOUR
+# (9999-12-30T23:59:59.999999Z).  Outside it a frame is `bad_timestamp`: libpcap reads a
+# pcap record's seconds as a signed 32-bit number (a stamp of 0xffffffff, or any from
+# 2038-01-19 on, comes out before 1970) and a pcapng stamp can be anything up to 2**64
+# units.  sensor/_fast.c (TS_MAX_US) checks the same range.
+TS_MAX_US: Final = (MAX_HOUR + 1) * 1_000_000 - 1
+
+# Link types `_link_payload` decodes; frames of any other are `link_unsupported`.
+SUPPORTED_LINKTYPES: Final = frozenset((
+    LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, DLT_RAW_BSD,
+    DLT_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP,
+))
+SUPPORTED_LINKTYPES_TEXT: Final = (
+    "Ethernet (1), Linux cooked SLL (113) and SLL2 (276), raw IP (101, 12, 14, 228, 229), "
+    "BSD loopback (0, 108)"
+)
+
+
 _CUT_SHORT: Final = frozenset(
     ("link_truncated", "ipv4_truncated", "ipv6_truncated", "ipv6_ext_truncated",
      "tcp_truncated", "udp_truncated", "icmp_truncated")
@@ -81,8 +100,11 @@ def decode_frame(
 
     `wire_len` is the frame's length on the wire, when known: a header cut short by the
     snap length (the frame was longer on the wire) is reported as `snaplen_short`, which
-    tells an operator to raise the snap length rather than suspect the sender.
+    tells an operator to raise the snap length rather than suspect the sender.  A frame
+    timed outside what a summary can hold is `bad_timestamp`, whatever its bytes.
     """
+    if not 0 <= ts_us <= TS_MAX_US:
+        return Malformed(ts_us, "bad_timestamp")
     rec = _decode(ts_us, linktype, frame)
     if type(rec) is Malformed and wire_len > len(frame) and rec.reason in _CUT_SHORT:
         return Malformed(ts_us, "snaplen_short")

@@ -218,6 +218,12 @@ class FastHourlyAggregation:
             for iv, complete in closed
         ]
 
+    @property
+    def pending_bad_timestamps(self) -> int:
+        """As `HourlyAggregation.pending_bad_timestamps`: frames with a bad timestamp held
+        until an interval opens."""
+        return int(self._k.pending_bad_timestamps)
+
     def set_linktype(self, linktype: int) -> None:
         """Decode what follows as frames of `linktype` (the state carries on)."""
         self._k.set_linktype(linktype)
@@ -269,21 +275,26 @@ def replay_fast(
     limits: Limits | None = None,
     bucket_seconds: int = HOUR,
     progress: Progress | None = None,
+    stats: ReplayStats | None = None,
 ) -> ReplayStats:
     """`sensor.replay.replay` on the compiled path: same arguments, summaries and errors."""
     # The capture edge is imported here, not at the top: summary.encode_summary imports this
     # module, and the sans-I/O core must not pull libpcap in.
-    from sensor.pcap import CaptureFileError, FilterError
+    from sensor.pcap import CaptureFileError, FilterError, not_a_capture
     from sensor.replay import ReplayStats, SummarySink, capture_filter
 
     if _fast is None:
         raise RuntimeError("sensor._fast is not built")
-    stats = ReplayStats()
+    if stats is None:
+        stats = ReplayStats()
     finish = SummarySink(emit, stats, sensor_id, darknet)
     aggregation: FastHourlyAggregation | None = None
     try:
         for path in paths:
-            linktype, bpf = capture_filter(path, darknet)  # same checks as the reference
+            # Same checks, filter decision and warning as the reference path.
+            linktype, bpf, warning = capture_filter(path, darknet)
+            if warning:
+                stats.warnings.append(warning)
             stats.files += 1
             if aggregation is None:
                 aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits)
@@ -291,8 +302,7 @@ def replay_fast(
             try:
                 reader = _fast.FileReader(path)
             except _fast.FastError as exc:
-                raise CaptureFileError(path, -1, f"not a pcap or pcapng capture ({exc.args[0]})"
-                                       ) from exc
+                raise not_a_capture(path, str(exc.args[0])) from exc
             try:
                 if bpf.strip():
                     try:
@@ -317,12 +327,14 @@ def replay_fast(
     except CaptureFileError:
         if aggregation is not None:
             finish(aggregation.flush(complete=False))
+            stats.uncounted = aggregation.pending_bad_timestamps
         raise
     finally:
         if progress is not None:
             progress.done()
     if aggregation is not None:
         finish(aggregation.flush(complete=False))
+        stats.uncounted = aggregation.pending_bad_timestamps
     return stats
 
 

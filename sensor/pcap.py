@@ -6,6 +6,10 @@ epoch, `wire_len` the length on the wire (data may be shorter: the snap length).
 
 - A file source yields every packet it could read, then raises `CaptureFileError` naming
   the file and the byte offset where reading stopped if the file is truncated or corrupt.
+  A file that cannot be opened (missing, a directory, unreadable, not a capture) raises it
+  before any packet, saying which of those it is.
+- A filter libpcap cannot apply to a link type the decoder does not know either raises
+  `UnsupportedLinkType` (a `FilterError`): the link type is the problem, not the filter.
 - A live source returns an empty batch when `timeout_ms` passes with no packet, so the
   caller's clock-driven work (closing an hour) never waits for traffic.
 """
@@ -18,6 +22,7 @@ from types import TracebackType
 from typing import NamedTuple, Self
 
 from sensor import _pcap
+from sensor.decode import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
 
 DEFAULT_BATCH = 4096
 DEFAULT_SNAPLEN = 256  # headers only: enough for VLAN + IPv6 + extension headers + TCP options
@@ -37,19 +42,40 @@ class CaptureStats(NamedTuple):
     if_dropped: int  # ps_ifdrop: dropped by the interface/driver
 
 
+_CUT_SHORT_ADVICE = (
+    "if the file was cut short (disk full, copy interrupted, capture still running) re-copy "
+    "it, or repair it with `pcapfix`/`editcap` and read it again"
+)
+
+
 class CaptureFileError(Exception):
-    """A capture file that cannot be (fully) read; says which file, where, and what to do."""
+    """A capture file that cannot be (fully) read; says which file, where, and what to do.
+
+    `offset` >= 0: reading stopped there (packets before it were delivered), and the advice
+    is about files cut short.  `offset` -1: the file could not be opened; `detail` says why
+    and what to do.
+    """
 
     def __init__(self, path: str, offset: int, detail: str) -> None:
         self.path = path
         self.offset = offset
         self.detail = detail
-        where = f" at byte {offset}" if offset >= 0 else ""
-        super().__init__(
-            f"{path}: cannot read capture{where}: {detail}. Packets before that point were "
-            f"delivered; if the file was cut short (disk full, copy interrupted, capture still "
-            f"running) re-copy it, or repair it with `pcapfix`/`editcap` and read it again"
-        )
+        if offset >= 0:
+            text = (f"{path}: cannot read capture at byte {offset}: {detail}. Packets before "
+                    f"that point were delivered; {_CUT_SHORT_ADVICE}")
+        else:
+            text = f"{path}: cannot read capture: {detail}"
+        super().__init__(text)
+
+
+def not_a_capture(path: str, message: str) -> CaptureFileError:
+    """The error for a file libpcap cannot open (`message` is libpcap's text)."""
+    if "truncated" in message:  # shorter than a file header: an empty or cut-short copy
+        advice = _CUT_SHORT_ADVICE
+    else:
+        advice = ("check that it is a capture file (`capinfos FILE` says what it is); "
+                  "convert other formats with `editcap -F pcap FILE OUT.pcap`")
+    return CaptureFileError(path, -1, f"not a pcap or pcapng capture ({message}); {advice}")
 
 
 class CaptureError(Exception):
@@ -70,14 +96,37 @@ class FilterError(ValueError):
         super().__init__(f"bad BPF filter {expr!r}: {detail}")
 
 
+class UnsupportedLinkType(FilterError):
+    """A capture of a link type the decoder does not know, on which libpcap cannot apply
+    the filter either: the link type is what to report, not the expression."""
+
+    def __init__(self, expr: str, detail: str, linktype: int) -> None:
+        super().__init__(expr, detail)
+        self.linktype = linktype
+        self.args = (
+            f"link type {linktype} is not supported: Teiten decodes {SUPPORTED_LINKTYPES_TEXT}, "
+            f"and counts frames of any other link type as malformed (link_unsupported); "
+            f"libpcap cannot apply the capture filter to it either ({detail})",
+        )
+
+
+def filter_error(handle: _pcap.Handle, bpf: str, detail: str) -> FilterError:
+    """The error for `bpf` rejected by libpcap on `handle`'s link type (`detail`)."""
+    linktype = handle.datalink()
+    if linktype not in SUPPORTED_LINKTYPES:
+        return UnsupportedLinkType(bpf, detail, linktype)
+    return FilterError(bpf, detail)
+
+
 def _setfilter(handle: _pcap.Handle, bpf: str | None) -> None:
     if bpf is None or not bpf.strip():
         return
     try:
         handle.setfilter(bpf)
     except _pcap.PcapError as exc:
+        error = filter_error(handle, bpf, exc.message)
         handle.close()
-        raise FilterError(bpf, exc.message) from exc
+        raise error from exc
 
 
 class _HandleSource:
@@ -87,6 +136,14 @@ class _HandleSource:
         self._h = handle
         self.linktype = handle.datalink()
         self.snaplen = handle.snapshot()
+
+    def setfilter(self, bpf: str) -> None:
+        """Apply `bpf`; `FilterError` (or `UnsupportedLinkType`) if libpcap rejects it, and
+        the source stays open, unfiltered."""
+        try:
+            self._h.setfilter(bpf)
+        except _pcap.PcapError as exc:
+            raise filter_error(self._h, bpf, exc.message) from exc
 
     def close(self) -> None:
         self._h.close()
@@ -137,13 +194,29 @@ def open_file(path: str | os.PathLike[str], bpf: str | None = None) -> PcapSourc
     if not os.path.exists(name):
         raise CaptureFileError(name, -1, "no such file; check the path")
     if os.path.isdir(name):
-        raise CaptureFileError(name, -1, "is a directory, not a capture file")
+        raise CaptureFileError(
+            name, -1, "is a directory, not a capture file; give the capture files in it "
+            f"(for example {os.path.join(name, '*.pcap')})"
+        )
+    if os.path.isfile(name):  # a regular file (a pipe, `<(zcat x.pcap.gz)`, is read as it is)
+        if os.path.getsize(name) == 0:
+            raise CaptureFileError(
+                name, -1, "the file is empty (0 bytes), not a capture; if it was copied or "
+                "downloaded, do that again"
+            )
+        try:  # what the system says (permissions, ...) rather than libpcap's reading of it
+            with open(name, "rb"):
+                pass
+        except PermissionError:
+            raise CaptureFileError(
+                name, -1, "permission denied; run as a user who may read it, or fix its mode"
+            ) from None
+        except OSError as exc:
+            raise CaptureFileError(name, -1, f"cannot open it ({exc.strerror})") from None
     try:
         handle = _pcap.open_offline(name)
     except _pcap.PcapError as exc:
-        raise CaptureFileError(
-            name, -1, f"not a pcap or pcapng capture ({exc.message})"
-        ) from exc
+        raise not_a_capture(name, exc.message) from exc
     _setfilter(handle, bpf)
     return PcapSource(name, handle)
 

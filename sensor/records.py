@@ -108,4 +108,5 @@ MALFORMED_REASONS: Final = (
     "udp_truncated",  # fewer than 8 bytes of UDP header captured
     "icmp_truncated",  # fewer than 4 bytes of ICMP header captured
     "snaplen_short",  # a header ran past the snap length (longer on the wire): raise snaplen
+    "bad_timestamp",  # timed before 1970 or after the last hour a summary holds (decode.py)
 )

@@ -5,6 +5,15 @@ in the order given through the project's libpcap binding with the darknet BPF fi
 replay counts exactly what a live sensor with the same filter would have counted.  A
 corrupt or truncated file stops the replay with `CaptureFileError` naming the file and the
 byte offset, after the summaries of everything read so far have been handed to `emit`.
+
+Two things a capture can hold that no filter or summary hour fits, treated the same way on
+the reference and the compiled path:
+- a link type the decoder does not know: its frames are counted as malformed
+  `link_unsupported` (through the darknet filter when libpcap can apply it to that link
+  type, all of them when it cannot), with a warning in `ReplayStats.warnings`;
+- a frame timed outside what a summary can hold (`sensor.decode.TS_MAX_US`): malformed
+  `bad_timestamp`, counted in the oldest open hour; `ReplayStats.uncounted` says how many
+  found no hour at all (the capture had no frame with a valid time).
 """
 
 from __future__ import annotations
@@ -13,12 +22,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, Final, NamedTuple, Protocol, TextIO
 
 from sensor.aggregate import HOUR, HourlyAggregation, Limits
 from sensor.bpf import darknet_filter
-from sensor.decode import decode_frame
-from sensor.pcap import CaptureFileError, open_file
+from sensor.decode import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT, decode_frame
+from sensor.pcap import CaptureFileError, UnsupportedLinkType, open_file
 from sensor.records import LINKTYPE_ETHERNET, PacketRecord
 from sensor.summary import Summary
 
@@ -31,6 +40,10 @@ class ReplayStats:
     frames: int = 0
     summaries: int = 0
     errors: list[str] = field(default_factory=list)
+    # What the caller should tell the user (a link type the decoder does not know, ...).
+    warnings: list[str] = field(default_factory=list)
+    # bad_timestamp frames that no summary holds: no frame of the replay had a valid time.
+    uncounted: int = 0
 
 
 class Progress:
@@ -60,11 +73,35 @@ class Progress:
             self.stream.flush()
 
 
-def capture_filter(path: str, darknet: Sequence[str]) -> tuple[int, str]:
-    """A capture file's link type and the darknet filter for it (`vlan` is Ethernet-only)."""
+class CaptureFilter(NamedTuple):
+    linktype: int
+    bpf: str  # "" when no filter applies (libpcap cannot filter this link type)
+    warning: str | None  # for the user: the link type is not supported
+
+
+def capture_filter(path: str, darknet: Sequence[str]) -> CaptureFilter:
+    """A capture file's link type and the darknet filter for it (`vlan` is Ethernet-only).
+
+    For a link type the decoder does not know, every frame is `link_unsupported`; when
+    libpcap cannot compile the filter for it either, the file is read unfiltered (so every
+    frame is counted) rather than refused.  Raises CaptureFileError if the file cannot be
+    opened, FilterError if the expression is wrong.
+    """
     with open_file(path) as probe:
         linktype = probe.linktype
-    return linktype, darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+        bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+        if linktype in SUPPORTED_LINKTYPES:
+            return CaptureFilter(linktype, bpf, None)
+        unsupported = (
+            f"{path}: link type {linktype} is not supported (Teiten decodes "
+            f"{SUPPORTED_LINKTYPES_TEXT}): its frames are counted as malformed link_unsupported"
+        )
+        try:
+            probe.setfilter(bpf)
+        except UnsupportedLinkType:
+            return CaptureFilter(linktype, "", unsupported + (
+                ", all of them: libpcap cannot apply the darknet filter to this link type"))
+    return CaptureFilter(linktype, bpf, unsupported + " (those the darknet filter passes)")
 
 
 class _Finishable(Protocol):
@@ -117,26 +154,31 @@ def replay(
     bucket_seconds: int = HOUR,
     progress: Progress | None = None,
     reference: bool = False,
+    stats: ReplayStats | None = None,
 ) -> ReplayStats:
     """Replay `paths` and call `emit` with each finished hourly summary, oldest first.
 
     Uses the compiled path (sensor.fastpath) when it is built, unless `reference` asks for
     the pure-Python decode + aggregate below; both give the same summaries, byte for byte.
-    Raises CaptureFileError after emitting everything read before the error.
+    Raises CaptureFileError after emitting everything read before the error; `stats`, when
+    given, is filled in as the replay goes (so it holds the warnings even then).
     """
     from sensor import fastpath
 
+    if stats is None:
+        stats = ReplayStats()
     if not reference and fastpath.available():
         return fastpath.replay_fast(
             paths, darknet=darknet, sensor_id=sensor_id, emit=emit, limits=limits,
-            bucket_seconds=bucket_seconds, progress=progress,
+            bucket_seconds=bucket_seconds, progress=progress, stats=stats,
         )
     aggregation = HourlyAggregation(bucket_seconds, limits)
-    stats = ReplayStats()
     finish = SummarySink(emit, stats, sensor_id, darknet)
     try:
         for path in paths:
-            linktype, bpf = capture_filter(path, darknet)
+            linktype, bpf, warning = capture_filter(path, darknet)
+            if warning:
+                stats.warnings.append(warning)
             stats.files += 1
             with open_file(path, bpf) as source:
                 for batch in source.batches(BATCH):
@@ -150,11 +192,13 @@ def replay(
                         progress.update(path, stats.frames)
     except CaptureFileError:
         finish(aggregation.flush(complete=False))
+        stats.uncounted = aggregation.pending_bad_timestamps
         raise
     finally:
         if progress is not None:
             progress.done()
     finish(aggregation.flush(complete=False))
+    stats.uncounted = aggregation.pending_bad_timestamps
     return stats
 
 

@@ -200,6 +200,10 @@ MAX_ICMP_ROWS: Final = 2 * 65_536
 MAX_PAIR_ROWS: Final = 1 << 12
 # Latest representable instant (9999-12-31T23:59:59.999999Z): times beyond it are malformed.
 MAX_TIME_US: Final = 253_402_300_799_999_999
+# Latest interval start a reader accepts (one day of `len` before MAX_TIME_US).  The sensor
+# counts frames timed after MAX_HOUR as malformed (sensor.decode.TS_MAX_US), so every
+# summary it writes stays readable.
+MAX_HOUR: Final = MAX_TIME_US // 1_000_000 - 86_400
 
 
 def _fail(what: str) -> SummaryFormatError:
@@ -364,7 +368,7 @@ def decode_document(doc: object) -> Summary:
         raise _fail(f"missing fields {', '.join(missing)}")
     distinct = _row(doc["sources_distinct"], "sources_distinct", 2)
     bucket = _uint(doc["len"], "len", 86_400)
-    hour = _uint(doc["hour"], "hour", MAX_TIME_US // 1_000_000 - 86_400)
+    hour = _uint(doc["hour"], "hour", MAX_HOUR)
     if bucket == 0 or hour % bucket:
         raise _fail("hour must be a multiple of a non-zero len")
     return Summary(

@@ -165,3 +165,92 @@ def test_fallback_when_the_extension_is_missing(tmp_path: Path,
     replay([str(pcap)], darknet=DARKNET, sensor_id="eq", emit=lambda s: ref.append(
         encode_summary(s)))
     assert ref == fast
+
+
+# --- timestamps outside what a summary can hold (issue 11) -------------------------------
+
+UDP_FRAME = (bytes(12) + b"\x08\x00" + bytes((0x45, 0, 0, 28)) + bytes(4) + b"\x40\x11\x00\x00"
+             + bytes((1, 2, 3, 4, 198, 51, 100, 7)) + b"\x00\x35\x00\x35\x00\x08\x00\x00")
+T = 1_800_000_000 * 1_000_000
+# libpcap reads a pcap record's seconds as signed 32 bits: 0xffffffff is -1, 2**31 is -2**31.
+WRAP_M1 = 0xFFFFFFFF * 1_000_000
+WRAP_MIN = 0x80000000 * 1_000_000
+
+
+def _frames(*stamps: int) -> list[tuple[int, int, bytes]]:
+    return [(ts, len(UDP_FRAME), UDP_FRAME) for ts in stamps]
+
+
+def _timestamp_cases(tmp: Path, pcap_writer) -> dict[str, tuple[Path, int]]:  # type: ignore[no-untyped-def]
+    """Capture files and how many of their frames have a bad timestamp."""
+    from sensor.decode import TS_MAX_US
+
+    made = {
+        # bad first (held until an hour opens), between hours, and last
+        "pcap_signed": ("pcap", _frames(WRAP_M1, T, T + 10, WRAP_MIN, T + 3_600_000_000,
+                                        WRAP_M1 + 999_999), 3),
+        "pcap_nanosecond": ("ns", _frames(T, WRAP_M1 + 999_999, T + 5), 1),
+        # pcapng stamps are 64-bit: the epoch and the last instant a summary holds are fine
+        "pcapng_range": ("pcapng", _frames(0, 5, TS_MAX_US, TS_MAX_US + 1, 1 << 63,
+                                           (1 << 64) - 1, T), 3),
+        "only_bad": ("pcap", _frames(WRAP_M1, WRAP_MIN), 2),
+    }
+    out = {}
+    for name, (kind, frames, bad) in made.items():
+        path = tmp / (name + (".pcapng" if kind == "pcapng" else ".pcap"))
+        if kind == "pcapng":
+            pcap_writer.pcapng(path, frames)
+        else:
+            pcap_writer.pcap(path, frames, nanosecond=kind == "ns")
+        out[name] = (path, bad)
+    return out
+
+
+@pytest.mark.parametrize("case", ["pcap_signed", "pcap_nanosecond", "pcapng_range", "only_bad"])
+def test_bad_timestamps_same_bytes_and_every_summary_readable(
+    tmp_path: Path, pcap_writer, case: str  # type: ignore[no-untyped-def]
+) -> None:
+    path, bad = _timestamp_cases(tmp_path, pcap_writer)[case]
+    out: dict[bool, list[bytes]] = {True: [], False: []}
+    stats = {}
+    for reference in (True, False):
+        stats[reference] = replay(
+            [str(path)], darknet=DARKNET, sensor_id="eq", reference=reference,
+            emit=lambda s, r=reference: out[r].append(  # type: ignore[misc]
+                encode_summary_reference(s) if r else encode_summary(s)),
+        )
+    assert out[True] == out[False]
+    assert stats[True] == stats[False]
+    hours = [decode_summary(b) for b in out[True]]  # what `teiten show` reads
+    assert sum(h.malformed.get("bad_timestamp", 0) for h in hours) + stats[True].uncounted == bad
+    assert all(h.hour_start >= 0 for h in hours)
+    if case == "only_bad":
+        assert hours == [] and stats[True].uncounted == bad
+    else:
+        assert hours and stats[True].uncounted == 0
+
+
+def test_bad_timestamps_from_a_live_capture_match_the_reference() -> None:
+    """feed_frames (the daemon's compiled path) and HourlyAggregation.add agree at the edges
+    of the range, including the 64-bit extremes."""
+    from sensor.decode import TS_MAX_US
+
+    assert fastpath._fast is not None and fastpath._fast.TS_MAX_US == TS_MAX_US
+    stamps = [-1, -(1 << 63), T, 0, TS_MAX_US + 1, (1 << 63) - 1, T + 1, TS_MAX_US, -1]
+    frames = _frames(*stamps)
+    ref_agg = HourlyAggregation(bucket_seconds=600, open_intervals=3)
+    fast_agg = fastpath.FastHourlyAggregation(LINKTYPE_ETHERNET, 600, open_intervals=3)
+    ref, fast = [], []
+    for ts, wire, data in frames[:2]:
+        ref += ref_agg.add(decode_frame(ts, LINKTYPE_ETHERNET, data, wire))
+    fast += fast_agg.feed_frames(frames[:2])
+    assert ref_agg.pending_bad_timestamps == fast_agg.pending_bad_timestamps == 2
+    for ts, wire, data in frames[2:]:
+        ref += ref_agg.add(decode_frame(ts, LINKTYPE_ETHERNET, data, wire))
+        fast += fast_agg.feed_frames([(ts, wire, data)])
+    ref += ref_agg.flush()
+    fast += fast_agg.flush()
+    ref_bytes = [encode_summary_reference(c.aggregator.finish(sensor_id="x")) for c in ref]
+    assert ref_bytes == [encode_summary(c.aggregator.finish(sensor_id="x")) for c in fast]
+    hours = [decode_summary(b) for b in ref_bytes]
+    assert sum(h.malformed.get("bad_timestamp", 0) for h in hours) == 5

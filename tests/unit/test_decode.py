@@ -126,7 +126,7 @@ def test_malformed_reasons() -> None:
         "ipv6_ext_truncated": (LINKTYPE_RAW, ipv6(0, b"\x06\x05")),
         "ipv6_ext_chain": (LINKTYPE_RAW, ipv6(60, (struct.pack("!BB", 60, 0) + bytes(6)) * 9)),
     }
-    assert set(cases) | {"snaplen_short"} == set(MALFORMED_REASONS)
+    assert set(cases) | {"snaplen_short", "bad_timestamp"} == set(MALFORMED_REASONS)
     for reason, (linktype, frame) in cases.items():
         rec = decode_frame(0, linktype, frame)
         assert isinstance(rec, Malformed) and rec.reason == reason, (reason, rec)
@@ -155,3 +155,20 @@ def test_cut_by_snaplen_is_not_blamed_on_the_sender() -> None:
     assert isinstance(cut, Malformed) and cut.reason == "snaplen_short"
     whole = decode_frame(0, LINKTYPE_RAW, frame, wire_len=30)
     assert isinstance(whole, Malformed) and whole.reason == "tcp_truncated"
+
+
+def test_bad_timestamps_are_malformed_at_both_ends_of_the_summary_range() -> None:
+    """A frame timed before the epoch (a pcap stamp of 2**31 s or more, read signed by
+    libpcap) or after the last hour a summary can hold is `bad_timestamp`, never routed."""
+    from sensor.decode import TS_MAX_US
+    from sensor.summary import MAX_HOUR
+
+    frame = eth(ipv4(6, tcp()))
+    assert TS_MAX_US == (MAX_HOUR + 1) * 1_000_000 - 1  # 9999-12-30T23:59:59.999999Z
+    for ts in (-1, -1_000_000, -(1 << 63), TS_MAX_US + 1, 1 << 63):
+        rec = decode_frame(ts, LINKTYPE_ETHERNET, frame)
+        assert isinstance(rec, Malformed) and rec.reason == "bad_timestamp", ts
+    # Checked before the link layer: a bad time is bad whatever the bytes are.
+    assert decode_frame(-1, 9999, b"").reason == "bad_timestamp"  # type: ignore[union-attr]
+    for ts in (0, TS_MAX_US):
+        assert isinstance(decode_frame(ts, LINKTYPE_ETHERNET, frame), PacketRecord), ts

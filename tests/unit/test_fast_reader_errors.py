@@ -83,3 +83,40 @@ def test_errors_and_frames_are_libpcaps(tmp_path: Path, pipeline: bool) -> None:
         assert fast_side(path, pipeline) == expected, path.name
     assert pcap_side(tmp_path / "whole.pcap")[0] > 1000
     assert pcap_side(tmp_path / "cut_in_record.pcap")[1] is not None
+
+
+def replay_side(path: Path, reference: bool) -> tuple[str | None, int, list[str]]:
+    """What `teiten replay` reports for `path`: the error text, its offset, the warnings."""
+    from sensor.pcap import CaptureFileError
+    from sensor.replay import replay
+
+    try:
+        stats = replay([str(path)], darknet=["198.51.100.0/24"], sensor_id="e",
+                       emit=lambda s: None, reference=reference)
+    except CaptureFileError as exc:
+        return str(exc), exc.offset, []
+    return None, -1, stats.warnings
+
+
+def test_replay_errors_are_the_same_on_both_paths_and_point_the_right_way(
+    tmp_path: Path, pcap_writer  # type: ignore[no-untyped-def]
+) -> None:
+    (tmp_path / "a-directory.pcap").mkdir()
+    pcap_writer.pcap(tmp_path / "unknown-link.pcap", [(0, 4, b"abcd")], linktype=65535)
+    paths = [*cases(tmp_path), tmp_path / "a-directory.pcap", tmp_path / "unknown-link.pcap"]
+    seen = {}
+    for path in paths:
+        seen[path.name] = replay_side(path, reference=True)
+        assert replay_side(path, reference=False) == seen[path.name], path.name
+    for name in ("missing.pcap", "a-directory.pcap", "foreign.pcap"):
+        text, offset, _ = seen[name]
+        assert text is not None and offset == -1, name
+        assert "pcapfix" not in text and "before that point" not in text, text
+    assert "no such file" in str(seen["missing.pcap"][0])
+    assert "is a directory" in str(seen["a-directory.pcap"][0])
+    cut, offset, _ = seen["cut_in_record.pcap"]
+    assert cut is not None and offset > 0 and "pcapfix" in cut  # a cut file: the advice fits
+    assert seen["whole.pcap"] == (None, -1, [])
+    text, _, warnings = seen["unknown-link.pcap"]
+    assert text is None and len(warnings) == 1
+    assert "link type 65535" in warnings[0] and "link_unsupported" in warnings[0]

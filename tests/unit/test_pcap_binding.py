@@ -213,3 +213,20 @@ def test_cross_check_with_python_libpcap(tmp_path: Path, pcap_writer) -> None:  
     for (caplen, sec, data), (ts_us, _wire, our_data) in zip(theirs, ours, strict=True):
         assert data == our_data and caplen == len(our_data)
         assert int(sec) == ts_us // 1_000_000
+
+
+def test_a_filter_on_an_unsupported_link_type_says_the_link_type_is_the_problem(
+    tmp_path: Path, pcap_writer  # type: ignore[no-untyped-def]
+) -> None:
+    from sensor.pcap import UnsupportedLinkType
+
+    pcap_writer.pcap(tmp_path / "odd.pcap", packets(1), linktype=65535)
+    with pytest.raises(UnsupportedLinkType) as err:
+        open_file(tmp_path / "odd.pcap", "ip dst net 198.51.100.0/24")
+    assert isinstance(err.value, FilterError)  # callers that catch FilterError still do
+    assert err.value.linktype == 65535
+    text = str(err.value)
+    assert "link type 65535" in text and "not supported" in text and "bad BPF" not in text
+    assert "link_unsupported" in text
+    with open_file(tmp_path / "odd.pcap") as src:  # no filter: readable, frames as they are
+        assert src.linktype == 65535 and sum(len(b) for b in src.batches()) == 1
