@@ -9,11 +9,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sensor import _pcap
-from sensor.bpf import base_filter, darknet_filter, parse_block
+from sensor.bpf import base_filter, check_extra, darknet_filter, filter_problems, parse_block
 
 BLOCKS = ["198.51.100.0/24", "2001:db8:dead::/48"]
 
@@ -155,3 +155,199 @@ def test_property_in_block_iff_match(
     frames = [frame(ipv4(str(inside)), depth), frame(ipv4(str(outside)), depth)]
     got = matches(tmp_path_factory.mktemp("p"), darknet_filter([str(block)]), frames)
     assert got == [True, False]
+
+
+# ------------------------------------------------------------------ extra_bpf cannot widen it
+# Issue 11: the config check passed an extra_bpf that escapes its parentheses, one that
+# shifts libpcap's offsets, and one that does not compile.
+
+DARK4 = ipaddress.IPv4Network("198.51.100.0/24")
+DARK6 = ipaddress.IPv6Network("2001:db8:dead::/48")
+EXCLUDED = ipaddress.IPv4Network("198.51.100.128/25")
+TAGS = (0x8100, 0x88A8, 0x9100)  # the TPIDs libpcap's `vlan` accepts
+
+
+def in_darknet(data: bytes) -> bool:
+    """Ground truth, generous: skip any number of tags, then an IP packet whose destination
+    is in a dark block and not excluded.  A frame for which this is False is outside."""
+    off = 12
+    while off + 2 <= len(data) and int.from_bytes(data[off:off + 2], "big") in TAGS:
+        off += 4
+    if off + 2 > len(data):
+        return False
+    ethertype, ip = int.from_bytes(data[off:off + 2], "big"), off + 2
+    if ethertype == 0x0800 and len(data) >= ip + 20:
+        a4 = ipaddress.IPv4Address(data[ip + 16:ip + 20])
+        return a4 in DARK4 and a4 not in EXCLUDED
+    if ethertype == 0x86DD and len(data) >= ip + 40:
+        return ipaddress.IPv6Address(data[ip + 24:ip + 40]) in DARK6
+    return False
+
+
+def unchecked_filter(extra: str) -> str:
+    """The filter as sensor.bpf builds it, without check_extra: what today's main built."""
+    f = (f"((ip dst net {DARK4} or ip6 dst net {DARK6}) and not ip dst net {EXCLUDED}"
+         f" and ({extra}))")
+    return f"{f} or (vlan and ({f} or (vlan and {f})))"
+
+
+def bait_frame() -> bytes:
+    """Untagged IPv4 to 203.0.113.9 (outside) whose other header bytes read, 4 or 8 bytes
+    further on, as a VLAN tag, an IPv4 ethertype and a dark destination."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, 23, int(ipaddress.IPv4Address("198.51.100.7")),
+                      0, 0x50, 0x02, 1024, 0, 0)
+    out = ipaddress.IPv4Address("203.0.113.9").packed
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0x8100, 1, 0x0800, 64, 6, 0, out, out)
+    return frame((0x0800, ip + tcp))
+
+
+def test_compile_filter_returns_the_program_or_libpcap_s_error() -> None:
+    prog = _pcap.compile_filter("tcp", 1, 256)
+    assert len(prog) > 1 and all(len(insn) == 4 for insn in prog)
+    assert _pcap.compile_filter("1=1", 1, 256) == [(0x06, 0, 0, 256)]  # ret #snaplen
+    with pytest.raises(_pcap.PcapError) as info:
+        _pcap.compile_filter("tcp and", 1, 256)
+    assert "syntax error" in info.value.message and "tcp and" in str(info.value)
+    with pytest.raises(_pcap.PcapError, match="rejects all packets"):
+        _pcap.compile_filter("ip and ip6", 1, 256)
+    with pytest.raises(_pcap.PcapError):
+        _pcap.compile_filter("vlan", 101, 256)  # no VLAN tags on raw IP (DLT_RAW)
+    with pytest.raises(ValueError):
+        _pcap.compile_filter("tcp", 1, 0)
+    with pytest.raises(ValueError):
+        _pcap.compile_filter("tcp\0 or 1=1", 1, 256)
+
+
+def test_escaping_extra_matched_every_packet_and_is_now_refused(tmp_path: Path) -> None:
+    escape = "1=1) or (1=1"
+    outside = [frame(ipv4("203.0.113.9")), frame(ipv6("2001:db8:beef::1")), arp()]
+    today = f"((ip dst net {DARK4}) and ({escape}))"  # main's base filter, untagged
+    assert matches(tmp_path, today, outside) == [True, True, True]
+    with pytest.raises(ValueError, match="closes a parenthesis it did not open"):
+        darknet_filter([str(DARK4)], extra=escape)
+    assert filter_problems([str(DARK4)], [], escape)[0][0] == "extra_bpf"
+
+
+def test_vlan_in_extra_shifts_the_darknet_terms_and_is_refused(tmp_path: Path) -> None:
+    """Why check_extra refuses vlan/mpls/pppoe/geneve: balanced and compiling, "(vlan or
+    1=1)" moves the offsets of the tagged branches' darknet terms onto header bytes a
+    sender chooses, and a packet to another address matches."""
+    bait = bait_frame()
+    assert not in_darknet(bait)
+    assert matches(tmp_path, unchecked_filter("tcp"), [bait]) == [False]
+    assert matches(tmp_path, unchecked_filter("(vlan or 1=1)"), [bait]) == [True]
+    for extra in ("(vlan or 1=1)", "not vlan", "mpls or 1=1", "pppoes", "geneve",
+                  "VLAN", "host ::1vlan"):
+        with pytest.raises(ValueError, match="shifted offsets"):
+            check_extra(extra)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("tcp and", "does not compile"),
+        ("port httpx", "does not compile"),
+        ("ip[0", "does not compile"),
+        ("(tcp", "parenthesis(es) open"),
+        ("tcp)", "did not open"),
+        ("tcp\x01", "control character"),
+        ("ip and ip6", "matches no packet at all"),
+        ("1=0", "matches no packet at all"),
+        ("ip6", f"hides every packet to darknet block {DARK4}"),
+    ],
+)
+def test_filter_problems_name_extra_bpf(extra: str, words: str) -> None:
+    found = filter_problems([str(DARK4), str(DARK6)], [str(EXCLUDED)], extra)
+    assert found and found[0][0] == "extra_bpf" and words in found[0][1], found
+
+
+def test_a_clause_that_hides_the_only_block_is_refused() -> None:
+    found = filter_problems([str(DARK4)], [], "ip6")
+    assert found == [("extra_bpf", "'ip6' hides every packet to the darknet: the sensor "
+                      "would capture nothing; fix it or remove extra_bpf")]
+
+
+@pytest.mark.parametrize("extra", ["", "tcp", "not udp port 5353", "tcp or udp",
+                                   "not (src net 203.0.113.0/24 or udp port 123)",
+                                   "greater 40 and (icmp or icmp6 or tcp or udp)"])
+def test_filter_problems_pass_ordinary_clauses(extra: str) -> None:
+    assert filter_problems([str(DARK4), str(DARK6)], [str(EXCLUDED)], extra) == []
+
+
+_ATOMS = ["1=1", "1=0", "tcp", "udp", "ip", "ip6", "arp", "icmp6", "port 23", "len>0",
+          "vlan", "vlan 10", "mpls", "pppoes", "geneve", "\\vlan", "ether[12:2]=0x8100",
+          "ip[2:2]=0x8100", "net 0.0.0.0/0", "ip6 dst net ::/0", "dst net 203.0.113.0/24",
+          "src net 198.51.100.0/24", "ether broadcast", "ether proto 0x86dd"]
+# True whatever the packet, but every later offset shifted (refused by check_extra).
+_SHIFTERS = ["(vlan or 1=1)", "(not vlan or 1=1)", "(mpls or 1=1)", "(1=1 or pppoes)",
+             "(vlan and vlan or 1=1)", "(geneve or 1=1)", "(vlan 10 or tcp or 1=1)"]
+_OPS = st.sampled_from(["and", "or", "&&", "||"])
+_EXPR = st.recursive(
+    st.sampled_from(_ATOMS + _SHIFTERS),
+    lambda e: st.one_of(st.tuples(e, _OPS, e).map(" ".join), e.map("not {}".format),
+                        e.map("({})".format)),
+    max_leaves=5,
+)
+# Well-formed clauses, shifting tautologies, escapes ("a) or (b"), and token soup.
+_EXTRA = st.one_of(
+    _EXPR,
+    st.sampled_from(_SHIFTERS),
+    st.tuples(_EXPR, _OPS, _EXPR).map(lambda t: f"{t[0]}) {t[1]} ({t[2]}"),
+    st.tuples(_EXPR, _OPS, _EXPR).map(lambda t: f"{t[0]}) {t[1]} {t[2]} and (1=1"),
+    st.lists(st.sampled_from([*_ATOMS, "(", ")", "or", "and", "not", "1=1)", "(1=1"]),
+             min_size=1, max_size=7).map(" ".join),
+)
+_BAIT = [b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x08\x00", b"\x86\xdd", b"\x00\x00",
+         b"\xff\xff", DARK4.network_address.packed, bytes([198, 51, 100, 7]),
+         DARK6.network_address.packed, (DARK6.network_address + 7).packed]
+
+
+@st.composite
+def dark_frame(draw: st.DrawFn) -> bytes:
+    """A frame the sensor must capture: to a dark address, untagged, 802.1Q or QinQ."""
+    tags = tuple(draw(st.lists(st.sampled_from(TAGS), max_size=2)))
+    if draw(st.booleans()):
+        host = draw(st.integers(0, EXCLUDED.network_address.packed[3] - 1))
+        return frame(ipv4(str(DARK4.network_address + host)), tags)
+    return frame(ipv6(str(DARK6.network_address + draw(st.integers(0, 2**80 - 1)))), tags)
+
+
+@st.composite
+def adversarial_frame(draw: st.DrawFn) -> bytes:
+    """Mostly frames outside the darknet that read as a dark frame from 4, 8 or 12 bytes
+    further on (a term at a shifted offset finds what it looks for), laid with tags,
+    ethertypes and dark addresses; also plain frames to other addresses."""
+    kind = draw(st.sampled_from(["shifted", "shifted", "chunks", "plain"]))
+    if kind == "shifted":
+        dark = draw(dark_frame())
+        shift = draw(st.sampled_from([4, 8, 12]))
+        # an ethertype first (so the frame is not just one more tag deep), then bait
+        first = draw(st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06"]))
+        pad = draw(st.lists(st.sampled_from([b for b in _BAIT if len(b) == 2]),
+                            min_size=shift // 2 - 1, max_size=shift // 2 - 1))
+        return dark[:12] + first + b"".join(pad) + dark[12:]
+    if kind == "chunks":
+        tags = tuple(draw(st.lists(st.sampled_from(TAGS), max_size=3)))
+        ethertype = draw(st.sampled_from([0x0800, 0x86DD, 0x0806, 0x8847, 0x8864, 0x1234]))
+        body = b"".join(draw(st.lists(st.sampled_from(_BAIT), min_size=6, max_size=30)))
+        return frame((ethertype, body), tags)
+    return draw(st.sampled_from([frame(ipv4("203.0.113.9")), frame(ipv6("2001:db8:beef::1")),
+                                 arp(), frame(ipv4("198.51.100.200"), (0x8100,)), bait_frame()]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(extra=_EXTRA, frames=st.lists(adversarial_frame(), min_size=4, max_size=16))
+@example(extra="1=1) or (1=1", frames=[frame(ipv4("203.0.113.9"))])
+@example(extra="(vlan or 1=1)", frames=[frame(ipv4("203.0.113.9"))])
+def test_no_packet_outside_the_darknet_matches_whatever_extra_says(
+    tmp_path_factory: pytest.TempPathFactory, extra: str, frames: list[bytes]
+) -> None:
+    try:
+        expr = darknet_filter([str(DARK4), str(DARK6)], [str(EXCLUDED)], extra)
+        _pcap.compile_filter(expr, 1, 256)
+    except (ValueError, _pcap.PcapError):
+        return  # refused: the config check names extra_bpf and the daemon never gets it
+    frames = [bait_frame(), *frames]
+    got = matches(tmp_path_factory.mktemp("x"), expr, frames)
+    wrong = [f.hex() for f, m in zip(frames, got, strict=True) if m and not in_darknet(f)]
+    assert not wrong, (extra, wrong)
