@@ -7,6 +7,7 @@ directly (no pcap decode), which is what makes 20 million packets affordable her
     .venv/bin/python -m bench.bench_envelope            # /24 and /16 (20 M packets, minutes)
     .venv/bin/python -m bench.bench_envelope --quick    # /24 and a 2 M-packet /16
     .venv/bin/python -m bench.bench_envelope --json
+    .venv/bin/python -m bench.bench_envelope --refusals # peak memory refusing 60 MiB inputs
 
 The spool default (sensor/spool.py, docs/spool.md) is derived from the /24 envelope size:
 7 days x 24 envelopes, with a safety factor.
@@ -17,11 +18,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import struct
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from random import Random
 from typing import Any
 
+import msgpack
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -32,10 +39,12 @@ from sensor.summary import Summary, encode_summary
 from uplink.envelope import (
     DEFAULT_MAX_SUMMARY_BYTES,
     ZSTD_LEVEL,
+    EnvelopeError,
     compress_summary,
     decompress_capped,
     parse_envelope,
     seal,
+    seal_payload,
     verify_envelope,
 )
 from uplink.keys import Keyring
@@ -142,12 +151,106 @@ def measure(name: str, summary: Summary, key: Ed25519PrivateKey, keyring: Keyrin
     }
 
 
+def _bench_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench").digest())
+
+
+def refusal_cases(size: int) -> list[tuple[str, int, Callable[[], bytes]]]:
+    """(case, max_summary_bytes, build the input) for inputs of about `size` bytes."""
+    def garbage(n: int) -> bytes:
+        return Random(1).randbytes(n)
+
+    def fields(sensor_id: str, payload: bytes, version: int = 1) -> bytes:
+        out: bytes = msgpack.packb(
+            [version, sensor_id, 1, HOUR_START, 1, "zstd", payload, b"\0" * 64],
+            use_bin_type=True,
+        )
+        return out
+
+    body = size - 100
+    return [
+        ("random bytes", DEFAULT_MAX_SUMMARY_BYTES, lambda: garbage(size)),
+        ("array32 declaring 60 M fixints", DEFAULT_MAX_SUMMARY_BYTES,
+         lambda: b"\xdd" + struct.pack(">I", size - 5) + b"\x01" * (size - 5)),
+        ("60 MiB sensor id", DEFAULT_MAX_SUMMARY_BYTES, lambda: fields("a" * body, b"")),
+        ("8 fields, sensor not enrolled", DEFAULT_MAX_SUMMARY_BYTES,
+         lambda: fields("stranger-01", garbage(body))),
+        ("8 fields, version 2", DEFAULT_MAX_SUMMARY_BYTES,
+         lambda: fields(SENSOR_ID, garbage(body), version=2)),
+        ("8 fields, enrolled, payload over a 16 MiB cap", 16 << 20,
+         lambda: fields(SENSOR_ID, garbage(body))),
+        ("8 fields, enrolled, bad signature", DEFAULT_MAX_SUMMARY_BYTES,
+         lambda: fields(SENSOR_ID, garbage(body))),
+        ("signed, payload not zstd", DEFAULT_MAX_SUMMARY_BYTES,
+         lambda: seal_payload(garbage(body), sensor_id=SENSOR_ID, sequence=1,
+                              hour_start=HOUR_START, created_us=1, key=_bench_key())),
+    ]
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def refusal_child(path: str, max_summary_bytes: int) -> None:
+    """In a fresh process: read one input, verify it, print peak RSS over the RSS before."""
+    keyring = Keyring.from_mapping({SENSOR_ID: _bench_key().public_key()})
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # VmHWM := VmRSS
+    before = _proc_status("VmRSS")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    t0 = time.perf_counter()
+    try:
+        verify_envelope(data, keyring, max_summary_bytes=max_summary_bytes)
+        reason = "accepted"
+    except EnvelopeError as exc:
+        reason = exc.reason
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"size": len(data), "peak": _proc_status("VmHWM") - before,
+                      "reason": reason, "ms": round(seconds * 1000, 1)}))
+
+
+def measure_refusals(size: int = 60 << 20) -> list[dict[str, Any]]:
+    """Peak RSS (input included) of refusing each of `refusal_cases`, one process each."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "input.bin")
+        for name, cap, build in refusal_cases(size):
+            with open(path, "wb") as fh:
+                fh.write(build())
+            out = subprocess.run(
+                [sys.executable, "-c", "import sys; from bench.bench_envelope import "
+                 "refusal_child; refusal_child(sys.argv[1], int(sys.argv[2]))", path, str(cap)],
+                capture_output=True, text=True, check=True,
+            )
+            row = json.loads(out.stdout)
+            row["case"] = name
+            row["x_input"] = round(row["peak"] / row["size"], 2)
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 M packets for the /16")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--refusals", action="store_true",
+                        help="only: peak memory of refusing 60 MiB inputs")
     args = parser.parse_args(argv)
-    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench").digest())
+    if args.refusals:
+        rows = measure_refusals()
+        if args.json:
+            print(json.dumps({"refusals": rows}, indent=2))
+            return 0
+        for r in rows:
+            print(f"{r['case']:48s} {r['reason']:18s} peak RSS {r['peak'] / 2**20:6.1f} MiB "
+                  f"(x{r['x_input']:.2f} the input, input included), {r['ms']} ms")
+        return 0
+    key = _bench_key()
     keyring = Keyring.from_mapping({SENSOR_ID: key.public_key()})
     cases = [
         ("/24 hour: 100,000 packets, 20,000 sources",

@@ -5,13 +5,24 @@ Strategy: an envelope is a canonical msgpack array of eight fields
 The Ed25519 signature covers a fixed binary layout of the seven other fields
 (`signing_bytes`), not the msgpack bytes, so a central site in another language can
 rebuild it without a msgpack encoder that matches ours byte for byte.  Parsing is strict:
-the input must be exactly one array whose re-encoding is byte-identical to the input, so
-every accepted envelope has one spelling and any changed byte is caught either as
-malformed or by the signature.  See docs/wire-format.md for the byte-level contract.
+the input must be exactly one array spelled the way msgpack's encoder spells its values
+(shortest integer, string and bin headers, nothing after the array), so every accepted
+envelope has one spelling and any changed byte is caught either as malformed or by the
+signature.  See docs/wire-format.md for the byte-level contract.
+
+Memory: the parser walks the eight fields of the fixed layout itself instead of unpacking
+the input with msgpack.  It refuses on declared sizes (array length, string and bin
+lengths against the bytes that remain and against each field's limit) before it reads what
+they declare, and the payload is a memoryview slice of the input, never a copy; a payload
+longer than any summary within the decompression cap compresses to is refused before the
+signature check.  So refusing an envelope costs little beyond the input itself, except
+that an envelope naming an enrolled sensor costs one payload-sized copy (Ed25519 signs one
+contiguous byte string, the signed bytes).  Measured in tests/unit/test_envelope_memory.py.
 
 Verification order is cheapest-and-unauthenticated first, expensive-and-authenticated last:
-structure, version, sensor enrolment, signature, then (only for signed payloads)
-decompression under a hard output cap, then the summary decoder.  Each failure is a distinct
+version (element 0), structure, payload length against the cap, sensor enrolment,
+signature, then (only for signed payloads) decompression under a hard output cap, then the
+summary decoder.  Each failure is a distinct
 `EnvelopeError` subclass with a stable `.reason` key.
 
 No I/O, no clock: the caller passes the key, the time and the keyring.
@@ -22,7 +33,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgpack
 import zstandard
@@ -53,6 +64,9 @@ U64_MAX: Final = 2**64 - 1
 SENSOR_ID_MAX: Final = 63
 _DECOMPRESS_CHUNK: Final = 1024 * 1024
 _FIELDS: Final = 8
+_CODEC_MAX: Final = max(len(c) for c in CODECS)
+# Frame header (at most 18 bytes) and checksum, and some slack, over zstd's bound on blocks.
+_FRAME_SLACK: Final = 1024
 
 
 class EnvelopeError(Exception):
@@ -110,7 +124,9 @@ class Envelope:
     hour_start: int
     created_us: int
     codec: str
-    payload: bytes
+    # A read-only memoryview of the input when `parse_envelope` made it (no copy); it keeps
+    # the whole input alive.  `bytes(env.payload)` when a copy is wanted.
+    payload: bytes | memoryview
     signature: bytes
 
     @property
@@ -162,7 +178,7 @@ def signing_bytes(
     hour_start: int,
     created_us: int,
     codec: str,
-    payload: bytes,
+    payload: bytes | memoryview,
 ) -> bytes:
     """The exact bytes the Ed25519 signature covers (docs/wire-format.md, "Signed bytes")."""
     sid = sensor_id.encode("ascii")
@@ -289,44 +305,192 @@ def _check_fields(
         raise error(f"codec {codec!r} is not one of {CODECS}")
 
 
+def max_payload_bytes(max_summary_bytes: int) -> int:
+    """The longest payload a summary of at most `max_summary_bytes` compresses to.
+
+    zstd's ZSTD_COMPRESSBOUND (what its single-pass compressor, the sensor's, can write in the
+    worst case, incompressible input) plus slack for the frame header and checksum.  A longer
+    payload cannot be a summary within the cap the way a sensor seals it; `verify_parsed`
+    refuses it as a `DecompressionBomb` before it checks the signature, which would copy it.
+    """
+    n = max_summary_bytes
+    small = ((128 << 10) - n) >> 11 if n < 128 << 10 else 0
+    return n + (n >> 8) + small + _FRAME_SLACK
+
+
+_TYPE_NAMES: Final = (
+    # (first byte at most, what a msgpack value starting with such a byte is)
+    (0x7F, "integer"), (0x8F, "map"), (0x9F, "array"), (0xBF, "string"), (0xC0, "nil"),
+    (0xC1, "never-used byte"), (0xC3, "boolean"), (0xC6, "bin"), (0xC9, "ext"),
+    (0xCB, "float"), (0xD3, "integer"), (0xD8, "ext"), (0xDB, "string"), (0xDD, "array"),
+    (0xDF, "map"), (0xFF, "integer"),
+)
+
+
+def _type_name(first: int) -> str:
+    return next(name for top, name in _TYPE_NAMES if first <= top)
+
+
+def _bytes(n: int) -> str:
+    return f"{n} byte" if n == 1 else f"{n} bytes"
+
+
+def _need(data: bytes, pos: int, n: int, what: str) -> None:
+    """Refuse before reading when fewer than `n` bytes remain at `pos`."""
+    if n > len(data) - pos:
+        remain = max(len(data) - pos, 0)
+        raise MalformedEnvelope(
+            f"envelope is truncated: {what} needs {_bytes(n)} at offset {pos}, "
+            f"{remain} remain{'s' if remain == 1 else ''}"
+        )
+
+
+def _read_int(data: bytes, pos: int, what: str) -> tuple[int, int, bool]:
+    """(value, next offset, canonical) of the msgpack integer at `pos`.
+
+    Canonical is msgpack's spelling: a non-negative value in the shortest of positive
+    fixint, uint8, uint16, uint32, uint64 (signed types only ever matter as "negative").
+    """
+    _need(data, pos, 1, what)
+    first = data[pos]
+    if first <= 0x7F:
+        return first, pos + 1, True
+    if first >= 0xE0:
+        return first - 0x100, pos + 1, False
+    if 0xCC <= first <= 0xCF or 0xD0 <= first <= 0xD3:
+        size = 1 << ((first - 0xCC) & 3)
+        _need(data, pos + 1, size, what)
+        raw = data[pos + 1 : pos + 1 + size]
+        if first >= 0xD0:
+            return int.from_bytes(raw, "big", signed=True), pos + 1 + size, False
+        value = int.from_bytes(raw, "big")
+        return value, pos + 1 + size, value >= (0x80 if size == 1 else 1 << (4 * size))
+    raise MalformedEnvelope(f"{what} is a msgpack {_type_name(first)}, not an integer")
+
+
+def _read_length(
+    data: bytes, pos: int, what: str, *, fix: tuple[int, int] | None,
+    heads: tuple[tuple[int, int], ...],
+) -> tuple[int, int, bool]:
+    """(declared length, offset of the body, canonical) of a str, bin or array header.
+
+    `fix` is the (first, last) byte range of the type's fixed-length form, if it has one;
+    `heads` are (first byte, bytes of length) of its longer forms, shortest first.  Canonical
+    means no shorter form of the type could hold the length.  Returns length -1 (and reads
+    nothing) when the value at `pos` is not of this type.
+    """
+    _need(data, pos, 1, what)
+    first = data[pos]
+    if fix is not None and fix[0] <= first <= fix[1]:
+        return first - fix[0], pos + 1, True
+    shorter = fix[1] - fix[0] if fix is not None else -1  # longest a shorter form can hold
+    for head, size in heads:
+        if first == head:
+            _need(data, pos + 1, size, what)
+            n = int.from_bytes(data[pos + 1 : pos + 1 + size], "big")
+            return n, pos + 1 + size, n > shorter
+        shorter = (1 << (8 * size)) - 1
+    return -1, pos, False
+
+
+_STR_HEADS: Final = ((0xD9, 1), (0xDA, 2), (0xDB, 4))
+_BIN_HEADS: Final = ((0xC4, 1), (0xC5, 2), (0xC6, 4))
+_ARRAY_HEADS: Final = ((0xDC, 2), (0xDD, 4))
+
+
+def _read_str(data: bytes, pos: int, what: str, limit: int) -> tuple[bytes, int, bool]:
+    n, body, canonical = _read_length(
+        data, pos, what, fix=(0xA0, 0xBF), heads=_STR_HEADS
+    )
+    if n < 0:
+        raise MalformedEnvelope(f"{what} is a msgpack {_type_name(data[pos])}, not a string")
+    if n > limit:
+        raise MalformedEnvelope(f"{what} is {_bytes(n)} long, longer than any valid one ({limit})")
+    _need(data, body, n, what)
+    return data[body : body + n], body + n, canonical
+
+
+def _read_bin(data: bytes, pos: int, what: str) -> tuple[int, int, bool]:
+    """(declared length, offset of the body, canonical) of a bin header; body not read."""
+    n, body, canonical = _read_length(data, pos, what, fix=None, heads=_BIN_HEADS)
+    if n < 0:
+        raise MalformedEnvelope(f"{what} is a msgpack {_type_name(data[pos])}, not bin")
+    return n, body, canonical
+
+
 def parse_envelope(data: bytes) -> Envelope:
     """Parse the structure of an envelope; no signature, keyring or decompression.
 
-    Raises MalformedEnvelope or UnknownVersion.
+    Reads the fixed layout of docs/wire-format.md directly: each length is checked against
+    its field's limit and against what remains before anything it declares is read, and the
+    payload is a memoryview slice of `data`, so a refusal costs next to nothing beyond the
+    input.  An array whose element 0 is an integer other than 1 is `UnknownVersion`,
+    whatever follows it.  Raises MalformedEnvelope or UnknownVersion.
     """
-    try:
-        obj: Any = msgpack.unpackb(
-            data, raw=False, use_list=True, strict_map_key=True, timestamp=0
+    if not isinstance(data, bytes):
+        data = bytes(data)  # a view of a mutable buffer could change under the signature
+    if not data:
+        raise MalformedEnvelope("envelope is empty (0 bytes)")
+    count, pos, canonical = _read_length(
+        data, 0, "array header", fix=(0x90, 0x9F), heads=_ARRAY_HEADS
+    )
+    if count < 0:
+        raise MalformedEnvelope(
+            f"envelope is not a msgpack array (first byte 0x{data[0]:02x}, "
+            f"a msgpack {_type_name(data[0])})"
         )
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise MalformedEnvelope(f"not a msgpack value: {exc}") from None
-    if type(obj) is not list or not obj:
-        raise MalformedEnvelope("envelope is not a non-empty msgpack array")
-    version = obj[0]
-    if type(version) is not int:
-        raise MalformedEnvelope("envelope version is not an integer")
+    if count == 0:
+        raise MalformedEnvelope("envelope is an empty msgpack array")
+    version, pos, version_canonical = _read_int(data, pos, "version")
     if version != ENVELOPE_VERSION:
         raise UnknownVersion(
             f"envelope version {version} (this verifier knows {ENVELOPE_VERSION}); "
             "upgrade the central site"
         )
-    if len(obj) != _FIELDS:
-        raise MalformedEnvelope(f"envelope v1 has {_FIELDS} fields, got {len(obj)}")
-    _, sensor_id, sequence, hour_start, created_us, codec, payload, signature = obj
-    if type(sensor_id) is not str or type(codec) is not str:
-        raise MalformedEnvelope("sensor id and codec must be msgpack strings")
-    if type(payload) is not bytes or type(signature) is not bytes:
-        raise MalformedEnvelope("payload and signature must be msgpack bin")
-    if len(signature) != SIGNATURE_BYTES:
-        raise MalformedEnvelope(f"signature is {len(signature)} bytes, not {SIGNATURE_BYTES}")
+    if count != _FIELDS:
+        raise MalformedEnvelope(f"envelope v1 has {_FIELDS} fields, got {count}")
+    if not canonical or not version_canonical:
+        raise MalformedEnvelope("envelope is not canonically encoded (array header or version)")
+    sid_raw, pos, sid_canonical = _read_str(data, pos, "sensor id", SENSOR_ID_MAX)
+    numbers = []
+    for name in ("sequence", "hour_start", "created_us"):
+        value, pos, int_canonical = _read_int(data, pos, name)
+        if value < 0:
+            raise MalformedEnvelope(f"{name} {value} is not an unsigned 64-bit integer")
+        if not int_canonical:
+            raise MalformedEnvelope(
+                f"envelope is not canonically encoded ({name} {value} in a longer integer)"
+            )
+        numbers.append(value)
+    codec_raw, pos, codec_canonical = _read_str(data, pos, "codec", _CODEC_MAX)
+    if not sid_canonical or not codec_canonical:
+        raise MalformedEnvelope("envelope is not canonically encoded (a string header)")
+    payload_len, pos, payload_canonical = _read_bin(data, pos, "payload")
+    _need(data, pos, payload_len, "payload")
+    payload = memoryview(data)[pos : pos + payload_len]
+    pos += payload_len
+    sig_len, pos, sig_canonical = _read_bin(data, pos, "signature")
+    if sig_len != SIGNATURE_BYTES:
+        raise MalformedEnvelope(f"signature is {_bytes(sig_len)}, not {SIGNATURE_BYTES}")
+    _need(data, pos, sig_len, "signature")
+    signature = data[pos : pos + sig_len]
+    pos += sig_len
+    if pos != len(data):
+        trailing = _bytes(len(data) - pos)
+        raise MalformedEnvelope(f"envelope has {trailing} after its {_FIELDS} fields")
+    if not payload_canonical or not sig_canonical:
+        raise MalformedEnvelope("envelope is not canonically encoded (a bin header)")
+    try:
+        sensor_id, codec = sid_raw.decode("ascii"), codec_raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedEnvelope(
+            f"sensor id {sid_raw!r} or codec {codec_raw!r} is not ASCII"
+        ) from None
+    sequence, hour_start, created_us = numbers
     _check_fields(sensor_id, sequence, hour_start, created_us, codec, error=MalformedEnvelope)
-    env = Envelope(
+    return Envelope(
         version, sensor_id, sequence, hour_start, created_us, codec, payload, signature
     )
-    # One spelling per envelope: reject non-minimal integers, str8 for a fixstr, etc.
-    if encode_envelope(env) != data:
-        raise MalformedEnvelope("envelope is not canonically encoded")
-    return env
 
 
 def verify_envelope(
@@ -359,6 +523,14 @@ def verify_parsed(
     if env.created_us > MAX_TIME_US:
         # Representable as a date, and storable as a signed 64-bit integer by central.
         raise MalformedEnvelope(f"created_us {env.created_us} is past the year 9999")
+    limit = max_payload_bytes(max_summary_bytes)
+    if len(env.payload) > limit:
+        # Before the signature: checking it needs a copy of the payload (the signed bytes).
+        raise DecompressionBomb(
+            f"payload is {len(env.payload)} bytes, longer than any summary within the "
+            f"{max_summary_bytes}-byte cap compresses to ({limit}); raise max_summary_bytes "
+            "if this sensor's summaries are really that large"
+        )
     public_key = keyring.lookup(env.sensor_id)
     try:
         public_key.verify(env.signature, env.signed_bytes())
@@ -379,7 +551,7 @@ def verify_parsed(
     return Verified(env, summary_bytes, summary)
 
 
-def zstd_frame_length(payload: bytes) -> int:
+def zstd_frame_length(payload: bytes | memoryview) -> int:
     """Length of the single zstd frame starting at payload[0], from its block headers.
 
     Raises MalformedSummary if the frame is truncated or not a zstd frame.  This lets the
@@ -412,7 +584,7 @@ def zstd_frame_length(payload: bytes) -> int:
     return pos
 
 
-def decompress_capped(payload: bytes, max_bytes: int) -> bytes:
+def decompress_capped(payload: bytes | memoryview, max_bytes: int) -> bytes:
     """Decompress one zstd frame, refusing to produce more than `max_bytes`.
 
     The declared content size is checked first (cheap rejection), but never trusted: the

@@ -128,7 +128,7 @@ def _field_spans(data: bytes) -> list[tuple[str, int, int, int]]:
     pos = 1  # after the array header
     for name, value in zip(names, values, strict=True):
         enc = msgpack.packb(value, use_bin_type=True)
-        raw = value if isinstance(value, bytes) else (
+        raw = bytes(value) if isinstance(value, bytes | memoryview) else (
             value.encode() if isinstance(value, str) else b""
         )
         head = len(enc) - len(raw) if raw else (1 if len(enc) > 1 else 0)

@@ -171,6 +171,7 @@ def build() -> dict[str, bytes | str]:
         key=key,
     )
     env = ev.parse_envelope(envelope)
+    payload = bytes(env.payload)  # parse_envelope gives a memoryview of `envelope`
     signed = env.signed_bytes()
     pub = key.public_key()
     other = vector_key(OTHER_SEED)
@@ -178,7 +179,7 @@ def build() -> dict[str, bytes | str]:
         "summary.msgpack": summary,
         "envelope.bin": envelope,
         "envelope.signed-bytes.bin": signed,
-        "envelope.payload.zst": env.payload,
+        "envelope.payload.zst": payload,
         "sensors.toml": (
             "# Keyring for the envelope v1 vectors (docs/central.md).\n"
             f'[sensors.{SENSOR_ID}]\npublic_key = "{public_key_text(pub)}"\n\n'
@@ -199,7 +200,7 @@ def build() -> dict[str, bytes | str]:
             ev.encode_envelope(
                 ev.Envelope(
                     env.version, env.sensor_id, env.sequence, env.hour_start, env.created_us,
-                    env.codec, env.payload[:-1] + bytes([env.payload[-1] ^ 1]), env.signature,
+                    env.codec, payload[:-1] + bytes([payload[-1] ^ 1]), env.signature,
                 )
             ),
             "bad_signature",
@@ -217,7 +218,7 @@ def build() -> dict[str, bytes | str]:
             "malformed_summary",
         ),
         "bad-payload-trailing-frame.bin": (
-            _seal_raw(env.payload + env.payload),
+            _seal_raw(payload + payload),
             "malformed_summary",
         ),
     }
