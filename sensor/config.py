@@ -8,6 +8,14 @@ round instead of one error per restart.  The `[uplink]` table is validated by
 looks at the world (the signing key and the uplink's TLS files exist) just before the
 daemon binds resources; `teiten config check` runs both phases.
 
+Phase one also refuses what would crash `teiten run` or blind the board later: non-finite
+numbers (TOML allows nan and inf) and numbers outside each field's documented range, darknet
+blocks that are not dark (sensor.darkblock: the IANA special-purpose registries, and a
+size bound), exclusions that remove a whole block, and an `extra_bpf` that libpcap does not
+compile or that could widen the filter (sensor.bpf; compiled with libpcap, no capture
+opened).  What is only doubtful (a private-use darknet, which a lab may route) is a
+*warning*: the config is valid and `SensorConfig.warnings` says why.
+
 Defaults fit a board with one Ethernet port (`routed`): headers only (256-byte snap
 length), an 8 MiB capture buffer, the hour as the bucket.  `[test] bucket_seconds` is the
 only way to get a shorter bucket, and it is refused unless it divides an hour.
@@ -16,6 +24,7 @@ only way to get a shorter bucket, and it is refused unless it divides an hour.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -30,6 +39,7 @@ from sensor.summary import MAX_DESTINATION_ROWS, MAX_SOURCE_ROWS
 DEFAULT_PATH: Final = Path("/etc/teiten/sensor.toml")
 TOPOLOGIES: Final = ("routed", "dedicated", "onlink")
 _IFNAME: Final = re.compile(r"^[A-Za-z0-9_.:@\-]{1,15}$")
+MAX_BUFFER_BYTES: Final = 1 << 30  # 1 GiB; libpcap's pcap_set_buffer_size takes an int
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -117,6 +127,7 @@ class SensorConfig:
     uplink: Any | None  # uplink.config.UplinkConfig, when an [uplink] table is present
     test: TestConfig = field(default_factory=TestConfig)
     source: Path | None = None
+    warnings: tuple[Finding, ...] = ()  # valid, but worth a look (e.g. a private darknet)
 
     @property
     def bucket_seconds(self) -> int:
@@ -169,6 +180,10 @@ _TABLES: Final = {
 }
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 class _Reader:
     """Typed access to one table, recording findings instead of raising."""
 
@@ -196,15 +211,22 @@ class _Reader:
     def number(self, key: str, default: float, *, minimum: float = 0.0,
                strict: bool = False, integer: bool = False, maximum: float | None = None) -> Any:
         v = self.get(key, int if integer else (int, float), default)
+        lo, hi = _num(minimum), _num(maximum) if maximum is not None else ""
+        if isinstance(v, float) and not math.isfinite(v):
+            span = (f"greater than {lo}" if strict else f"at least {lo}") + (
+                f" and at most {hi}" if hi else "")
+            self.bad(key, f"{v} is not a finite number: write a number {span} "
+                     "(docs/deployment.md lists each field's range)")
+            return default
         if strict and not v > minimum:
-            self.bad(key, f"{v} must be greater than {minimum:g}")
+            self.bad(key, f"{v} must be greater than {lo}")
             return default
         if not strict and v < minimum:
-            self.bad(key, f"{v} must not be below {minimum:g}"
+            self.bad(key, f"{v} must not be below {lo}"
                      + (" (a negative limit makes no sense)" if minimum == 0 else ""))
             return default
         if maximum is not None and v > maximum:
-            self.bad(key, f"{v} must not exceed {maximum:g}")
+            self.bad(key, f"{v} must not exceed {hi}")
             return default
         return int(v) if integer else float(v)
 
@@ -295,6 +317,16 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
             if a.version == b.version and a.overlaps(b):
                 c.bad("darknet", f"blocks {a_text} and {b_text} overlap; list each "
                       "address once (merge them or drop the smaller one)")
+    from sensor.darkblock import fully_excluded, judge
+
+    warnings: list[Finding] = []
+    for i, (_, net) in enumerate(darknet):
+        for p in judge(net):
+            if p.severity == "error":
+                c.bad(f"darknet[{i}]", f"not a dark block: {p.reason} (docs/deployment.md, "
+                      "\"Which blocks are dark\")")
+            else:
+                warnings.append(Finding(f"capture.darknet[{i}]", p.reason))
     exclude = c.blocks("exclude")
     for ex_text, ex in exclude:
         if darknet and not any(
@@ -302,23 +334,40 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
             for _, n in darknet
         ):
             c.bad("exclude", f"{ex_text} is not inside any darknet block; remove it or fix it")
+    for i, (_, net) in enumerate(darknet):
+        if fully_excluded(net, [ex for _, ex in exclude]):
+            c.bad("exclude", f"removes all of darknet[{i}] = {net}: nothing would be captured "
+                  "for it; drop the block from darknet, or exclude only the part in use")
     snaplen = c.number("snaplen", 256, minimum=64, integer=True, maximum=262144)
-    buffer_bytes = c.number("buffer_bytes", 8 << 20, minimum=65536, integer=True)
+    # libpcap takes the buffer size as a C int: a larger value would crash `teiten run`
+    buffer_bytes = c.number("buffer_bytes", 8 << 20, minimum=65536, integer=True,
+                            maximum=MAX_BUFFER_BYTES)
     extra = c.get("extra_bpf", str, "")
     timeout_ms = c.number("timeout_ms", 250, minimum=0, strict=True, integer=True,
                           maximum=5000)
-    reopen_min = c.number("reopen_min_s", 1.0, strict=True)
-    reopen_max = c.number("reopen_max_s", 30.0, strict=True)
+    reopen_min = c.number("reopen_min_s", 1.0, minimum=0.01, maximum=3600)
+    reopen_max = c.number("reopen_max_s", 30.0, minimum=0.01, maximum=3600)
     if reopen_max < reopen_min:
         c.bad("reopen_max_s", f"{reopen_max:g} is below reopen_min_s = {reopen_min:g}")
     blocks_text = tuple(str(n) for _, n in darknet)
+    if extra.strip():
+        from sensor.bpf import check_extra
+
+        try:
+            check_extra(extra)
+        except ValueError as exc:
+            c.bad("extra_bpf", str(exc))
     if darknet and not any(f.field.startswith("capture.") for f in findings):
-        from sensor.bpf import darknet_filter
+        from sensor.bpf import darknet_filter, filter_problems
 
         try:
             darknet_filter(list(blocks_text), [str(n) for _, n in exclude], extra or None)
         except ValueError as exc:
             c.bad("darknet", str(exc))
+        else:  # libpcap's verdict, with the snap length the capture will use
+            for key, reason in filter_problems(list(blocks_text), [str(n) for _, n in exclude],
+                                               extra or None, snaplen=snaplen):
+                c.bad(key, reason)
 
     s = _Reader("spool", tables["spool"], findings, base_dir)
     spool_path = s.path("path", Path("/var/lib/teiten/spool")) or Path("/var/lib/teiten/spool")
@@ -335,9 +384,9 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
 
     tm = _Reader("time", tables["time"], findings, base_dir)
     tcfg = TimeConfig(
-        wait_for_sync_s=tm.number("wait_for_sync_s", 600.0),
+        wait_for_sync_s=tm.number("wait_for_sync_s", 600.0, maximum=86400),
         close_grace_s=tm.number("close_grace_s", 5.0, maximum=600),
-        step_threshold_s=tm.number("step_threshold_s", 2.0, strict=True),
+        step_threshold_s=tm.number("step_threshold_s", 2.0, minimum=0.01, maximum=3600),
     )
 
     if tcfg.close_grace_s * 1000 < 2 * timeout_ms:
@@ -401,6 +450,7 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
         responder=rcfg,
         uplink=uplink_cfg,
         test=test,
+        warnings=tuple(warnings),
     )
 
 

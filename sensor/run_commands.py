@@ -2,6 +2,8 @@
 `netsetup`.  Registered by `sensor/cli.py` (plugin `sensor.run_commands`).
 
 Exit codes: 0 fine, 1 a problem was found (or the daemon failed), 2 the config is invalid.
+A config's warnings (valid, but worth a look: a private-use darknet) go to stderr and do
+not change the exit code.
 """
 
 from __future__ import annotations
@@ -68,12 +70,15 @@ def _load(path: str, what: str) -> Any:
     from sensor.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        cfg = load_config(path)
     except ConfigError as exc:
         print(f"teiten {what}: {exc}", file=sys.stderr)
         print(f"teiten {what}: fix the fields above; `teiten config check {path}` "
               "checks again", file=sys.stderr)
         return None
+    for w in cfg.warnings:
+        print(f"teiten {what}: warning: {w}", file=sys.stderr)
+    return cfg
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -87,12 +92,17 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         findings = exc.findings
     if cfg is not None and not args.no_files:
         findings = cfg.check_files()
+    warnings = list(cfg.warnings) if cfg is not None else []
     if args.json:
         print(json.dumps({
             "file": args.file, "ok": not findings,
             "findings": [{"field": f.field, "reason": f.reason} for f in findings],
+            "warnings": [{"field": f.field, "reason": f.reason} for f in warnings],
         }, indent=2))
-    elif findings:
+        return 0 if not findings else 2
+    for w in warnings:
+        print(f"{args.file}: warning: {w.field}: {w.reason}", file=sys.stderr)
+    if findings:
         print(f"{args.file}: {len(findings)} problem(s)", file=sys.stderr)
         for f in findings:
             print(f"  {f.field}: {f.reason}", file=sys.stderr)
@@ -128,7 +138,12 @@ def cmd_firewall(args: argparse.Namespace) -> int:
     cfg = _load(args.config, "firewall")
     if cfg is None:
         return 2
-    text = render_ruleset(cfg.capture.darknet)
+    try:
+        text = render_ruleset(cfg.capture.darknet)
+    except ValueError as exc:  # config check refuses these first; never write such a ruleset
+        print(f"teiten firewall: {exc}; fix [capture] darknet (`teiten config check "
+              f"{args.config}`)", file=sys.stderr)
+        return 2
     if not args.out:
         sys.stdout.write(text)
         return 0
