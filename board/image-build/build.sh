@@ -29,22 +29,32 @@ hash_of() {  # files and strings -> short sha256
 git_tree() { git rev-parse "HEAD:$1" 2>/dev/null || echo "absent:$1"; }
 git_epoch() { local t; t=$(git log -1 --format=%ct -- "$@"); echo "${t:-$(git log -1 --format=%ct)}"; }
 
+base_inputs() {  # ARCH KIND -> the files and words its key is made of
+    local arch=$1 kind=$2
+    echo "$here/mkbase.sh" "$here/packages-$kind.txt" "$here/debian-$kind-$arch.lock" "$arch" "$kind"
+    [ "$kind" = board ] && echo "$here/hooks" "$here/initramfs-modules" "$here/packages-kernel-$arch.txt"
+    true
+}
+
+base_dir() {  # ARCH KIND -> where it is cached (its key)
+    local inputs epoch
+    read -r -a inputs <<< "$(base_inputs "$1" "$2" | tr '\n' ' ')"
+    epoch=$(git_epoch "${inputs[@]:0:3}")
+    echo "$cache/base-$2-$1-$(hash_of "${inputs[@]}" "$epoch")"
+}
+
 stage_base() {  # ARCH KIND -> dir
-    local arch=$1 kind=$2 inputs key dir lock epoch
+    local arch=$1 kind=$2 dir epoch lock
     lock="$here/debian-$kind-$arch.lock"
-    inputs=("$here/mkbase.sh" "$here/packages-$kind.txt" "$arch" "$kind")
-    [ "$kind" = board ] && inputs+=("$here/hooks" "$here/initramfs-modules" "$here/packages-kernel-$arch.txt")
-    epoch=$(git_epoch "${inputs[@]:0:2}" "$lock")
-    key=$(hash_of "${inputs[@]}" "$lock" "$epoch")
-    dir="$cache/base-$kind-$arch-$key"
+    dir=$(base_dir "$arch" "$kind")
     if [ -d "$dir" ]; then log "base $kind/$arch cached ($dir)"; echo "$dir"; return; fi
+    epoch=$(git_epoch "$here/mkbase.sh" "$here/packages-$kind.txt" "$lock")
     log "base $kind/$arch: building (log $cache/logs/base-$kind-$arch.log)"
     mkdir -p "$cache/logs"
     local start=$SECONDS
     SOURCE_DATE_EPOCH=$epoch "$here/mkbase.sh" "$arch" "$kind" "$cache/base-$kind-$arch-new" \
         > "$cache/logs/base-$kind-$arch.log" 2>&1 || { tail -n 30 "$cache/logs/base-$kind-$arch.log" >&2; exit 1; }
-    key=$(hash_of "${inputs[@]}" "$lock" "$epoch")  # a first build wrote the lock
-    dir="$cache/base-$kind-$arch-$key"
+    dir=$(base_dir "$arch" "$kind")  # a first build wrote the lock: the key follows it
     rm -rf "$dir"; mv "$cache/base-$kind-$arch-new" "$dir"
     mv "$cache/base-$kind-$arch-new.packages" "$dir.packages"
     mv "$cache/base-$kind-$arch-new.debs" "$dir.debs" 2>/dev/null || true
@@ -152,6 +162,7 @@ image) cmd_image ;;
 rootfs) stage_root "${2:-$(dpkg --print-architecture)}" ;;
 wheels) stage_wheels "${2:-arm64}" ;;
 base) stage_base "${2:-arm64}" "${3:-board}" ;;
+base-dir) base_dir "${2:-arm64}" "${3:-board}" ;;
 version) image_version ;;
 *) echo "usage: build.sh image | rootfs [ARCH] | wheels ARCH | base ARCH KIND | version" >&2; exit 2 ;;
 esac
