@@ -10,8 +10,12 @@ builder=$1 src=$2 out=$3
 rm -rf "$builder/src" "$builder/wheels" "$builder/bv"
 mkdir -p "$builder/src" "$builder/wheels"
 tar -C "$builder/src" -xf "$src"
-cp /etc/resolv.conf "$builder/etc/resolv.conf"  # the builder fetches from PyPI; never shipped
+# the builder fetches from PyPI (this host's resolver and CA bundle; never shipped)
+cp /etc/resolv.conf "$builder/etc/resolv.conf"
+mkdir -p "$builder/etc/ssl/certs"
+cp /etc/ssl/certs/ca-certificates.crt "$builder/etc/ssl/certs/ca-certificates.crt"
 "$here/inchroot.sh" "$builder" /bin/sh -ec '
+    export PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1
     python3 -m venv /bv
     /bv/bin/pip install -q --no-cache-dir --no-deps --require-hashes \
         -r /src/board/image-build/requirements-board.lock
