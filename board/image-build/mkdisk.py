@@ -158,7 +158,7 @@ def main() -> int:
                  for n in ("config", "boot_a", "boot_b", "system_a", "system_b", "data")}
         # slot A's root goes by PARTUUID: the kernel finds it whatever the disk is called
         cmdline = (f"root=PARTUUID={uuids['system_a']} ro rootwait fsck.repair=yes "
-                   "net.ifnames=0 console=ttyS1,115200 console=tty0")
+                   "net.ifnames=0 cma=64M console=ttyS1,115200 console=tty0")
         cfg = work / "config"
         cfg.mkdir()
         (cfg / "autoboot.txt").write_text(AUTOBOOT)

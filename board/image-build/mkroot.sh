@@ -60,6 +60,7 @@ done
 systemd-sysusers --root="$r" >/dev/null
 # read-only root: what changes is elsewhere
 rm -rf "$r/etc/teiten"; ln -s /var/lib/teiten/etc "$r/etc/teiten"
+rm -rf "$r"/boot/firmware/*   # the boot slots hold these; /boot/firmware stays empty
 ln -sf /run/systemd/resolve/resolv.conf "$r/etc/resolv.conf"
 install -d -m 0750 "$r/var/lib/teiten"
 echo teiten > "$r/etc/hostname"
