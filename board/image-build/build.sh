@@ -15,8 +15,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${TEITEN_IMAGE_CACHE:-/var/cache/teiten-image}
 out=${TEITEN_IMAGE_OUT:-$repo/build/image}
-mkdir -p "$cache" "$out"
+mkdir -p "$cache/logs" "$out"
 cd "$repo"
+# one build at a time per cache (stages share temporary names and logs)
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+    echo "build.sh: another build holds $cache/.lock; waiting" >&2
+    flock 9
+fi
 
 log() { echo "build.sh: $*" >&2; }
 hash_of() {  # files and strings -> short sha256
