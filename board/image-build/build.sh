@@ -18,9 +18,10 @@ out=${TEITEN_IMAGE_OUT:-$repo/build/image}
 mkdir -p "$cache/logs" "$out"
 cd "$repo"
 # one build at a time per cache (stages share temporary names and logs)
-exec 9>"$cache/.lock"
+lockarch=${2:-arm64}; [ "${1:-}" = rootfs ] && lockarch=${2:-$(dpkg --print-architecture)}
+exec 9>"$cache/.lock-$lockarch"
 if ! flock -n 9; then
-    echo "build.sh: another build holds $cache/.lock; waiting" >&2
+    echo "build.sh: another $lockarch build holds $cache/.lock-$lockarch; waiting" >&2
     flock 9
 fi
 
@@ -80,10 +81,11 @@ prune() {  # keep only the newest stage of a kind
 source_tar() {  # the committed project tree
     local t="$cache/src-$(git rev-parse --short=12 HEAD).tar"
     if [ ! -f "$t" ]; then
-        git archive --format=tar -o "$t.tmp" HEAD
-        git rev-parse HEAD > "$cache/.commit"
-        tar --owner=0 --group=0 --mtime="@$(git log -1 --format=%ct)" -C "$cache" -rf "$t.tmp" .commit
-        mv "$t.tmp" "$t"
+        local tmp; tmp=$(mktemp -d "$cache/src.XXXXXX")
+        git archive --format=tar -o "$tmp/src.tar" HEAD
+        git rev-parse HEAD > "$tmp/.commit"
+        tar --owner=0 --group=0 --mtime="@$(git log -1 --format=%ct)" -C "$tmp" -rf "$tmp/src.tar" .commit
+        mv "$tmp/src.tar" "$t"; rm -rf "$tmp"
         prune "src-" "$t"
     fi
     echo "$t"
