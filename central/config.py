@@ -2,8 +2,9 @@
 
 Strategy: phase one of the two-phase config rule, as on the board.  `load_central(path)`
 validates `[receiver]` into a frozen `ReceiverConfig` or raises `CentralConfigError`
-naming the key and the fix; nothing is opened here.  `render_mosquitto_conf` fills the
-template in `central/mosquitto/` so tests, the demo and operators use one configuration.
+naming the key and the fix; nothing is opened here.  `check_client_id` is phase two (it
+reads the receiver's certificate).  `render_mosquitto_conf` fills the template in
+`central/mosquitto/` so tests, the demo and operators use one configuration.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from uplink.envelope import DEFAULT_MAX_SUMMARY_BYTES
 
 MOSQUITTO_DIR = Path(__file__).with_name("mosquitto")
+DEFAULT_CLIENT_ID = "central-receiver"  # the receiver certificate's CN (central.ca)
 _KEYS = frozenset(
     {
         "host",
@@ -51,7 +53,7 @@ class ReceiverConfig:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
-    client_id: str = "central-receiver"
+    client_id: str = DEFAULT_CLIENT_ID
     session_expiry_s: int = 7 * 86400
     max_summary_bytes: int = DEFAULT_MAX_SUMMARY_BYTES
     keepalive_s: int = 30
@@ -112,12 +114,46 @@ def parse_receiver(t: Mapping[str, Any], *, base_dir: Path | None = None) -> Rec
         cert=cert,
         key=key,
         insecure=insecure,
-        client_id=_typed(t, "client_id", str, "central-receiver"),
+        client_id=_typed(t, "client_id", str, DEFAULT_CLIENT_ID),
         session_expiry_s=expiry,
         max_summary_bytes=_typed(t, "max_summary_bytes", int, DEFAULT_MAX_SUMMARY_BYTES),
         keepalive_s=_typed(t, "keepalive_s", int, 30),
         transport=transport,
     )
+
+
+def check_client_id(cfg: ReceiverConfig) -> None:
+    """Phase two: `client_id` must be the receiver certificate's CN.
+
+    The broker replaces every client id with the certificate's CN
+    (`use_username_as_clientid`), so that no client can take over another's connection or
+    persistent session; a different `client_id` would never be the session's name."""
+    if cfg.insecure or cfg.cert is None:
+        return  # a lab broker without TLS: the id is used as configured
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(cfg.cert.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CentralConfigError(
+            f"[receiver] cert = {cfg.cert}: not a readable PEM certificate ({exc}); use "
+            "receiver.crt from `teiten central ca init`"
+        ) from None
+    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if len(cns) != 1:
+        raise CentralConfigError(
+            f"[receiver] cert = {cfg.cert}: {len(cns)} CNs, the broker needs exactly one; use "
+            "receiver.crt from `teiten central ca init`"
+        )
+    if cns[0] != cfg.client_id:
+        fix = f"set client_id = {cns[0]!r}"
+        if cns[0] == DEFAULT_CLIENT_ID:
+            fix += " or remove the line"
+        raise CentralConfigError(
+            f"[receiver] client_id = {cfg.client_id!r}, but the broker names this client "
+            f"{cns[0]!r}, its certificate's CN (use_username_as_clientid): {fix}"
+        )
 
 
 def read_central_toml(path: str | Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from central.columns import check_summary
-from central.config import ReceiverConfig
+from central.config import ReceiverConfig, check_client_id
 from central.store import Store
 from uplink.envelope import EnvelopeError, parse_envelope, verify_parsed
 from uplink.keys import Keyring, KeyringError, validate_sensor_id
@@ -348,6 +348,7 @@ def open_receiver(config: ReceiverConfig) -> tuple[Receiver, Store]:
         for p in (config.ca, config.cert, config.key):
             if p is None or not p.is_file():
                 raise FileNotFoundError(f"receiver TLS file {p} missing; see docs/central.md")
+    check_client_id(config)  # the broker pins client ids to the certificate CN
     store = Store(config.database)
     ingest = Ingest(store, config.sensors, max_summary_bytes=config.max_summary_bytes)
     return Receiver(config, ingest), store
