@@ -26,7 +26,7 @@ if ! flock -n 9; then
 fi
 
 log() { echo "build.sh: $*" >&2; }
-hash_of() {  # files and strings -> short sha256
+hash_of() {  # files, directories (by content) and words -> a short sha256
     { for x in "$@"; do
         if [ -f "$x" ]; then echo "$x"; cat "$x"; elif [ -d "$x" ]; then
             find "$x" -type f | LC_ALL=C sort | while read -r f; do echo "$f"; cat "$f"; done
@@ -38,7 +38,7 @@ git_epoch() { local t; t=$(git log -1 --format=%ct -- "$@"); echo "${t:-$(git lo
 
 base_inputs() {  # ARCH KIND -> the files and words its key is made of
     local arch=$1 kind=$2
-    echo "$here/mkbase.sh" "$here/packages-$kind.txt" "$here/debian-$kind-$arch.lock" "$arch" "$kind"
+    echo "$here/mkbase.sh" "$here/packages-$kind.txt" "$here/debian-$kind-$arch.lock" "arch=$arch" "kind=$kind"
     [ "$kind" = board ] && echo "$here/hooks" "$here/initramfs-modules" "$here/packages-kernel-$arch.txt"
     true
 }
