@@ -18,7 +18,7 @@ system-deps: .stamp-system
 	touch $@
 
 install: system-deps .stamp-venv
-.stamp-venv: pyproject.toml setup.py sensor/_pcap.c sensor/_fast.c central/_rollup.c
+.stamp-venv: pyproject.toml setup.py sensor/edges/_pcap.c sensor/fast/_fast.c central/_rollup.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -27,6 +27,8 @@ install: system-deps .stamp-venv
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	# the layout's contracts (pyproject.toml [tool.importlinter]; docs/architecture.md)
+	$(VENV)/bin/lint-imports
 
 unit: install
 	$(VENV)/bin/pytest -m "not privileged" tests

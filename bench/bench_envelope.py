@@ -9,7 +9,7 @@ directly (no pcap decode), which is what makes 20 million packets affordable her
     .venv/bin/python -m bench.bench_envelope --json
     .venv/bin/python -m bench.bench_envelope --refusals # peak memory refusing 60 MiB inputs
 
-The spool default (sensor/spool.py, docs/spool.md) is derived from the /24 envelope size:
+The spool default (sensor/edges/spool.py, docs/spool.md) is derived from the /24 envelope size:
 7 days x 24 envelopes, with a safety factor.
 """
 
@@ -32,11 +32,10 @@ import msgpack
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sensor.aggregate import HourAggregator, Limits
-from sensor.records import PROTO_TCP, PROTO_UDP, PacketRecord
-from sensor.spool import DEFAULT_SPOOL_BYTES
-from sensor.summary import Summary, encode_summary
-from uplink.envelope import (
+from sensor.core.aggregate import HourAggregator, Limits
+from sensor.core.records import PROTO_TCP, PROTO_UDP, PacketRecord
+from sensor.edges.spool import DEFAULT_SPOOL_BYTES
+from wire.envelope import (
     DEFAULT_MAX_SUMMARY_BYTES,
     ZSTD_LEVEL,
     EnvelopeError,
@@ -47,7 +46,8 @@ from uplink.envelope import (
     seal_payload,
     verify_envelope,
 )
-from uplink.keys import Keyring
+from wire.keys import Keyring
+from wire.summary import Summary, encode_summary
 
 HOUR_START = 1_767_225_600
 SENSOR_ID = "bench-01"

@@ -22,8 +22,8 @@ import sys
 import time
 import tracemalloc
 
-from sensor.aggregate import HourAggregator, Limits
-from sensor.records import PacketRecord
+from sensor.core.aggregate import HourAggregator, Limits
+from sensor.core.records import PacketRecord
 
 H = 1_800_000_000 - 1_800_000_000 % 3600
 BLOCK16 = 0xC6330000  # 198.51.0.0/16

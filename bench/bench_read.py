@@ -7,9 +7,9 @@ times, each the median of --runs on a warm cache:
 
 - `tcpdump -n -r F -w /dev/null`                     (C, the reference)
 - python-libpcap `LibPcap(F, "r", "").read()` loop doing nothing
-- sensor._pcap `next_batch(4096)` loop doing nothing
-- sensor._pcap `next_batch(4096)` with the sensor's darknet BPF filter
-- sensor.pcap `open_file(F).batches()` (the wrapper: Frame named tuples)
+- sensor.edges._pcap `next_batch(4096)` loop doing nothing
+- sensor.edges._pcap `next_batch(4096)` with the sensor's darknet BPF filter
+- sensor.edges.pcap `open_file(F).batches()` (the wrapper: Frame named tuples)
 
 Figures from this go in docs/dependencies.md.
 """
@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sensor import _pcap
-from sensor.bpf import darknet_filter
-from sensor.pcap import open_file
+from sensor.core.bpf import darknet_filter
+from sensor.edges import _pcap
+from sensor.edges.pcap import open_file
 
 DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]
 
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         cases: list[tuple[str, Callable[[], int]]] = [
             ("tcpdump -n -r F -w /dev/null", lambda: run_tcpdump(path)),
             ("python-libpcap LibPcap.read() loop", lambda: run_pylibpcap(path)),
-            ("sensor._pcap next_batch(4096) loop", lambda: run_ours(path)),
-            ("sensor._pcap next_batch + darknet BPF", lambda: run_ours(path, bpf)),
-            ("sensor.pcap open_file().batches() (Frame)", lambda: run_wrapper(path)),
+            ("sensor.edges._pcap next_batch(4096) loop", lambda: run_ours(path)),
+            ("sensor.edges._pcap next_batch + darknet BPF", lambda: run_ours(path, bpf)),
+            ("sensor.edges.pcap open_file().batches() (Frame)", lambda: run_wrapper(path)),
         ]
         for _, fn in cases:  # warm the page cache and imports
             fn()

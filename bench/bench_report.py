@@ -42,14 +42,15 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.bench_regions import make_table
+from central.keyring import load_keyring
+from central.receiver import Ingest
 from central.report import compute_report, write_report
 from central.rollup import quarter_bounds, roll_up_pending
 from central.store import Store
-from sensor.summary import PortRow, SourceRow, Summary, encode_summary
-from uplink.envelope import ZSTD_LEVEL, compress_summary, parse_envelope, seal_payload
-from uplink.keys import Keyring, public_key_text
-from uplink.receiver import Ingest
-from uplink.session import topic
+from wire.envelope import ZSTD_LEVEL, compress_summary, parse_envelope, seal_payload
+from wire.keys import public_key_text
+from wire.summary import PortRow, SourceRow, Summary, encode_summary
+from wire.topics import topic
 
 QUARTER = "2025Q1"
 PORTS_PER_HOUR = 2000
@@ -160,7 +161,7 @@ def run(work: Path, hours: int, sensors: int, pool: int, sources: int, packets: 
         res["make_s"] = round(make_s, 1)
     with Store(db) as store:
         store.save_regions(list(table.rows()), ["bench"], [])
-        ingest = Ingest(store, keys, max_summary_bytes=1 << 26, keyring=Keyring.from_toml(keys))
+        ingest = Ingest(store, keys, max_summary_bytes=1 << 26, keyring=load_keyring(keys))
         t0 = time.perf_counter()
         for n, env in enumerate(read_envelopes(envs), 1):
             reply = ingest.handle(topic(parse_envelope(env).sensor_id, "summary"), env)

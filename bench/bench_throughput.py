@@ -10,11 +10,11 @@ generated capture in the same run (warm cache, median of --runs, runs interleave
 - generator: the capture (`bench.synth`), its size and frame count;
 - `tcpdump -n -r F -w /dev/null`: the reference reader;
 - C `pcap_dispatch`: a ten-line C program with an empty callback, compiled on the fly;
-- replay (kernel): `sensor._fast` decoding and aggregating F, in process;
+- replay (kernel): `sensor.fast._fast` decoding and aggregating F, in process;
 - replay (CLI): `teiten replay F --out DIR` end to end: interpreter start-up, imports,
   decode, aggregate, summaries built, encoded and written durably (fsync);
 - replay (reference): the pure-Python path (`teiten replay --reference`), once;
-- live: highest lossless rate of the daemon (`sensor.daemon.Daemon.run`: capture thread,
+- live: highest lossless rate of the daemon (`sensor.edges.daemon.Daemon.run`: capture thread,
   timer, SIGTERM flush; the compiled kernel when built; summaries kept in memory instead
   of signed into the spool) in a network namespace while `tcpreplay --pps=N` sends F's
   darknet frames into the scanner side of a veth, N x --live-seconds frames per rate:
@@ -72,7 +72,7 @@ def wall(cmd: list[str], **kw: Any) -> float:
 
 def kernel_replay(path: str) -> tuple[float, int]:
     """Decode + aggregate + summaries (not encoded), in this process: (seconds, frames)."""
-    from sensor.replay import replay
+    from sensor.edges.replay import replay
 
     out: list[Any] = []
     start = time.perf_counter()
@@ -118,8 +118,8 @@ def heap_in_use_mib() -> float:
 
 def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
     """One hour's state in the compiled kernel, fed frames in batches of 4096."""
-    from sensor.aggregate import Limits
-    from sensor.fastpath import FastHourlyAggregation
+    from sensor.core.aggregate import Limits
+    from sensor.fast.kernel import FastHourlyAggregation
 
     limits = Limits()
     agg = FastHourlyAggregation(1, limits=limits)
@@ -219,13 +219,13 @@ class CountingSealer:
 
 
 def live_worker(iface: str, ready_file: str) -> dict[str, Any]:
-    """Inside the sensor namespace: the real daemon (`sensor.daemon.Daemon.run`, its capture
+    """Inside the sensor namespace: the real daemon (`sensor.edges.daemon.Daemon.run`, its capture
     thread, timer and SIGTERM flush) with the board's default capture settings, until SIGTERM."""
     import threading
     import tomllib
 
-    from sensor.config import parse_config
-    from sensor.daemon import Daemon
+    from sensor.edges.config import parse_config
+    from sensor.edges.daemon import Daemon
 
     cfg = parse_config(tomllib.loads(LIVE_CONFIG.format(iface=iface,
                                                         darknet=json.dumps(DARKNET))))
@@ -254,7 +254,7 @@ def sh(*cmd: str) -> None:
 
 def live_rates(pcap: str, rates: list[int], seconds: int, tmp: Path) -> list[dict[str, Any]]:
     """Each rate for `seconds`: tcpreplay into a veth, capture on its peer."""
-    from sensor.bpf import darknet_filter
+    from sensor.core.bpf import darknet_filter
 
     # Only frames the sensor's filter keeps, so "sent" is exactly what must be counted.
     dark = str(tmp / "dark.pcap")
@@ -324,7 +324,7 @@ def machine() -> str:
     mem = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    from sensor import _pcap
+    from sensor.edges import _pcap
 
     return (f"{cpu}, {os.cpu_count()} vCPU, {mem:,} MiB RAM; Linux {platform.release()}; "
             f"Python {platform.python_version()}; {_pcap.lib_version}; load average at start "
@@ -365,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(live_worker(args.live_worker, args.ready_file)))
         return 0
 
-    from sensor import fastpath
+    from sensor.fast import kernel as fastpath
 
     if not fastpath.available():
-        log("sensor._fast is not built: run `pip install -e .` (or `make install`) first")
+        log("sensor.fast._fast is not built: run `pip install -e .` (or `make install`) first")
         return 1
     described = machine()
     with tempfile.TemporaryDirectory() as tmpdir:

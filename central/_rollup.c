@@ -5,7 +5,7 @@
  *
  * - parse_rows(span, spec, max_rows): one msgpack table of a summary v1 (an array of
  *   row arrays, e.g. "sources") into fixed-width columns, checking every cell the way
- *   sensor.summary.decode_summary does.  It accepts only the common, canonical shape (rows
+ *   wire.summary.decode_summary does.  It accepts only the common, canonical shape (rows
  *   of exactly len(spec) cells); for anything else it returns None and the caller runs the
  *   reference decoder, which either raises the precise error or handles the unusual shape.
  *   So it can never accept what the reference rejects: it is a fast path, not a second
@@ -23,7 +23,7 @@
 #include <string.h>
 
 #define U63 ((uint64_t)INT64_MAX)
-#define MAX_TIME_US 253402300799999999ULL /* sensor.summary.MAX_TIME_US */
+#define MAX_TIME_US 253402300799999999ULL /* wire.summary.MAX_TIME_US */
 #define MAX_ROW_CELLS 16
 
 /* ------------------------------------------------------------------ msgpack reading */

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from uplink.keys import validate_sensor_id
+from wire.ids import validate_sensor_id
 
 RECEIVER_CN = "central-receiver"
 _RESERVED = {RECEIVER_CN, "central-broker"}
@@ -572,7 +572,8 @@ def mark_revoked_in_keyring(path: Path, sensor_id: str) -> bool:
     result is checked by loading it with the receiver's own parser before it replaces the
     file, and the receiver picks the change up when the file changes.
     """
-    from uplink.keys import Keyring, KeyringError
+    from central.keyring import load_keyring
+    from wire.keys import KeyringError
 
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines(keepends=True)
@@ -594,7 +595,7 @@ def mark_revoked_in_keyring(path: Path, sensor_id: str) -> bool:
     tmp = path.with_name(f".{path.name}.check")
     tmp.write_text(new, encoding="utf-8")
     try:
-        entry = Keyring.from_toml(tmp).get(sensor_id)
+        entry = load_keyring(tmp).get(sensor_id)
     except KeyringError:
         entry = None
     finally:

@@ -4,7 +4,7 @@ Strategy: `decode_summary` builds one Python tuple per source row, 60 ms for a b
 hour; a quarter of 20 sensors is 43,200 of them.  `decode_columns` finds the values of the
 top-level map (`central._rollup.map_spans`), unpacks all but the three big tables
 (`sources`, `ports`, `destinations`) with msgpack, checks them with the reference checks
-(`sensor.summary.decode_document`), and has `central._rollup.parse_rows` turn each table
+(`wire.summary.decode_document`), and has `central._rollup.parse_rows` turn each table
 into int64 columns, checking every cell the same way (1.3 ms for that hour).  Whenever
 anything is unusual (a table the C parser does not accept, a failed check, trailing
 bytes), it runs the reference decoder instead: that raises the reference's error, or, for
@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 
 from central._rollup import map_spans, parse_rows
-from sensor.summary import (
+from wire.summary import (
     MAX_DESTINATION_ROWS,
     MAX_PORT_ROWS,
     MAX_SOURCE_ROWS,

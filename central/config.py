@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from uplink.envelope import DEFAULT_MAX_SUMMARY_BYTES
+from wire.envelope import DEFAULT_MAX_SUMMARY_BYTES
 
 MOSQUITTO_DIR = Path(__file__).with_name("mosquitto")
 DEFAULT_CLIENT_ID = "central-receiver"  # the receiver certificate's CN (central.ca)

@@ -4,10 +4,16 @@ Replays `tests/data/sample.pcap` into signed envelopes in a spool, starts Mosqui
 mutual TLS (and WebSockets-TLS) on free loopback ports, runs the receiver and the uplink
 until the spool is empty, and prints what the central database holds and where every
 file is.  Everything lands in `demo-out/` (removed by `make clean`).
+
+The board's side runs as the board runs it, through `teiten` commands in their own
+processes (`keygen`, `csr`, `replay`, `spool list`, `uplink`): the central site's code never
+imports the board's (the import-linter contracts in pyproject.toml).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import shutil
@@ -20,8 +26,9 @@ import time
 from pathlib import Path
 
 from central.ca import init_ca, issue_sensor
-from central.cli import print_overview
+from central.cli.site import print_overview
 from central.config import ReceiverConfig, acl_text, render_mosquitto_conf
+from central.receiver import run_forever
 from central.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,21 +52,24 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"mosquitto did not open port {port}")
 
 
-def replay_into_spool(pcap: Path, key: Path, spool: Path, sensor_id: str) -> int:
-    """The lead's `teiten replay`: one call, summaries sealed into the spool."""
-    from sensor.cli import main as teiten
+def board(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a `teiten` command as the board runs it, in its own process."""
+    return subprocess.run([sys.executable, "-m", "sensor.cli", *args], cwd=REPO, text=True,
+                          capture_output=capture, check=False)
 
-    return teiten(
-        ["replay", str(pcap), "--key", str(key), "--spool", str(spool), "--sensor-id", sensor_id]
-    )
+
+def spooled(spool: Path) -> int:
+    """How many envelopes wait in the board's spool (`teiten spool list --json`)."""
+    r = board("spool", "list", "--spool", str(spool), "--json", capture=True)
+    return len(json.loads(r.stdout)["entries"]) if r.returncode == 0 else -1
 
 
 def print_top(st: Store, top: int = 5) -> None:
     """Sum the stored hours and print the most-probed services and the busiest sources."""
     from collections import Counter
 
-    from sensor.summary import address_text, decode_summary, proto_name
-    from uplink.envelope import DEFAULT_MAX_SUMMARY_BYTES, decompress_capped, parse_envelope
+    from wire.envelope import DEFAULT_MAX_SUMMARY_BYTES, decompress_capped, parse_envelope
+    from wire.summary import address_text, decode_summary, proto_name
 
     ports: Counter[tuple[int, int | None]] = Counter()
     sources: Counter[bytes] = Counter()
@@ -88,7 +98,14 @@ def write_demo_report(db: Path, out: Path) -> Path | None:
     """Import the sample RIR files, roll up and write the report for the sample's quarter."""
     from datetime import UTC, datetime
 
-    from sensor.cli import main as teiten
+    from central.cli import register
+
+    def teiten(argv: list[str]) -> int:
+        parser = argparse.ArgumentParser(prog="teiten")
+        register(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(argv)
+        rc: int = args.handler(args)
+        return rc
 
     with Store(db) as st:
         hours = [row.hour_start for row in st.summaries()]
@@ -113,37 +130,33 @@ def main(out: Path = Path("demo-out")) -> int:
         return 2
     if out.exists():
         shutil.rmtree(out)
-    board, central = out / "board", out / "central"
-    board.mkdir(parents=True)
+    bdir, central = out / "board", out / "central"
+    bdir.mkdir(parents=True)
     central.mkdir(parents=True)
 
     print("1. central CA, broker and receiver certificates")
     ca = init_ca(central / "ca", hosts=["localhost", "127.0.0.1"])
     print("2. board: signing key, TLS key and a CSR; central signs the CSR")
-    from uplink.certs import make_csr
-    from uplink.keys import generate_key, public_key_text
-
-    signing = generate_key(board / "signing.key")
-    (board / "tls.crt").write_bytes(
-        issue_sensor(ca.dir, SENSOR_ID, make_csr(board / "tls.key", SENSOR_ID))
-    )
+    keygen = board("keygen", "--key", str(bdir / "signing.key"), "--json", capture=True)
+    csr = board("csr", "--key", str(bdir / "tls.key"), "--sensor-id", SENSOR_ID, capture=True)
+    if keygen.returncode or csr.returncode:
+        print(f"demo: key generation failed: {keygen.stderr}{csr.stderr}", file=sys.stderr)
+        return 2
+    (bdir / "tls.crt").write_bytes(issue_sensor(ca.dir, SENSOR_ID, csr.stdout.encode()))
+    public_key = json.loads(keygen.stdout)["public_key"]
     (central / "sensors.toml").write_text(
-        f'[sensors.{SENSOR_ID}]\npublic_key = "{public_key_text(signing.public_key())}"\n'
+        f'[sensors.{SENSOR_ID}]\npublic_key = "{public_key}"\n'
     )
 
     print("3. replay tests/data/sample.pcap into signed envelopes in the spool")
-    spool_dir = board / "spool"
-    rc = replay_into_spool(
-        REPO / "tests" / "data" / "sample.pcap", board / "signing.key", spool_dir, SENSOR_ID
-    )
+    spool_dir = bdir / "spool"
+    rc = board("replay", str(REPO / "tests" / "data" / "sample.pcap"), "--key",
+               str(bdir / "signing.key"), "--spool", str(spool_dir), "--sensor-id",
+               SENSOR_ID).returncode
     if rc != 0:
         print(f"demo: replay failed ({rc})", file=sys.stderr)
         return rc
-    from sensor.spool import Spool
-
-    spool = Spool(spool_dir)
-    n = len(spool.entries())
-    print(f"   {n} envelopes spooled")
+    print(f"   {spooled(spool_dir)} envelopes spooled")
 
     print("4. mosquitto with mutual TLS on free loopback ports")
     tls_port, ws_port = _free_port(), _free_port()
@@ -171,10 +184,7 @@ def main(out: Path = Path("demo-out")) -> int:
         _wait_port(tls_port)
         print(f"   TLS on 127.0.0.1:{tls_port}, WebSockets-TLS on 127.0.0.1:{ws_port}")
 
-        print("5. receiver and uplink")
-        from uplink.config import UplinkConfig
-        from uplink.mqtt import MqttUplink
-        from uplink.receiver import run_forever
+        print("5. receiver, and the board's uplink (`teiten uplink`)")
 
         rcfg = ReceiverConfig(
             host="127.0.0.1",
@@ -186,33 +196,26 @@ def main(out: Path = Path("demo-out")) -> int:
             key=ca.receiver_key,
         )
         threads.append(threading.Thread(target=run_forever, args=(rcfg, stop), daemon=True))
-        ucfg = UplinkConfig(
-            sensor_id=SENSOR_ID,
-            spool=spool_dir,
-            host="127.0.0.1",
-            port=tls_port,
-            ws_port=ws_port,
-            ca=ca.ca_crt,
-            cert=board / "tls.crt",
-            key=board / "tls.key",
-            ack_timeout_s=10.0,
-            backoff_min_s=0.2,
-            backoff_max_s=2.0,
-            health_interval_s=5.0,
-        )
-        up = MqttUplink(ucfg, spool, software_version="demo", spool_poll_s=0.2)
-        up_stop = threading.Event()
-        up_thread = threading.Thread(target=up.run, args=(up_stop,), daemon=True)
-        threads.append(up_thread)
         for t in threads:
             t.start()
+        (bdir / "sensor.toml").write_text(
+            f'[sensor]\nid = "{SENSOR_ID}"\n\n[spool]\npath = "spool"\n\n'
+            f'[uplink]\nhost = "127.0.0.1"\nport = {tls_port}\nws_port = {ws_port}\n'
+            f'ca = "{ca.ca_crt.resolve()}"\ncert = "tls.crt"\nkey = "tls.key"\n'
+            "ack_timeout_s = 10.0\nbackoff_min_s = 0.2\nbackoff_max_s = 2.0\n"
+            "health_interval_s = 5.0\n")
+        with (bdir / "uplink.log").open("wb") as ulog:
+            uplink = subprocess.Popen(
+                [sys.executable, "-m", "sensor.cli", "uplink", "--config",
+                 str(bdir / "sensor.toml")], cwd=REPO, stdout=ulog, stderr=ulog)
         end = time.monotonic() + 60
-        while spool.entries() and time.monotonic() < end:
-            time.sleep(0.1)
-        left = len(spool.entries())
+        left = spooled(spool_dir)
+        while left != 0 and time.monotonic() < end:
+            time.sleep(0.3)
+            left = spooled(spool_dir)
         print(f"   spool now holds {left} envelopes")
-        up_stop.set()  # a clean stop publishes the retained `offline` status
-        up_thread.join(timeout=5)
+        uplink.send_signal(signal.SIGTERM)  # a clean stop publishes the retained `offline`
+        uplink.wait(timeout=10)
         time.sleep(0.5)  # let the status and health messages land
     finally:
         stop.set()

@@ -13,7 +13,7 @@ search over the starts (`bisect`, or numpy's `searchsorted` for a batch of IPv4
 addresses), then one comparison with the end of the range found.  IPv4 and IPv6 are
 separate tables: addresses are compared as ints of their own width.
 
-No files here: the importer in `central/report_cli.py` reads them, the store keeps the
+No files here: the importer in `central/cli/report.py` reads them, the store keeps the
 ranges (`Store.save_regions`), and `RegionTable.from_rows` rebuilds a table from them.
 """
 

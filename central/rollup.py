@@ -32,7 +32,7 @@ import zstandard
 from central._rollup import LifeTable
 from central.columns import SummaryColumns, decode_columns
 from central.regions import UNKNOWN_CC, RegionTable
-from sensor.summary import FINGERPRINTS, Summary
+from wire.summary import FINGERPRINTS, Summary
 
 log = logging.getLogger(__name__)
 DAY: Final = 86_400
@@ -426,13 +426,13 @@ def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
     `reference=True` runs the row-by-row reference (`rollup_summary` + `RollupBatch`),
     one transaction per page.
     """
-    from sensor.summary import SummaryFormatError, decode_summary
-    from uplink.envelope import (
+    from wire.envelope import (
         DEFAULT_MAX_SUMMARY_BYTES,
         EnvelopeError,
         decompress_capped,
         parse_envelope,
     )
+    from wire.summary import SummaryFormatError, decode_summary
 
     def summary_bytes(blob: bytes | None, envelope: bytes) -> bytes:
         if blob is not None:

@@ -99,7 +99,7 @@ def wait_for(cond: Any, timeout: float, what: str, step: float = 0.1) -> Any:
 class StoredSummary:
     sequence: int
     hour_start: int
-    summary: Any  # sensor.summary.Summary
+    summary: Any  # wire.summary.Summary
 
 
 class VirtualBoard:
@@ -201,8 +201,9 @@ class VirtualBoard:
 
     def _pki_and_files(self) -> None:
         from central.ca import init_ca, issue_sensor
-        from uplink.certs import make_csr
-        from uplink.keys import generate_key, public_key_text
+        from sensor.edges.certs import make_csr
+        from sensor.edges.keys import generate_key
+        from wire.keys import public_key_text
 
         uid, gid = ensure_user()
         uplink_uid = ensure_uplink_user()
@@ -452,7 +453,7 @@ class VirtualBoard:
         finally:
             p.send_signal(signal.SIGINT)
             p.wait(timeout=10)
-        from sensor.pcap import open_file
+        from sensor.edges.pcap import open_file
 
         with open_file(out) as src:
             for batch in src.batches():
@@ -461,8 +462,8 @@ class VirtualBoard:
     # ---------------------------------------------------------------- central database
     def summaries(self) -> list[StoredSummary]:
         from central.store import Store
-        from sensor.summary import decode_summary
-        from uplink.envelope import decompress_capped, parse_envelope
+        from wire.envelope import decompress_capped, parse_envelope
+        from wire.summary import decode_summary
 
         if not self.db.exists():
             return []
@@ -490,7 +491,7 @@ class VirtualBoard:
 
 def totals(summaries: list[StoredSummary]) -> dict[str, Any]:
     """Sum what a list of summaries counted, in the sender's truth units."""
-    from sensor.summary import proto_name
+    from wire.summary import proto_name
 
     ports: Counter[str] = Counter()
     fp: Counter[str] = Counter()

@@ -1,8 +1,8 @@
 """A generated two-quarter central data set with planted rankings and known lifetimes.
 
 Two sensors send hourly summaries for 2024Q4 and 2025Q1.  The summaries are built as
-`sensor.summary` records, sealed with `uplink.envelope.seal` by per-sensor test keys and
-fed to the receiver's real ingest (`uplink.receiver.Ingest.handle`: verify, then
+`wire.summary` records, sealed with `wire.envelope.seal` by per-sensor test keys and
+fed to the receiver's real ingest (`central.receiver.Ingest.handle`: verify, then
 `Store.store_summary`), so the report reads what the real path stored.
 
 Planted (packets excluding backscatter for services; source packets for regions):
@@ -45,14 +45,15 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from central.keyring import load_keyring
+from central.receiver import Ingest
 from central.regions import RegionTable, parse_delegated
 from central.rollup import quarter_bounds
 from central.store import Store
-from sensor.summary import PortRow, SourceRow, Summary, encode_summary
-from uplink.envelope import seal
-from uplink.keys import Keyring, public_key_text
-from uplink.receiver import Ingest
-from uplink.session import topic
+from wire.envelope import seal
+from wire.keys import public_key_text
+from wire.summary import PortRow, SourceRow, Summary, encode_summary
+from wire.topics import topic
 
 RIR_DIR: Final = Path(__file__).resolve().parent / "data" / "rir"
 SENSORS: Final = ("osaka-02", "tokyo-01")
@@ -193,7 +194,7 @@ def build_dataset(db_path: Path, *, bucket_seconds: int = 3600) -> Truth:
     keyring_path.write_text("".join(
         f'[sensors.{sid}]\npublic_key = "{public_key_text(k.public_key())}"\n'
         for sid, k in keys.items()))
-    keyring = Keyring.from_toml(keyring_path)
+    keyring = load_keyring(keyring_path)
     sequence = {sid: (1 << 32) for sid in SENSORS}
     with Store(db_path) as store:
         ingest = Ingest(store, keyring_path, max_summary_bytes=1 << 26, keyring=keyring)
@@ -307,7 +308,7 @@ _ROLLED: dict[int, tuple[Path, Truth]] = {}
 def rolled_up_dataset(bucket_seconds: int = 3600) -> tuple[Path, Truth]:
     """The data set with the fixture regions imported and every summary rolled up (cached)."""
     if bucket_seconds not in _ROLLED:
-        from central.report_cli import rollup
+        from central.cli.report import rollup
 
         src, truth = cached_dataset(bucket_seconds)
         dest = src.with_name("central-rolled.db")

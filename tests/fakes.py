@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class ManualClock:
-    """A `sensor.clock.Clock` the test moves by hand: wall and monotonic time in µs (set
+    """A `sensor.edges.clock.Clock` the test moves by hand: wall and monotonic time in µs (set
     `wall` alone to make the wall clock step), a fixed synchronisation state."""
 
     def __init__(self, wall_us: int, mono_us: int = 1_000_000, *,

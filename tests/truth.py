@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sensor.summary import Summary, address_text, fingerprint_list, proto_name
+from wire.summary import Summary, address_text, fingerprint_list, proto_name
 
 
 def port_key(proto: int, port: int | None) -> str:

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from sensor.clock import kernel_sync_state
-from sensor.spool import Spool, SpoolEntry, SpoolError
-from uplink.config import UplinkConfig
+from sensor.edges.clock import kernel_sync_state
+from sensor.edges.spool import Spool, SpoolEntry, SpoolError
+from sensor.edges.uplink_config import UplinkConfig
+from uplink.client import new_client
 from uplink.session import (
     TRANSPORT_WS,
     Acked,
@@ -60,29 +60,6 @@ from uplink.session import (
 log = logging.getLogger("teiten.uplink")
 
 HealthProvider = Callable[[], dict[str, Any]]
-
-
-def new_client(
-    client_id: str,
-    *,
-    websockets: bool,
-    tls: tuple[object, object, object] | None,
-) -> mqtt.Client:
-    """A paho MQTT 5 client; `tls` = (CA file, certificate, key) for mutual TLS, or None
-    (tests only).  Both ends use it: the board's uplink and the central receiver."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-        transport="websockets" if websockets else "tcp",
-    )
-    if tls is not None:
-        ca, cert, key = tls
-        client.tls_set(
-            ca_certs=str(ca), certfile=str(cert), keyfile=str(key),
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    return client
 
 
 def clock_state() -> dict[str, Any]:

@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeAlias
 
-import msgpack
-
-from uplink.config import UplinkConfig
+from sensor.edges.uplink_config import UplinkConfig
+from wire.topics import parse_ack as wire_parse_ack
+from wire.topics import topic
 
 # PUBACK reason codes at or above this value are failures (MQTT 5, 3.4.2.1).
 REASON_FAILURE: Final = 0x80
@@ -60,13 +60,8 @@ TRANSPORT_WS: Final = "websockets"
 _STABLE_S: Final = 30.0
 
 
-def topic(sensor_id: str, kind: str) -> str:
-    """`teiten/v1/<sensor_id>/<kind>` for kind in summary, status, health, ack."""
-    return f"teiten/v1/{sensor_id}/{kind}"
-
-
 class EntryLike(Protocol):
-    """What the session needs of a spool entry (`sensor.spool.SpoolEntry` fits)."""
+    """What the session needs of a spool entry (`sensor.edges.spool.SpoolEntry` fits)."""
 
     @property
     def name(self) -> str: ...
@@ -257,28 +252,11 @@ class Stats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def ack_payload(sequence: int, status: str, reason: str | None) -> bytes:
-    """The receiver's acknowledgement: msgpack `{"seq", "status", "reason"}`."""
-    out: bytes = msgpack.packb({"seq": sequence, "status": status, "reason": reason})
-    return out
-
-
 def parse_ack(data: bytes) -> Acked | None:
-    """Decode an acknowledgement; None for anything malformed (it is then ignored)."""
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    seq, status, reason = obj.get("seq"), obj.get("status"), obj.get("reason")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        return None
-    if status not in ("stored", "duplicate", "rejected"):
-        return None
-    if reason is not None and not isinstance(reason, str):
-        return None
-    return Acked(now=0.0, sequence=seq, status=status, reason=reason)
+    """The `Acked` event for an acknowledgement's bytes; None for anything malformed."""
+    ack = wire_parse_ack(data)
+    return None if ack is None else Acked(now=0.0, sequence=ack.sequence, status=ack.status,
+                                          reason=ack.reason)
 
 
 class UplinkSession:

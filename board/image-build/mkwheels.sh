@@ -1,7 +1,7 @@
 #!/bin/bash
 # mkwheels.sh BUILDER SRC.tar OUTDIR: every wheel the board installs, for the builder's
 # architecture.  PyPI's wheels where they exist (pinned with sha256 in
-# requirements-board.lock), the project's own (its C extensions sensor._pcap, sensor._fast,
+# requirements-board.lock), the project's own (its C extensions sensor.edges._pcap, sensor.fast._fast,
 # central._rollup) compiled here, under qemu-user for arm64.  The builder is never shipped.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

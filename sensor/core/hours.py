@@ -1,7 +1,7 @@
 """The hour-closing state machine of a live sensor: events in, summaries out, time injected.
 
 Strategy (the shape of `uplink/session.py` and h11): the daemon's threads and clocks stay
-in `sensor/daemon.py`; every *decision* about buckets lives here, in one object that reads
+in `sensor/edges/daemon.py`; every *decision* about buckets lives here, in one object that reads
 no clock, starts no thread and opens nothing.  The daemon feeds it events
 
 - `capture_closed(intervals)`: the aggregation closed intervals because records far
@@ -30,8 +30,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from sensor.aggregate import HourAggregator, Limits, hour_of
-from sensor.summary import Summary
+from sensor.core.aggregate import HourAggregator, Limits, hour_of
+from wire.summary import Summary
 
 MAX_GAPS = 256  # gap records kept for reporting (older ones are merged into a counter)
 MAX_FILL = 48  # empty buckets written after a pause; beyond that, one gap record

@@ -1,4 +1,4 @@
-"""The compiled path (sensor._fast) and the reference path give the same summary bytes.
+"""The compiled path (sensor.fast._fast) and the reference path give the same summary bytes.
 
 Generated captures with every link type and feature (VLAN/QinQ, SLL/SLL2, raw, null,
 IPv6 extension headers, fragments, malformed frames, a short snap length) are replayed
@@ -16,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from sensor import fastpath
-from sensor.aggregate import HourlyAggregation, Limits
-from sensor.decode import decode_frame
-from sensor.records import LINKTYPE_ETHERNET
-from sensor.replay import replay
-from sensor.summary import decode_summary, encode_summary, encode_summary_reference
+from sensor.core.aggregate import HourlyAggregation, Limits
+from sensor.core.decode import decode_frame
+from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.edges.replay import replay
+from sensor.fast import encode_summary
+from sensor.fast import kernel as fastpath
+from sensor.fast.pack import encode_summary_fast
+from wire.summary import decode_summary
+from wire.summary import encode_summary as encode_summary_reference
 
-pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
 
 DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,14 +156,14 @@ def test_close_before_matches_reference() -> None:
 
 def test_fallback_when_the_extension_is_missing(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without sensor._fast, replay and encode_summary use the reference, same bytes."""
+    """Without sensor.fast._fast, replay and encode_summary use the reference, same bytes."""
     pcap = generate(tmp_path, "--packets", "3000", "--hours", "1", "--seed", "31")
     fast: list[bytes] = []
     replay([str(pcap)], darknet=DARKNET, sensor_id="eq", emit=lambda s: fast.append(
         encode_summary(s)))
     monkeypatch.setattr(fastpath, "_fast", None)
     assert not fastpath.available()
-    assert fastpath.encode_summary_fast(decode_summary(fast[0])) is None
+    assert encode_summary_fast(decode_summary(fast[0])) is None
     ref: list[bytes] = []
     replay([str(pcap)], darknet=DARKNET, sensor_id="eq", emit=lambda s: ref.append(
         encode_summary(s)))
@@ -183,7 +186,7 @@ def _frames(*stamps: int) -> list[tuple[int, int, bytes]]:
 
 def _timestamp_cases(tmp: Path, pcap_writer) -> dict[str, tuple[Path, int]]:  # type: ignore[no-untyped-def]
     """Capture files and how many of their frames have a bad timestamp."""
-    from sensor.decode import TS_MAX_US
+    from sensor.core.decode import TS_MAX_US
 
     made = {
         # bad first (held until an hour opens), between hours, and last
@@ -233,7 +236,7 @@ def test_bad_timestamps_same_bytes_and_every_summary_readable(
 def test_bad_timestamps_from_a_live_capture_match_the_reference() -> None:
     """feed_frames (the daemon's compiled path) and HourlyAggregation.add agree at the edges
     of the range, including the 64-bit extremes."""
-    from sensor.decode import TS_MAX_US
+    from sensor.core.decode import TS_MAX_US
 
     assert fastpath._fast is not None and fastpath._fast.TS_MAX_US == TS_MAX_US
     stamps = [-1, -(1 << 63), T, 0, TS_MAX_US + 1, (1 << 63) - 1, T + 1, TS_MAX_US, -1]

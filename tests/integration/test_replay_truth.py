@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.replay import replay
-from sensor.summary import Summary, decode_summary, encode_summary
+from sensor.edges.replay import replay
 from tests.truth import assert_matches_truth
+from wire.summary import Summary, decode_summary, encode_summary
 
 DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]
 ROOT = Path(__file__).resolve().parents[2]

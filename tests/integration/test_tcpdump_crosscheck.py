@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.replay import replay
-from sensor.summary import Summary
+from sensor.edges.replay import replay
 from tests.integration.test_replay_truth import DARKNET, generate
+from wire.summary import Summary
 
 
 def tcpdump_count(pcap: Path, clause: str) -> int:

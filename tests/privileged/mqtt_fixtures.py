@@ -27,8 +27,8 @@ import pytest
 from central.ca import CAFiles, init_ca, issue_sensor
 from central.config import acl_text, render_mosquitto_conf
 from central.store import Store
-from uplink.certs import make_csr
-from uplink.config import UplinkConfig
+from sensor.edges.certs import make_csr
+from sensor.edges.uplink_config import UplinkConfig
 
 REPO = Path(__file__).resolve().parents[2]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -189,7 +189,7 @@ def python() -> str:
 
 # ---------------------------------------------------------------- sensors and central
 def summary_bytes(sensor_id: str, hour_start: int, packets: int = 0) -> bytes:
-    from sensor.summary import Summary, encode_summary
+    from wire.summary import Summary, encode_summary
 
     s = Summary(
         sensor_id,
@@ -223,7 +223,7 @@ class SensorSim:
     def __init__(self, root: Path, sensor_id: str, pki: Pki, *, enrolled: bool = True) -> None:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        from sensor.spool import Spool
+        from sensor.edges.spool import Spool
 
         self.id = sensor_id
         self.enrolled = enrolled
@@ -239,7 +239,7 @@ class SensorSim:
         self._stop = threading.Event()
 
     def seal(self, hour_start: int, seq: int, packets: int = 0) -> bytes:
-        from uplink.envelope import seal
+        from wire.envelope import seal
 
         return seal(
             summary_bytes(self.id, hour_start, packets),
@@ -334,7 +334,7 @@ class Central:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def enroll(self, *sensors: SensorSim) -> None:
-        from uplink.keys import public_key_text
+        from wire.keys import public_key_text
 
         lines = ["[sensors]"]
         for s in sensors:

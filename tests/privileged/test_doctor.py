@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from sensor.clock import OffsetClock
-from sensor.doctor import check_clock
+from sensor.edges.clock import OffsetClock
+from sensor.edges.doctor import check_clock
 
 pytestmark = pytest.mark.privileged
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 class Sensor:
     def __init__(self, pair: Any, root: Path, topology: str) -> None:
-        from uplink.keys import generate_key
+        from sensor.edges.keys import generate_key
 
         self.pair = pair
         self.root = root

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.firewall import render_ruleset
+from sensor.edges.firewall import render_ruleset
 
 REPO = Path(__file__).resolve().parents[2]
 

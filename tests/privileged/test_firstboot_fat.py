@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.firstboot import (
+from sensor.edges.firstboot import (
     CARD_CONFIG,
     CARD_ERROR,
     CARD_FINGERPRINT,

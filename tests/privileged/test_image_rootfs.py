@@ -53,7 +53,7 @@ def chroot(root: Path, *cmd: str, ok: bool = True) -> subprocess.CompletedProces
 def test_teiten_version_runs_in_the_root(rootfs: Path) -> None:
     out = chroot(rootfs, "teiten", "--version").stdout
     assert out.startswith("teiten "), out
-    chroot(rootfs, "/opt/teiten/bin/python", "-c", "import sensor._pcap, sensor._fast")
+    chroot(rootfs, "/opt/teiten/bin/python", "-c", "import sensor.edges._pcap, sensor.fast._fast")
 
 
 def test_config_check_runs_in_the_root(rootfs: Path) -> None:

@@ -1,4 +1,4 @@
-"""Live capture with sensor._pcap / sensor.pcap on a veth inside fresh network namespaces.
+"""Live capture with sensor.edges.pcap on a veth inside fresh network namespaces.
 
 The sensor end of the veth (`if_a` in `ns_a`) captures; the peer namespace sends
 hand-built Ethernet frames with python-libpcap's `send_packet` or an AF_PACKET socket,
@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from sensor import _pcap
-from sensor.bpf import darknet_filter
-from sensor.pcap import CaptureError, Frame, LiveSource, open_interface
+from sensor.core.bpf import darknet_filter
+from sensor.edges import _pcap
+from sensor.edges.pcap import CaptureError, Frame, LiveSource, open_interface
 
 pytestmark = pytest.mark.privileged
 

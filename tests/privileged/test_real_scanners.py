@@ -1,4 +1,4 @@
-"""Debian's real masscan and zmap, captured by sensor._pcap, classified by sensor.classify.
+"""Debian's real masscan and zmap, captured by sensor.edges._pcap, classified by core.classify.
 
 A scanner namespace (192.0.2.1/30, route for the darknet 198.51.100.0/24 via the sensor
 side) sends through a veth into a sensor namespace (192.0.2.2/30, no forwarding, so the
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor import _pcap
-from sensor.bpf import darknet_filter
-from sensor.classify import FP_MASSCAN, FP_MIRAI, FP_ZMAP, fingerprint_bits
-from sensor.decode import decode_frame
-from sensor.records import TCP_ACK, TCP_SYN, PacketRecord
+from sensor.core.bpf import darknet_filter
+from sensor.core.classify import FP_MASSCAN, FP_MIRAI, FP_ZMAP, fingerprint_bits
+from sensor.core.decode import decode_frame
+from sensor.core.records import TCP_ACK, TCP_SYN, PacketRecord
+from sensor.edges import _pcap
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 

@@ -24,8 +24,9 @@ from mqtt_fixtures import MOSQUITTO, Broker, Pki
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.ca import init_ca
+from central.keyring import load_keyring
 from sensor.cli import main as teiten
-from uplink.keys import Keyring, public_key_text
+from wire.keys import public_key_text
 
 pytestmark = pytest.mark.privileged
 
@@ -118,8 +119,8 @@ def test_revoked_sensor_refused_after_reload_other_sensor_still_connects(tmp_pat
              "--acl", str(broker.dir / "acl"), "--config", str(central), "--json"]
         )  # fmt: skip
         assert rc == 0
-        assert Keyring.from_toml(sensors).get("s-gone").revoked  # type: ignore[union-attr]
-        assert not Keyring.from_toml(sensors).get("s-stay").revoked  # type: ignore[union-attr]
+        assert load_keyring(sensors).get("s-gone").revoked  # type: ignore[union-attr]
+        assert not load_keyring(sensors).get("s-stay").revoked  # type: ignore[union-attr]
 
         broker.restart()  # `systemctl restart mosquitto`; also drops the sensor's sessions
         assert "CERTIFICATE_REVOKED" in handshake(pki, "s-gone", broker.tls_port)

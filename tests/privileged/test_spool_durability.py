@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.spool import Spool, SpoolFullError, parse_entry_name
-from uplink import envelope as ev
-from uplink.keys import Keyring, public_key_text
+from sensor.edges.spool import Spool, SpoolFullError, parse_entry_name
+from wire import envelope as ev
+from wire.keys import Keyring, public_key_text
 
 pytestmark = pytest.mark.privileged
 
@@ -38,10 +38,10 @@ import hashlib, random, sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 sys.path.insert(0, sys.argv[1] + "/tests/vectors")
 import make_envelope_vectors as mv
-from sensor.sequence import SequenceAllocator
-from sensor.spool import Spool
-from sensor.summary import encode_summary
-from uplink.envelope import seal
+from sensor.edges.sequence import SequenceAllocator
+from sensor.edges.spool import Spool
+from wire.summary import encode_summary
+from wire.envelope import seal
 
 spool_dir, state, count, seed_hex = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed_hex))
@@ -225,7 +225,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_what_was_spooled(
     import make_envelope_vectors as mv
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from sensor.summary import encode_summary
+    from wire.summary import encode_summary
 
     key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(SEED_HEX))
     keyring = _keyring()

@@ -228,7 +228,7 @@ def test_last_will_marks_killed_sensor_offline(
     central.enroll(s)
     central.start()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uplink.commands", "uplink", "-v", "--config", str(s.toml(broker))],
+        [sys.executable, "-m", "sensor.cli", "uplink", "-v", "--config", str(s.toml(broker))],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sensor.aggregate import HourAggregator, HourlyAggregation, Limits, hour_of
-from sensor.records import Malformed, PacketRecord
+from sensor.core.aggregate import HourAggregator, HourlyAggregation, Limits, hour_of
+from sensor.core.records import Malformed, PacketRecord
 
 H = 1_800_000_000 - 1_800_000_000 % 3600  # an hour start
 BLOCK = 0xC6336400  # 198.51.100.0
@@ -101,7 +101,7 @@ def test_bad_timestamps_counted_in_the_oldest_open_interval_never_routed() -> No
     """A record timed outside what a summary can hold opens no interval: it is counted as
     malformed `bad_timestamp` in the oldest open one (as late packets are), or held until
     the first interval opens."""
-    from sensor.decode import TS_MAX_US
+    from sensor.core.decode import TS_MAX_US
 
     agg = HourlyAggregation()
     assert agg.add(Malformed(-1_000_000, "bad_timestamp")) == []

@@ -1,4 +1,4 @@
-"""sensor.bpf: the expression text, its validation, and what it matches when real libpcap
+"""sensor.core.bpf: the expression text, its validation, and what it matches when real libpcap
 compiles it and runs it over real frames (untagged, 802.1Q, QinQ with a 0x88a8 outer tag,
 IPv6) written to an offline capture."""
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sensor import _pcap
-from sensor.bpf import base_filter, check_extra, darknet_filter, filter_problems, parse_block
+from sensor.core.bpf import base_filter, check_extra, darknet_filter, filter_problems, parse_block
+from sensor.edges import _pcap
 
 BLOCKS = ["198.51.100.0/24", "2001:db8:dead::/48"]
 
@@ -185,7 +185,7 @@ def in_darknet(data: bytes) -> bool:
 
 
 def unchecked_filter(extra: str) -> str:
-    """The filter as sensor.bpf builds it, without check_extra: what today's main built."""
+    """The filter as sensor.core.bpf builds it, without check_extra: what today's main built."""
     f = (f"((ip dst net {DARK4} or ip6 dst net {DARK6}) and not ip dst net {EXCLUDED}"
          f" and ({extra}))")
     return f"{f} or (vlan and ({f} or (vlan and {f})))"

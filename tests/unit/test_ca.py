@@ -25,7 +25,7 @@ from central.ca import (
     revoke,
     revoked_acl,
 )
-from uplink.certs import make_csr
+from sensor.edges.certs import make_csr
 
 
 def _cn(cert: x509.Certificate) -> str:
@@ -189,7 +189,6 @@ def test_revoke_refusals_and_cert_signed_before_the_record(tmp_path: Path) -> No
 
 
 def test_mark_revoked_in_keyring(tmp_path: Path) -> None:
-    from uplink.keys import Keyring
 
     k = "ed25519:" + base64.b64encode(bytes(32)).decode()
     p = tmp_path / "sensors.toml"
@@ -199,7 +198,9 @@ def test_mark_revoked_in_keyring(tmp_path: Path) -> None:
     )
     assert mark_revoked_in_keyring(p, "s-2")
     assert mark_revoked_in_keyring(p, "s-1")
-    ring = Keyring.from_toml(p)
+    from central.keyring import load_keyring
+
+    ring = load_keyring(p)
     assert ring.get("s-1").revoked and ring.get("s-2").revoked  # type: ignore[union-attr]
     assert ring.get("s-2").note == "x"  # type: ignore[union-attr]
     assert not mark_revoked_in_keyring(p, "s-3")

@@ -1,4 +1,4 @@
-"""sensor.clock: step detection and the injected test clock; sensor.sdnotify."""
+"""sensor.edges.clock: step detection and the injected test clock; sensor.edges.sdnotify."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import socket
 import time
 from pathlib import Path
 
-from sensor.clock import OffsetClock, StepDetector, SystemClock, kernel_sync_state
-from sensor.sdnotify import notify, watchdog_interval_s
+from sensor.edges.clock import OffsetClock, StepDetector, SystemClock, kernel_sync_state
+from sensor.edges.sdnotify import notify, watchdog_interval_s
 from tests.fakes import ManualClock
 
 

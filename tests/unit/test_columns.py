@@ -16,7 +16,7 @@ from central.columns import columns_from_summary, decode_columns
 from central.regions import Delegation, RegionTable
 from central.rollup import roll_up_pending
 from central.store import Store
-from sensor.summary import (
+from wire.summary import (
     DestinationRow,
     PortRow,
     SourceRow,

@@ -1,4 +1,4 @@
-"""sensor.config: a good config parses; each bad one is refused naming its field."""
+"""sensor.edges.config: a good config parses; each bad one is refused naming its field."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.config import ConfigError, SensorConfig, load_config, parse_config
+from sensor.edges.config import ConfigError, SensorConfig, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -229,7 +229,7 @@ def test_every_value_the_check_accepts_starts_the_daemon(table: str, key: str,
                                                          value: float) -> None:
     """Today's main accepted close_grace_s = nan (ValueError when the daemon started) and
     step_threshold_s = inf (OverflowError): accepted now means it starts and ticks."""
-    from sensor.daemon import Daemon
+    from sensor.edges.daemon import Daemon
     from tests.fakes import ManualClock
 
     fields: dict[str, object] = {key: value}

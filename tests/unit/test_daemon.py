@@ -1,8 +1,8 @@
-"""sensor.daemon without root: the timer's bucket closing, late packets, clock steps, gaps,
+"""sensor.edges.daemon without root: the timer's bucket closing, late packets, clock steps, gaps,
 reload, driven with an injected clock and a scripted capture source.
 
 Every test runs on both aggregation paths the daemon can use: the compiled kernel
-(`sensor._fast`, the default when it is built) and the pure-Python reference."""
+(`sensor.fast._fast`, the default when it is built) and the pure-Python reference."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor import fastpath
-from sensor.config import parse_config
-from sensor.daemon import Daemon
-from sensor.decode import decode_frame
-from sensor.pcap import CaptureError, CaptureStats, Frame
+from sensor.core.decode import decode_frame
+from sensor.edges.config import parse_config
+from sensor.edges.daemon import Daemon
+from sensor.edges.pcap import CaptureError, CaptureStats, Frame
+from sensor.fast import kernel as fastpath
 from tests.fakes import ManualClock
 
 BUCKET = 2
@@ -272,7 +272,7 @@ class FailingSealer:
 
 
 def test_spool_failures_back_off_and_drops_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sensor.daemon as daemon_mod
+    import sensor.edges.daemon as daemon_mod
 
     monkeypatch.setattr(daemon_mod, "MAX_PENDING", 3)
     d, clock = make()

@@ -1,5 +1,6 @@
-"""sensor.darkblock: which blocks may be a darknet, by the IANA special-purpose registries
-(the table in sensor/darkblock.py), a size bound, and Python's ipaddress as a second opinion."""
+"""sensor.core.darkblock: which blocks may be a darknet, by the IANA special-purpose
+registries (the table in sensor/core/darkblock.py), a size bound, and Python's ipaddress
+as a second opinion."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.darkblock import SPECIAL, fully_excluded, judge, require_dark
+from sensor.core.darkblock import SPECIAL, fully_excluded, judge, require_dark
 
 
 def verdict(block: str) -> str:

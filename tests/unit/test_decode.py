@@ -7,8 +7,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.decode import decode_frame
-from sensor.records import (
+from sensor.core.decode import decode_frame
+from sensor.core.records import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
@@ -160,8 +160,8 @@ def test_cut_by_snaplen_is_not_blamed_on_the_sender() -> None:
 def test_bad_timestamps_are_malformed_at_both_ends_of_the_summary_range() -> None:
     """A frame timed before the epoch (a pcap stamp of 2**31 s or more, read signed by
     libpcap) or after the last hour a summary can hold is `bad_timestamp`, never routed."""
-    from sensor.decode import TS_MAX_US
-    from sensor.summary import MAX_HOUR
+    from sensor.core.decode import TS_MAX_US
+    from wire.summary import MAX_HOUR
 
     frame = eth(ipv4(6, tcp()))
     assert TS_MAX_US == (MAX_HOUR + 1) * 1_000_000 - 1  # 9999-12-30T23:59:59.999999Z

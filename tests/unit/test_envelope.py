@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.summary import MAX_TIME_US, decode_summary, encode_summary
-from uplink import envelope as ev
-from uplink.keys import Keyring
+from central.keyring import load_keyring
+from wire import envelope as ev
+from wire.summary import MAX_TIME_US, decode_summary, encode_summary
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "envelope-v1"
 
@@ -36,7 +36,7 @@ def _load_vectors_module() -> ModuleType:
 
 mv = _load_vectors_module()
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
-KEYRING = Keyring.from_toml(VECTORS / "sensors.toml")
+KEYRING = load_keyring(VECTORS / "sensors.toml")
 ENVELOPE = (VECTORS / "envelope.bin").read_bytes()
 SENSOR_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 

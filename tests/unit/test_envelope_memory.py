@@ -27,9 +27,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sensor.edges.keys import Keyring
 from tests.vectors import make_envelope_vectors as mv
-from uplink import envelope as ev
-from uplink.keys import Keyring
+from wire import envelope as ev
+from wire.ids import is_valid_sensor_id
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "envelope-v1"
@@ -142,8 +143,8 @@ _CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from uplink import envelope as ev
-    from uplink.keys import Keyring
+    from wire import envelope as ev
+    from sensor.edges.keys import Keyring
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -276,7 +277,7 @@ def _reference_parse(data: bytes) -> tuple[str, tuple[Any, ...] | None]:
         return "malformed", None
     if type(payload) is not bytes or type(sig) is not bytes or len(sig) != 64:
         return "malformed", None
-    if not ev.is_valid_sensor_id(sid) or codec not in ev.CODECS:
+    if not is_valid_sensor_id(sid) or codec not in ev.CODECS:
         return "malformed", None
     if any(type(v) is not int or not 0 <= v <= ev.U64_MAX for v in (seq, hour, created)):
         return "malformed", None

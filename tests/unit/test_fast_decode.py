@@ -1,4 +1,4 @@
-"""The compiled decoder (sensor._fast.decode) against the reference, on hostile bytes.
+"""The compiled decoder (sensor.fast._fast.decode) against the reference, on hostile bytes.
 
 Every frame, valid, mutated, truncated or random, must decode to the same record (or the
 same malformed reason) on both paths, and the C decoder must never read out of bounds:
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor import fastpath
-from sensor.decode import decode_frame
-from sensor.records import Malformed, PacketRecord
+from sensor.core.decode import decode_frame
+from sensor.core.records import Malformed, PacketRecord
+from sensor.fast import kernel as fastpath
 
-pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
 
 LINKTYPES = (0, 1, 12, 14, 101, 108, 113, 228, 229, 276, 147)
 
@@ -36,7 +36,7 @@ def reference(linktype: int, frame: bytes, wire_len: int) -> object:
 
 
 def fast(linktype: int, frame: bytes, wire_len: int) -> object:
-    from sensor import _fast
+    from sensor.fast import _fast
 
     return _fast.decode(linktype, frame, wire_len)
 

@@ -1,4 +1,4 @@
-"""The C table packer (sensor.fastpath.encode_summary_fast) writes the reference's bytes."""
+"""The C table packer (sensor.fast.pack.encode_summary_fast) writes the reference's bytes."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ import random
 
 import pytest
 
-from sensor import fastpath
-from sensor.summary import (
+from sensor.fast import encode_summary
+from sensor.fast import kernel as fastpath
+from sensor.fast.pack import encode_summary_fast
+from wire.summary import (
     DestinationRow,
     IcmpCodeRow,
     PortRow,
     SourceRow,
     Summary,
     decode_summary,
-    encode_summary,
-    encode_summary_reference,
 )
+from wire.summary import encode_summary as encode_summary_reference
 
-pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
 
 # Values at every msgpack format boundary (fixint, uint8/16/32/64, negative forms).
 EDGES = (0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**63,
@@ -67,10 +68,10 @@ def test_packed_tables_equal_reference(n: int) -> None:
 def test_unexpected_rows_fall_back_to_the_reference() -> None:
     s = random_summary(random.Random(3), 10)
     odd = dataclasses.replace(s, ports=(*s.ports, PortRow(6, 23, 1, 2, 3, 4.5, False)))  # type: ignore[arg-type]
-    assert fastpath.encode_summary_fast(odd) is None
+    assert encode_summary_fast(odd) is None
     assert encode_summary(odd) == encode_summary_reference(odd)
     huge = dataclasses.replace(s, sources=(s.sources[0]._replace(packets=2**64),))
-    assert fastpath.encode_summary_fast(huge) is None
+    assert encode_summary_fast(huge) is None
 
 
 def test_round_trip_through_the_decoder() -> None:

@@ -1,6 +1,6 @@
 """The compiled kernel survives allocation failure: nothing crashes, nothing is lost silently.
 
-`sensor._fast._fail_allocations_after(n)` (a test-only switch, inert unless called) lets the
+`sensor.fast._fast._fail_allocations_after(n)` (a test-only switch, inert unless called) lets the
 next n allocations of aggregation state succeed and fails every later one, at the boundary
 between the kernel and malloc.  Whatever n is, the kernel must keep going (no exception, no
 crash), hand back every interval (the ones closed before the failure byte for byte as the
@@ -22,17 +22,19 @@ from typing import Any
 
 import pytest
 
-from sensor import fastpath
-from sensor.aggregate import HourlyAggregation, Limits
-from sensor.config import parse_config
-from sensor.daemon import Daemon
-from sensor.decode import decode_frame
-from sensor.pcap import Frame
-from sensor.records import LINKTYPE_ETHERNET
-from sensor.summary import Summary, encode_summary, encode_summary_reference
+from sensor.core.aggregate import HourlyAggregation, Limits
+from sensor.core.decode import decode_frame
+from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.edges.config import parse_config
+from sensor.edges.daemon import Daemon
+from sensor.edges.pcap import Frame
+from sensor.fast import encode_summary
+from sensor.fast import kernel as fastpath
 from tests.fakes import ManualClock
+from wire.summary import Summary
+from wire.summary import encode_summary as encode_summary_reference
 
-pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
 
 HOUR_US = 3600 * 1_000_000
 BASE = 1_800_000_000 * 1_000_000  # an hour boundary
@@ -45,13 +47,13 @@ SMALL = Limits(source_exact_limit=6, port_exact_limit=8, source_exact_budget=200
 @pytest.fixture(autouse=True)
 def _allocations_restored() -> Iterator[None]:
     yield
-    from sensor import _fast
+    from sensor.fast import _fast
 
     _fast._fail_allocations_after(-1)
 
 
 def fail_after(n: int) -> None:
-    from sensor import _fast
+    from sensor.fast import _fast
 
     _fast._fail_allocations_after(n)
 
@@ -204,8 +206,8 @@ def test_failure_at_every_point_of_an_hour(limits: Limits | None) -> None:
 @pytest.mark.parametrize("pipeline", [False, True], ids=["direct", "pipelined"])
 def test_replay_from_a_file_under_failure(tmp_path: Path, pipeline: bool) -> None:
     """feed_file keeps reading: every frame read is counted, late, or counted as dropped."""
-    from sensor import _fast
-    from sensor.bpf import darknet_filter
+    from sensor.core.bpf import darknet_filter
+    from sensor.fast import _fast
 
     pcap = tmp_path / "cap.pcap"
     subprocess.run([sys.executable, "-m", "bench.synth", "--out", str(pcap), "--truth",

@@ -1,4 +1,4 @@
-"""Rows made ahead by feed_file's helper thread are the rows rows() makes (sensor/_fast.c).
+"""Rows made ahead by feed_file's helper thread are the rows rows() makes (sensor/fast/_fast.c).
 
 When an interval closes during a pipelined file replay, a helper thread makes its summary
 rows while the counting goes on (Kernel.set_rows, prebuild_main); Interval.rows hands them
@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from sensor import fastpath
-from sensor.bpf import darknet_filter
-from sensor.records import LINKTYPE_ETHERNET
-from sensor.sketch import _estimate
-from sensor.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
+from sensor.core.bpf import darknet_filter
+from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.sketch import _estimate
+from sensor.fast import kernel as fastpath
+from wire.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
 
-pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
 
 ROOT = Path(__file__).resolve().parents[2]
 DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]

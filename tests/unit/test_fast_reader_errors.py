@@ -1,8 +1,8 @@
-"""sensor._fast.FileReader reads through its own stdio buffer (open_capture in _fast.c).
+"""sensor.fast._fast.FileReader reads through its own stdio buffer (open_capture in _fast.c).
 
 The records, their checks and the error texts stay libpcap's: opening a missing, empty,
 foreign or truncated file, and reading a file cut inside a record, give the same message
-and byte offset as the capture edge's binding (sensor._pcap, pcap_open_offline), and the
+and byte offset as the capture edge's binding (sensor.edges._pcap, pcap_open_offline), and the
 same frames before the error.
 """
 
@@ -13,16 +13,17 @@ from typing import Any
 
 import pytest
 
-from sensor import _pcap, fastpath
-from sensor.records import LINKTYPE_ETHERNET
+from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.edges import _pcap
+from sensor.fast import kernel as fastpath
 
-pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor._fast is not built")
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample.pcap"
 
 
 def pcap_side(path: Path) -> tuple[int, str | None, int]:
-    """Frames read, then libpcap's error and offset, through sensor._pcap."""
+    """Frames read, then libpcap's error and offset, through sensor.edges._pcap."""
     frames = 0
     try:
         h = _pcap.open_offline(str(path))
@@ -87,8 +88,8 @@ def test_errors_and_frames_are_libpcaps(tmp_path: Path, pipeline: bool) -> None:
 
 def replay_side(path: Path, reference: bool) -> tuple[str | None, int, list[str]]:
     """What `teiten replay` reports for `path`: the error text, its offset, the warnings."""
-    from sensor.pcap import CaptureFileError
-    from sensor.replay import replay
+    from sensor.edges.pcap import CaptureFileError
+    from sensor.edges.replay import replay
 
     try:
         stats = replay([str(path)], darknet=["198.51.100.0/24"], sensor_id="e",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sensor.firewall import render_ruleset
+from sensor.edges.firewall import render_ruleset
 
 
 def test_ruleset_guards_the_configured_blocks() -> None:

@@ -6,9 +6,9 @@ session's tests play a script, and reads the summaries it hands back.
 
 from __future__ import annotations
 
-from sensor.aggregate import HourlyAggregation, Limits
+from sensor.core.aggregate import HourlyAggregation, Limits
 from sensor.core.hours import HourCloser, Identity
-from sensor.records import PROTO_TCP, PacketRecord
+from sensor.core.records import PROTO_TCP, PacketRecord
 
 H = 3600
 T0 = 1_735_689_600  # 2025-01-01T00:00:00Z

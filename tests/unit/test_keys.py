@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from central.keyring import load_keyring
 from sensor.cli import main
-from uplink.envelope import RevokedSensor, UnknownSensor
-from uplink.keys import (
-    KeyFileError,
-    Keyring,
-    KeyringError,
-    fingerprint,
-    generate_key,
-    load_private_key,
-    parse_public_key,
-    public_key_text,
-    validate_sensor_id,
-)
+from sensor.edges.keys import KeyFileError, generate_key, load_private_key
+from wire.envelope import RevokedSensor, UnknownSensor
+from wire.ids import validate_sensor_id
+from wire.keys import KeyringError, fingerprint, parse_public_key, public_key_text
 
 
 @pytest.mark.parametrize("good", ["a", "0", "tokyo-01", "a" * 63, "9-", "x-y-z"])
@@ -101,7 +94,7 @@ def test_keyring_from_toml(tmp_path: Path) -> None:
         f'[sensors.osaka-02]\npublic_key = "{b}"\nrevoked = true\nnote = "stolen 2026-10"\n\n'
         '[broker]\nhost = "example"\n',  # other sections belong to other parts of central
     )
-    ring = Keyring.from_toml(path)
+    ring = load_keyring(path)
     assert ring.sensor_ids() == ["osaka-02", "tokyo-01"]
     assert public_key_text(ring.lookup("tokyo-01")) == a
     with pytest.raises(RevokedSensor):
@@ -127,12 +120,12 @@ def test_keyring_errors_name_the_problem(tmp_path: Path, body: str, match: str) 
         key = public_key_text(generate_key(tmp_path / "k.pem").public_key())
         body = body.replace("ed25519:AAAA", key)
     with pytest.raises(KeyringError, match=match):
-        Keyring.from_toml(_toml(tmp_path, body))
+        load_keyring(_toml(tmp_path, body))
 
 
 def test_missing_keyring_file(tmp_path: Path) -> None:
     with pytest.raises(KeyringError, match=r"docs/central\.md"):
-        Keyring.from_toml(tmp_path / "sensors.toml")
+        load_keyring(tmp_path / "sensors.toml")
 
 
 def test_cli_keygen_pubkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,7 +148,7 @@ def test_the_sensors_toml_example_in_the_docs_loads(
     section = doc.split("## Sensor keyring", 1)[1]
     example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     path = _toml(tmp_path, example)
-    ring = Keyring.from_toml(path)
+    ring = load_keyring(path)
     assert ring.sensor_ids() == ["osaka-02", "tokyo-01"]
     with pytest.raises(RevokedSensor):
         ring.lookup("osaka-02")

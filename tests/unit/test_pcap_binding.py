@@ -1,4 +1,4 @@
-"""sensor._pcap and its wrapper sensor.pcap on real files read by real libpcap.
+"""sensor.edges._pcap and its wrapper sensor.edges.pcap on real files read by real libpcap.
 
 Files are written byte by byte by the `pcap_writer` fixture (tests/conftest.py), so every
 timestamp, wire length and truncation point is known exactly.  python-libpcap reads the same
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor import _pcap
-from sensor.pcap import CaptureFileError, FilterError, Frame, open_file
+from sensor.edges import _pcap
+from sensor.edges.pcap import CaptureFileError, FilterError, Frame, open_file
 
 T0 = 1_790_000_000_000_000  # an epoch time in microseconds
 
@@ -218,7 +218,7 @@ def test_cross_check_with_python_libpcap(tmp_path: Path, pcap_writer) -> None:  
 def test_a_filter_on_an_unsupported_link_type_says_the_link_type_is_the_problem(
     tmp_path: Path, pcap_writer  # type: ignore[no-untyped-def]
 ) -> None:
-    from sensor.pcap import UnsupportedLinkType
+    from sensor.edges.pcap import UnsupportedLinkType
 
     pcap_writer.pcap(tmp_path / "odd.pcap", packets(1), linktype=65535)
     with pytest.raises(UnsupportedLinkType) as err:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from central.cli.report import rollup
 from central.report import (
     THRESHOLDS_H,
     compute_report,
@@ -20,7 +21,6 @@ from central.report import (
     render_markdown,
     write_report,
 )
-from central.report_cli import rollup
 from central.store import Store
 from sensor.cli import main as teiten
 from tests.central_dataset import (

@@ -33,7 +33,7 @@ from central.rollup import (
 )
 from central.store import SCHEMA_VERSION, Store, StoreError
 from sensor.cli import main as teiten
-from sensor.summary import PortRow, SourceRow, Summary, encode_summary
+from wire.summary import PortRow, SourceRow, Summary, encode_summary
 
 HOUR = 1_735_689_600  # 2025-01-01T00:00Z
 V4_JP = bytes([1, 0, 16, 1])
@@ -82,7 +82,7 @@ def test_health_facts() -> None:
                          "capture_dropped": 1, "clock": {"synchronized": False},
                          "spool_evicted": 3}) == (1, 8, 1, 3)
     assert health_facts({"capture": "x", "clock": None, "spool_evicted": -1}) == (0, 0, 0, 0)
-    # what sensor/daemon.py writes
+    # what sensor/edges/daemon.py writes
     assert health_facts({"capture_dropped": 4, "capture_if_dropped": 1,
                          "clock_synchronized": False}) == (0, 5, 1, 0)
     assert health_facts({"clock_synchronized": True, "clock_steps": [[1, 2]]})[2] == 1

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sensor import sequence as seqmod
-from sensor.sequence import SequenceAllocator, SequenceStateError
+from sensor.edges import sequence as seqmod
+from sensor.edges.sequence import SequenceAllocator, SequenceStateError
 
 
 def _counter(seq: int) -> int:

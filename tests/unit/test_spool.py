@@ -11,14 +11,14 @@ from types import ModuleType
 
 import pytest
 
-from sensor import spool as spoolmod
 from sensor.cli import main
-from sensor.sequence import SequenceAllocator
-from sensor.spool import Spool, SpoolFullError, SpoolWriteError, entry_name
-from sensor.summary import decode_summary, encode_summary
-from uplink import envelope as ev
-from uplink.keys import Keyring, public_key_text
-from uplink.sealer import Sealer, open_sealer, spool_summaries
+from sensor.edges import spool as spoolmod
+from sensor.edges.sealer import Sealer, open_sealer, spool_summaries
+from sensor.edges.sequence import SequenceAllocator
+from sensor.edges.spool import Spool, SpoolFullError, SpoolWriteError, entry_name
+from wire import envelope as ev
+from wire.keys import Keyring, public_key_text
+from wire.summary import decode_summary, encode_summary
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
@@ -183,7 +183,7 @@ def test_fault_in_fsync_is_a_write_error(tmp_path: Path, mocker: object) -> None
 def test_fault_after_the_rename_is_not_reported_as_lost(tmp_path: Path, mocker: object) -> None:
     """If only the directory fsync fails, the envelope is whole under its final name:
     reporting a failure would make the daemon seal the same hour twice."""
-    from sensor import durable
+    from sensor.edges import durable
 
     spool = Spool(tmp_path)
     mocker.patch.object(  # type: ignore[attr-defined]
@@ -220,7 +220,7 @@ def test_sealer_reports_evictions_in_the_next_summary(tmp_path: Path) -> None:
 
 def test_open_sealer_and_spool_summaries(tmp_path: Path) -> None:
     key_path = tmp_path / "k.pem"
-    from uplink.keys import generate_key
+    from sensor.edges.keys import generate_key
 
     key = generate_key(key_path)
     with open_sealer(key_path=key_path, spool_dir=tmp_path / "spool", sensor_id=SID) as sealer:

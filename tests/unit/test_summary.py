@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.summary import (
+from wire.summary import (
     BACKSCATTER_KINDS,
     FINGERPRINTS,
     DestinationRow,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.summary import decode_summary, encode_summary, summary_to_json
+from wire.summary import decode_summary, encode_summary, summary_to_json
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "summary-v1"
 

@@ -193,7 +193,7 @@ def allowed_syscalls(unit: str) -> set[str]:
 
 @pytest.mark.parametrize("unit", ["teiten-sensor.service", "teiten-uplink.service"])
 def test_the_clock_read_is_allowed_where_it_is_made(unit: str) -> None:
-    """sensor/clock.py reads the clock state with adjtimex (modes = 0: clock_adjtime on
+    """sensor/edges/clock.py reads the clock state with adjtimex (modes = 0: clock_adjtime on
     arm64 and x86-64 glibc); the daemon waits for sync with it, the uplink reports it.
     ProtectClock=yes would make it fail with EPERM (systemd#26413), and missing from the
     allow list it killed both programs with SIGSYS."""

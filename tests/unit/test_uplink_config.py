@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from uplink.config import UplinkConfigError, load_uplink, parse_uplink
+from sensor.edges.uplink_config import UplinkConfigError, load_uplink, parse_uplink
 
 TLS = {"host": "broker.example.org", "ca": "ca.crt", "cert": "s.crt", "key": "s.key"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from uplink.config import UplinkConfig
+from sensor.edges.uplink_config import UplinkConfig
 from uplink.session import (
     Acked,
     Conn,
@@ -29,9 +29,9 @@ from uplink.session import (
     Tick,
     UplinkSession,
     WaitReconnect,
-    ack_payload,
     parse_ack,
 )
+from wire.topics import ack_payload
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,15 +25,15 @@ if str(ROOT) not in sys.path:
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from sensor.summary import (  # noqa: E402
+from wire import envelope as ev  # noqa: E402
+from wire.keys import fingerprint, public_key_text  # noqa: E402
+from wire.summary import (  # noqa: E402
     DestinationRow,
     PortRow,
     SourceRow,
     Summary,
     encode_summary,
 )
-from uplink import envelope as ev  # noqa: E402
-from uplink.keys import fingerprint, public_key_text  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "envelope-v1"
 SENSOR_ID = "vector-01"

@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sensor.replay import replay  # noqa: E402
-from sensor.summary import Summary, encode_summary, summary_to_json  # noqa: E402
+from sensor.edges.replay import replay  # noqa: E402
+from wire.summary import Summary, encode_summary, summary_to_json  # noqa: E402
 
 OUT = ROOT / "tests" / "vectors" / "summary-v1"
 DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]

@@ -1,0 +1,330 @@
+"""`teiten central receive | ca init | ca crl | issue | revoke | broker-config | db`: run
+the site (receiver, certificate authority, broker configuration, database overview).
+
+Every command that prints data takes `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    r = sub.add_parser("receive", help="receive summaries from the broker into the database")
+    r.add_argument("--config", required=True, help="central.toml with a [receiver] table")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(handler=_receive)
+
+    ca = sub.add_parser("ca", help="the central certificate authority")
+    casub = ca.add_subparsers(dest="ca_command", metavar="ACTION", required=True)
+    init = casub.add_parser("init", help="create CA, broker and receiver certificates")
+    init.add_argument("--dir", default="central-ca", help="folder for keys and certificates")
+    init.add_argument(
+        "--host",
+        action="append",
+        help="broker name or address for the server certificate (repeat; default "
+        "localhost and 127.0.0.1)",
+    )
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(handler=_ca_init)
+    crl = casub.add_parser(
+        "crl", help="re-sign the CRL with a fresh next_update (cron, well within --days)"
+    )
+    crl.add_argument("--dir", default="central-ca", help="the CA folder")
+    crl.add_argument("--days", type=int, default=30, help="next_update this far ahead")
+    crl.add_argument("--json", action="store_true")
+    crl.set_defaults(handler=_ca_crl)
+
+    rv = sub.add_parser(
+        "revoke", help="revoke every certificate issued to a sensor and re-issue the CRL"
+    )
+    rv.add_argument("sensor_id")
+    rv.add_argument("--dir", default="central-ca", help="the CA folder")
+    rv.add_argument(
+        "--reason",
+        default="unspecified",
+        choices=[
+            "unspecified",
+            "key-compromise",
+            "affiliation-changed",
+            "superseded",
+            "cessation-of-operation",
+        ],
+    )
+    rv.add_argument(
+        "--cert",
+        action="append",
+        default=[],
+        help="also revoke this certificate file (one signed before the CA kept a record)",
+    )
+    rv.add_argument("--acl", help="the broker's acl file (from broker-config): rewrite it")
+    rv.add_argument("--config", help="central.toml: also set revoked = true in its sensors.toml")
+    rv.add_argument("--days", type=int, default=30, help="the CRL's next_update this far ahead")
+    rv.add_argument("--json", action="store_true")
+    rv.set_defaults(handler=_revoke)
+
+    iss = sub.add_parser("issue", help="sign a sensor's certificate request (from `teiten csr`)")
+    iss.add_argument("sensor_id")
+    iss.add_argument("--csr", required=True, help="the request file from the board")
+    iss.add_argument("--dir", default="central-ca", help="the CA folder")
+    iss.add_argument("--out", help="certificate file (default SENSOR_ID.crt)")
+    iss.add_argument("--days", type=int, default=825)
+    iss.set_defaults(handler=_issue)
+
+    bc = sub.add_parser("broker-config", help="write mosquitto.conf and acl for the broker")
+    bc.add_argument("--ca-dir", default="central-ca")
+    bc.add_argument("--out", required=True, help="folder for mosquitto.conf and acl")
+    bc.add_argument("--data-dir", default="/var/lib/mosquitto")
+    bc.add_argument("--tls-port", type=int, default=8883)
+    bc.add_argument("--ws-port", type=int, default=443)
+    bc.set_defaults(handler=_broker_config)
+
+    db = sub.add_parser("db", help="print what the central database holds")
+    src = db.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="central.toml (uses its database)")
+    src.add_argument("--db", help="the SQLite file")
+    db.add_argument("--json", action="store_true")
+    db.set_defaults(handler=_db)
+
+
+def _err(msg: object) -> int:
+    print(f"teiten central: {msg}", file=sys.stderr)
+    return 2
+
+
+def _receive(args: argparse.Namespace) -> int:
+    from central.config import CentralConfigError, load_central
+    from central.receiver import open_receiver
+    from central.store import StoreError
+    from wire.keys import KeyringError
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        cfg = load_central(args.config)
+        receiver, store = open_receiver(cfg)
+    except (CentralConfigError, StoreError, KeyringError, FileNotFoundError) as exc:
+        return _err(exc)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        receiver.run(stop)
+    finally:
+        store.close()
+    return 0
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    from central.ca import CAError, init_ca
+
+    try:
+        f = init_ca(args.dir, hosts=args.host)
+    except CAError as exc:
+        return _err(exc)
+    out = {
+        "ca_certificate": str(f.ca_crt),
+        "ca_key": str(f.ca_key),
+        "server_certificate": str(f.server_crt),
+        "server_key": str(f.server_key),
+        "receiver_certificate": str(f.receiver_crt),
+        "receiver_key": str(f.receiver_key),
+        "crl": str(f.crl),
+        "issued_record": str(f.issued),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"{k:22} {v}")
+        print(f"keep {f.ca_key} offline when you can; copy {f.ca_crt} to every board")
+    return 0
+
+
+def _ca_crl(args: argparse.Namespace) -> int:
+    from central.ca import CAError, refresh_crl
+
+    try:
+        info = refresh_crl(args.dir, days=args.days)
+    except CAError as exc:
+        return _err(exc)
+    out = {
+        "crl": str(info.path),
+        "crl_number": info.number,
+        "revoked_certificates": info.revoked,
+        "next_update": info.next_update.isoformat(),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"wrote {info.path} (CRL {info.number}, {info.revoked} revoked, next update "
+            f"{info.next_update:%Y-%m-%d %H:%M} UTC); restart the broker: "
+            "`systemctl restart mosquitto`"
+        )
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from central.ca import CAError, mark_revoked_in_keyring, revoke, write_acl
+    from central.config import CentralConfigError, acl_text, load_central
+
+    sensors_toml: Path | None = None
+    if args.config:
+        try:
+            sensors_toml = load_central(args.config).sensors
+        except (CentralConfigError, FileNotFoundError) as exc:
+            return _err(exc)
+    try:
+        pems = [Path(c).read_bytes() for c in args.cert]
+    except OSError as exc:
+        return _err(f"cannot read {exc.filename}: {exc.strerror}")
+    try:
+        r = revoke(args.dir, args.sensor_id, reason=args.reason, certificates=pems, days=args.days)
+        if args.acl:
+            write_acl(args.dir, Path(args.acl), acl_text())
+    except (CAError, OSError) as exc:
+        return _err(exc)
+    keyring = None
+    if sensors_toml is not None:
+        try:
+            keyring = mark_revoked_in_keyring(sensors_toml, args.sensor_id)
+        except OSError as exc:
+            return _err(f"revoked, but cannot update {sensors_toml}: {exc}")
+    todo = [
+        "restart the broker: `systemctl restart mosquitto` (not reload: Mosquitto 2.0.11 "
+        "can crash after a SIGHUP with the WebSockets-TLS listener; a restart also ends the "
+        "sensor's open connections)"
+    ]
+    if not args.acl:
+        todo.append(
+            "deny it in the broker ACL (WebSockets-TLS ignores the CRL in Mosquitto 2.0): "
+            f"`teiten central revoke {args.sensor_id} --dir {args.dir} --acl ACL` or re-run "
+            "`teiten central broker-config`"
+        )
+    if keyring is not True:
+        where = sensors_toml or "sensors.toml"
+        todo.append(f"set `revoked = true` under [sensors.{args.sensor_id}] in {where}")
+    out = {
+        "sensor_id": r.sensor_id,
+        "revoked_serials": r.revoked,
+        "already_revoked_serials": r.already,
+        "crl": str(r.crl.path),
+        "crl_number": r.crl.number,
+        "crl_next_update": r.crl.next_update.isoformat(),
+        "acl": args.acl,
+        "sensors_toml_updated": str(sensors_toml) if keyring else None,
+        "next_steps": todo,
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"revoked {len(r.revoked)} certificate(s) of {r.sensor_id}: {', '.join(r.revoked)}")
+    if r.already:
+        print(f"already revoked: {', '.join(r.already)}")
+    print(f"wrote {r.crl.path} (CRL {r.crl.number}, next update {r.crl.next_update:%Y-%m-%d})")
+    if args.acl:
+        print(f"wrote {args.acl}: {r.sensor_id} may use no topic")
+    if keyring:
+        print(f"set revoked = true for {r.sensor_id} in {sensors_toml}")
+    print("next:")
+    for step in todo:
+        print(f"  - {step}")
+    return 0
+
+
+def _issue(args: argparse.Namespace) -> int:
+    from central.ca import CAError, issue_sensor
+
+    try:
+        csr = Path(args.csr).read_bytes()
+    except OSError as exc:
+        return _err(f"cannot read {args.csr}: {exc.strerror}")
+    try:
+        pem = issue_sensor(args.dir, args.sensor_id, csr, days=args.days)
+    except CAError as exc:
+        return _err(exc)
+    out = Path(args.out or f"{args.sensor_id}.crt")
+    out.write_bytes(pem)
+    print(f"wrote {out}: copy it to the board as the [uplink] cert")
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from central.ca import CAError, CAFiles, write_acl
+    from central.config import acl_text, render_mosquitto_conf
+
+    files = CAFiles(Path(args.ca_dir).resolve())
+    if not files.crl.exists():
+        return _err(
+            f"no CRL at {files.crl} (the broker will not start without it); "
+            f"run `teiten central ca crl --dir {args.ca_dir}` first"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        write_acl(files.dir, out / "acl", acl_text())
+    except CAError as exc:
+        return _err(exc)
+    (out / "mosquitto.conf").write_text(
+        render_mosquitto_conf(
+            data_dir=Path(args.data_dir),
+            acl_file=(out / "acl").resolve(),
+            cafile=files.ca_crt,
+            certfile=files.server_crt,
+            keyfile=files.server_key,
+            crlfile=files.crl,
+            tls_port=args.tls_port,
+            ws_port=args.ws_port,
+        )
+    )
+    print(f"wrote {out / 'mosquitto.conf'} and {out / 'acl'}")
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from central.config import CentralConfigError, load_central
+    from central.store import Store, StoreError
+
+    try:
+        path = Path(args.db) if args.db else load_central(args.config).database
+        if not path.exists():
+            return _err(f"no database at {path}; start `teiten central receive` first")
+        with Store(path) as store:
+            ov = store.overview()
+    except (CentralConfigError, StoreError) as exc:
+        return _err(exc)
+    if args.json:
+        print(json.dumps(ov, indent=2, sort_keys=True))
+        return 0
+    print_overview(ov)
+    return 0
+
+
+def print_overview(ov: dict[str, Any]) -> None:
+    print(f"database   {ov['database']}")
+    print(f"summaries  {ov['summaries']}  (duplicates received: {ov['duplicates_received']}; "
+          f"not rolled up yet: {ov.get('not_rolled_up', 0)})")
+    rej = ov["rejected"]
+    print("rejected   " + (", ".join(f"{k}: {v}" for k, v in rej.items()) if rej else "none"))
+    print(f"{'sensor':20} {'status':8} {'stored':>6} {'seq first..last':>20} {'health':>6}  gaps")
+    for sid, s in ov["sensors"].items():
+        rng = f"{s.get('first_sequence', '-')}..{s.get('last_sequence', '-')}"
+        gaps = s.get("gaps") or []
+        print(
+            f"{sid:20} {s.get('status') or '-':8} {s.get('summaries', 0):>6} {rng:>20} "
+            f"{s.get('health_messages', 0):>6}  {gaps if gaps else 'none'}"
+        )

@@ -1,0 +1,233 @@
+"""Sensor sub-commands of `teiten`: replay and show (the board's own commands)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sensor.core.aggregate import HOUR, Limits
+from sensor.edges.durable import write_durably
+from sensor.fast import encode_summary
+from wire.summary import (
+    Summary,
+    SummaryFormatError,
+    decode_summary,
+    iso_utc,
+    summary_to_json,
+)
+
+DEFAULT_DARKNET = "198.51.100.0/24,2001:db8:dead::/48"
+SENSOR_ID_HELP = "sensor id: lower-case letters, digits and '-', at most 63 characters"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay pcap/pcapng files into hourly summaries",
+        description="Read capture files, keep frames sent to the darknet, and write one "
+        "summary per UTC hour into --out (and, with --key, signed envelopes into --spool).",
+    )
+    p.add_argument("pcaps", nargs="+", metavar="PCAP")
+    p.add_argument("--darknet", default=DEFAULT_DARKNET, help="comma-separated CIDR blocks")
+    p.add_argument("--out", help="directory for summary files (created if missing)")
+    p.add_argument("--sensor-id", default="replay", help=SENSOR_ID_HELP)
+    p.add_argument("--max-sources", type=int, default=Limits().max_sources)
+    p.add_argument("--bucket-seconds", type=int, default=HOUR, help=argparse.SUPPRESS)
+    p.add_argument("--key", help="Ed25519 signing key: also seal each summary into --spool")
+    p.add_argument("--spool", help="spool directory for signed envelopes (with --key)")
+    p.add_argument("--state", help="sequence state file (default: SPOOL/../sequence.state)")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result")
+    p.add_argument("--reference", action="store_true",
+                   help="use the pure-Python decode/aggregate path instead of the compiled one")
+    p.set_defaults(handler=cmd_replay)
+
+    s = subparsers.add_parser("show", help="print a summary file")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--json", action="store_true", help="print the documented JSON view")
+    s.add_argument("--top", type=int, default=10, help="rows per table in the text view")
+    s.set_defaults(handler=cmd_show)
+
+
+def _error(message: str) -> int:
+    print(f"teiten: {message}", file=sys.stderr)
+    return 1
+
+
+def parse_darknet(text: str) -> list[str]:
+    blocks = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            blocks.append(str(ipaddress.ip_network(part, strict=True)))
+        except ValueError as exc:
+            raise ValueError(
+                f"--darknet: {part!r} is not a network block ({exc}); "
+                "give CIDRs such as 198.51.100.0/24 with no host bits set"
+            ) from None
+    if not blocks:
+        raise ValueError("--darknet: give at least one CIDR block")
+    return blocks
+
+
+def summary_filename(summary: Summary) -> str:
+    stamp = iso_utc(summary.hour_start * 1_000_000)[:19].replace("-", "").replace(":", "")
+    return f"{summary.sensor_id}-{stamp}Z.summary"
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.edges.pcap import CaptureFileError
+    from sensor.edges.replay import Progress, ReplayStats, replay
+    from wire.ids import validate_sensor_id
+
+    try:
+        darknet = parse_darknet(args.darknet)
+        limits = Limits(max_sources=args.max_sources)
+    except ValueError as exc:
+        return _error(str(exc))
+    if not args.out and not args.key:
+        return _error("replay: give --out DIR for summaries, or --key and --spool for envelopes")
+    if args.key and not args.spool:
+        return _error("replay: --key needs --spool DIR to write signed envelopes into")
+    try:
+        validate_sensor_id(args.sensor_id)
+    except ValueError as exc:
+        return _error(str(exc))
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    sink = None
+    # The spool and signing stack (cryptography) is imported only when it is used.
+    spool_errors: tuple[type[Exception], ...] = ()
+    if args.key:
+        from sensor.edges.sequence import SequenceStateError
+        from sensor.edges.spool import SpoolError
+
+        spool_errors = (SpoolError, SequenceStateError)
+        try:
+            from sensor.edges.sealer import open_sealer
+
+            sink = open_sealer(
+                key_path=args.key, spool_dir=args.spool, sensor_id=args.sensor_id,
+                state_path=args.state,
+            )
+        except (OSError, ValueError) as exc:
+            return _error(f"replay: cannot prepare signing: {exc}")
+    written: list[str] = []
+
+    def emit(summary: Summary) -> None:
+        data = encode_summary(summary)
+        if out is not None:
+            path = out / summary_filename(summary)
+            write_durably(path, data)
+            written.append(str(path))
+        if sink is not None:
+            sink.seal_and_spool(summary, data)
+
+    failure = None
+    stats = ReplayStats()  # filled as the replay goes: its warnings survive an error
+    try:
+        replay(
+            args.pcaps, darknet=darknet, sensor_id=args.sensor_id, emit=emit, limits=limits,
+            bucket_seconds=args.bucket_seconds, progress=Progress(), reference=args.reference,
+            stats=stats,
+        )
+    except CaptureFileError as exc:
+        failure = str(exc)
+    except spool_errors as exc:
+        # A full or failing spool disk: what was spooled before stays; say what to do.
+        return _error(
+            f"replay: cannot spool: {exc}. Free space or raise the spool bound, then replay "
+            f"again: envelopes already in {args.spool} are kept"
+        )
+    except ValueError as exc:
+        return _error(f"replay: {exc}")
+    sealed = sink.sealed if sink is not None else 0
+    result = {
+        "summaries": written,
+        "frames": None if failure else stats.frames,
+        "envelopes": sealed,
+        "warnings": stats.warnings,
+        "uncounted": stats.uncounted,
+        "error": failure,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for path in written:
+            print(path)
+        if sink is not None:
+            print(f"{sealed} signed envelopes in {args.spool}")
+    for warning in stats.warnings:
+        print(f"teiten: warning: {warning}", file=sys.stderr)
+    if failure:
+        print(f"teiten: {failure}", file=sys.stderr)
+        if written or sealed:
+            print(
+                f"teiten: wrote {len(written) or sealed} summaries from the data before the "
+                "error", file=sys.stderr,
+            )
+        return 1
+    if stats.uncounted:
+        n = stats.uncounted
+        return _error(
+            f"replay: {n} frame{'s' if n != 1 else ''} had a timestamp no summary can hold "
+            f"(malformed bad_timestamp: before 1970, as libpcap reads a pcap stamp of "
+            f"2038-01-19T03:14:08Z or later, or after 9999-12-30) and no frame with a valid "
+            f"time came to count {'them' if n != 1 else 'it'} with: no summary was written; "
+            f"check the capture's timestamps (`capinfos -ae FILE`)"
+        )
+    return 0
+
+
+def load_summary(path: str) -> Summary:
+    with open(path, "rb") as fh:
+        return decode_summary(fh.read())
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    try:
+        summary = load_summary(args.file)
+    except OSError as exc:
+        return _error(f"show: cannot read {args.file}: {exc.strerror}")
+    except SummaryFormatError as exc:
+        return _error(f"show: {args.file}: {exc}")
+    view = summary_to_json(summary)
+    if args.json:
+        json.dump(view, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(render_text(view, args.top))
+    return 0
+
+
+def render_text(view: dict[str, Any], top: int = 10) -> str:
+    lines = [
+        f"sensor {view['sensor_id']}  {view['hour_start']} .. {view['hour_end']}"
+        + ("  (partial)" if view["health"].get("partial") else ""),
+        f"packets {view['packets']:,}  bytes {view['bytes']:,}  sources "
+        f"{view['sources_distinct']:,}{'~' if view['sources_distinct_estimated'] else ''}  "
+        f"backscatter {view['backscatter']:,}  malformed {view['malformed_total']:,}  "
+        f"overflow {view['sources_overflow']:,}",
+        "fingerprints " + "  ".join(f"{k} {v:,}" for k, v in view["fingerprints"].items()),
+        "",
+        f"{'proto':>7} {'port':>6} {'packets':>10} {'sources':>8} {'backscatter':>11}",
+    ]
+    for row in view["by_port"][:top]:
+        port = "-" if row["port"] is None else row["port"]
+        lines.append(
+            f"{row['proto']!s:>7} {port!s:>6} {row['packets']:>10,} {row['sources']:>8,} "
+            f"{row['backscatter']:>11,}"
+        )
+    lines += ["", f"{'source':>39} {'packets':>10} {'ports':>6} {'ttl':>4}  fingerprints"]
+    for row in view["sources"][:top]:
+        lines.append(
+            f"{row['ip']:>39} {row['packets']:>10,} {row['ports']:>6} {row['ttl']:>4}  "
+            + ",".join(row["fingerprints"])
+        )
+    return "\n".join(lines)

@@ -1,0 +1,278 @@
+"""Offline replay: capture files -> decode -> aggregate -> one summary per UTC hour.
+
+This is an edge (it opens files); the work is done by the sans-I/O core.  Files are read
+in the order given through the project's libpcap binding with the darknet BPF filter, so a
+replay counts exactly what a live sensor with the same filter would have counted.  A
+corrupt or truncated file stops the replay with `CaptureFileError` naming the file and the
+byte offset, after the summaries of everything read so far have been handed to `emit`.
+
+Two things a capture can hold that no filter or summary hour fits, treated the same way on
+the reference and the compiled path:
+- a link type the decoder does not know: its frames are counted as malformed
+  `link_unsupported` (through the darknet filter when libpcap can apply it to that link
+  type, all of them when it cannot), with a warning in `ReplayStats.warnings`;
+- a frame timed outside what a summary can hold (`sensor.core.decode.TS_MAX_US`): malformed
+  `bad_timestamp`, counted in the oldest open hour; `ReplayStats.uncounted` says how many
+  found no hour at all (the capture had no frame with a valid time).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple, Protocol, TextIO
+
+from sensor.core.aggregate import HOUR, HourlyAggregation, Limits
+from sensor.core.bpf import darknet_filter
+from sensor.core.decode import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT, decode_frame
+from sensor.core.records import LINKTYPE_ETHERNET, PacketRecord
+from sensor.edges.pcap import (
+    CaptureFileError,
+    FilterError,
+    UnsupportedLinkType,
+    not_a_capture,
+    open_file,
+)
+from sensor.fast.kernel import FastHourlyAggregation, _fast
+from sensor.fast.kernel import available as fast_available
+from wire.summary import Summary
+
+BATCH = 4096
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    files: int = 0
+    frames: int = 0
+    summaries: int = 0
+    errors: list[str] = field(default_factory=list)
+    # What the caller should tell the user (a link type the decoder does not know, ...).
+    warnings: list[str] = field(default_factory=list)
+    # bad_timestamp frames that no summary holds: no frame of the replay had a valid time.
+    uncounted: int = 0
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent when stderr is not a TTY."""
+
+    def __init__(self, stream: TextIO = sys.stderr, interval: float = 0.5) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.interval = interval
+        self._next = 0.0
+        self._start = time.monotonic()
+
+    def update(self, label: str, frames: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        rate = frames / max(now - self._start, 1e-9)
+        self.stream.write(f"\r{label}: {frames:,} frames ({rate:,.0f}/s)   ")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class CaptureFilter(NamedTuple):
+    linktype: int
+    bpf: str  # "" when no filter applies (libpcap cannot filter this link type)
+    warning: str | None  # for the user: the link type is not supported
+
+
+def capture_filter(path: str, darknet: Sequence[str]) -> CaptureFilter:
+    """A capture file's link type and the darknet filter for it (`vlan` is Ethernet-only).
+
+    For a link type the decoder does not know, every frame is `link_unsupported`; when
+    libpcap cannot compile the filter for it either, the file is read unfiltered (so every
+    frame is counted) rather than refused.  Raises CaptureFileError if the file cannot be
+    opened, FilterError if the expression is wrong.
+    """
+    with open_file(path) as probe:
+        linktype = probe.linktype
+        bpf = darknet_filter(darknet, vlan=linktype == LINKTYPE_ETHERNET)
+        if linktype in SUPPORTED_LINKTYPES:
+            return CaptureFilter(linktype, bpf, None)
+        unsupported = (
+            f"{path}: link type {linktype} is not supported (Teiten decodes "
+            f"{SUPPORTED_LINKTYPES_TEXT}): its frames are counted as malformed link_unsupported"
+        )
+        try:
+            probe.setfilter(bpf)
+        except UnsupportedLinkType:
+            return CaptureFilter(linktype, "", unsupported + (
+                ", all of them: libpcap cannot apply the darknet filter to this link type"))
+    return CaptureFilter(linktype, bpf, unsupported + " (those the darknet filter passes)")
+
+
+class _Finishable(Protocol):
+    def finish(
+        self, *, sensor_id: str, darknet: Iterable[str], complete: bool,
+        health: Mapping[str, Any] | None,
+    ) -> Summary: ...
+
+
+class _Closed(Protocol):
+    @property
+    def aggregator(self) -> _Finishable: ...
+    @property
+    def complete(self) -> bool: ...
+
+
+class SummarySink:
+    """Finishes closed intervals (reference or compiled) into summaries for `emit`."""
+
+    def __init__(
+        self, emit: Callable[[Summary], None], stats: ReplayStats, sensor_id: str,
+        darknet: Sequence[str],
+    ) -> None:
+        self.emit = emit
+        self.stats = stats
+        self.sensor_id = sensor_id
+        self.darknet = darknet
+
+    def __call__(self, closed: Iterable[_Closed]) -> None:
+        for interval in closed:
+            self.emit(
+                interval.aggregator.finish(
+                    sensor_id=self.sensor_id, darknet=self.darknet,
+                    complete=interval.complete, health=REPLAY_HEALTH,
+                )
+            )
+            self.stats.summaries += 1
+
+
+REPLAY_HEALTH: Final = {"source": "replay"}
+
+
+def replay(
+    paths: Sequence[str],
+    *,
+    darknet: Sequence[str],
+    sensor_id: str,
+    emit: Callable[[Summary], None],
+    limits: Limits | None = None,
+    bucket_seconds: int = HOUR,
+    progress: Progress | None = None,
+    reference: bool = False,
+    stats: ReplayStats | None = None,
+) -> ReplayStats:
+    """Replay `paths` and call `emit` with each finished hourly summary, oldest first.
+
+    Uses the compiled path (sensor.fast) when it is built, unless `reference` asks for
+    the pure-Python decode + aggregate below; both give the same summaries, byte for byte.
+    Raises CaptureFileError after emitting everything read before the error; `stats`, when
+    given, is filled in as the replay goes (so it holds the warnings even then).
+    """
+    if stats is None:
+        stats = ReplayStats()
+    if not reference and fast_available():
+        return _replay_compiled(
+            paths, darknet=darknet, sensor_id=sensor_id, emit=emit, limits=limits,
+            bucket_seconds=bucket_seconds, progress=progress, stats=stats,
+        )
+    aggregation = HourlyAggregation(bucket_seconds, limits)
+    finish = SummarySink(emit, stats, sensor_id, darknet)
+    try:
+        for path in paths:
+            linktype, bpf, warning = capture_filter(path, darknet)
+            if warning:
+                stats.warnings.append(warning)
+            stats.files += 1
+            with open_file(path, bpf) as source:
+                for batch in source.batches(BATCH):
+                    for frame in batch:
+                        rec = decode_frame(frame.ts_us, linktype, frame.data, frame.wire_len)
+                        closed = aggregation.add(rec)
+                        if closed:
+                            finish(closed)
+                    stats.frames += len(batch)
+                    if progress is not None:
+                        progress.update(path, stats.frames)
+    except CaptureFileError:
+        finish(aggregation.flush(complete=False))
+        stats.uncounted = aggregation.pending_bad_timestamps
+        raise
+    finally:
+        if progress is not None:
+            progress.done()
+    finish(aggregation.flush(complete=False))
+    stats.uncounted = aggregation.pending_bad_timestamps
+    return stats
+
+
+__all__ = ["CaptureFileError", "PacketRecord", "ReplayStats", "replay"]
+
+
+def _replay_compiled(
+    paths: Sequence[str],
+    *,
+    darknet: Sequence[str],
+    sensor_id: str,
+    emit: Callable[[Summary], None],
+    limits: Limits | None = None,
+    bucket_seconds: int = HOUR,
+    progress: Progress | None = None,
+    stats: ReplayStats | None = None,
+) -> ReplayStats:
+    """`replay` on the compiled path: same arguments, summaries and errors."""
+    if _fast is None:  # callers check fast.available() first
+        raise RuntimeError("sensor.fast._fast is not built")
+    if stats is None:
+        stats = ReplayStats()
+    finish = SummarySink(emit, stats, sensor_id, darknet)
+    aggregation: FastHourlyAggregation | None = None
+    try:
+        for path in paths:
+            # Same checks, filter decision and warning as the reference path.
+            linktype, bpf, warning = capture_filter(path, darknet)
+            if warning:
+                stats.warnings.append(warning)
+            stats.files += 1
+            if aggregation is None:
+                aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits)
+            aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
+            try:
+                reader = _fast.FileReader(path)
+            except _fast.FastError as exc:
+                raise not_a_capture(path, str(exc.args[0])) from exc
+            try:
+                if bpf.strip():
+                    try:
+                        reader.setfilter(bpf)
+                    except _fast.FastError as exc:
+                        raise FilterError(bpf, str(exc.args[0])) from exc
+                while True:
+                    try:
+                        n, closed = aggregation.feed_file(reader)
+                    except _fast.FastError as exc:
+                        message, offset = exc.args
+                        raise CaptureFileError(path, int(offset), str(message)) from exc
+                    if closed:
+                        finish(closed)
+                    if n < 0:
+                        break
+                    stats.frames += n
+                    if progress is not None:
+                        progress.update(path, stats.frames)
+            finally:
+                reader.close()
+    except CaptureFileError:
+        if aggregation is not None:
+            finish(aggregation.flush(complete=False))
+            stats.uncounted = aggregation.pending_bad_timestamps
+        raise
+    finally:
+        if progress is not None:
+            progress.done()
+    if aggregation is not None:
+        finish(aggregation.flush(complete=False))
+        stats.uncounted = aggregation.pending_bad_timestamps
+    return stats
