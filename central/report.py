@@ -38,12 +38,13 @@ from central.rollup import (
     previous_quarter,
     quarter_bounds,
 )
+from wire.summary import FINGERPRINT_BITS, FINGERPRINTS, PROTO_NAMES
 
 DATA_DIR: Final = Path(__file__).with_name("data")
 TOP: Final = 5
 THRESHOLDS_H: Final = (24, 48, 168)
-FP_GROUPS: Final = (("all", None), ("mirai", 1), ("zmap", 2), ("masscan", 4), ("none", 0))
-PROTO: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+FP_GROUPS: Final = (("all", None), *FINGERPRINT_BITS.items(), ("none", 0))
+PROTO: Final = PROTO_NAMES
 ICMP_TYPES: Final = {  # (proto, type) -> IANA ICMP type name
     (1, 0): "echo-reply", (1, 3): "destination-unreachable", (1, 8): "echo-request",
     (1, 11): "time-exceeded", (1, 13): "timestamp", (58, 128): "echo-request",
@@ -359,7 +360,7 @@ def compute_report(
     counters = store.counter_totals(day_lo, day_hi, sensors)
     packets = counters.get("packets", 0)
     backscatter = counters.get("backscatter", 0)
-    fingerprints = {name: counters.get(f"fp:{name}", 0) for name in ("mirai", "zmap", "masscan")}
+    fingerprints = {name: counters.get(f"fp:{name}", 0) for name in FINGERPRINTS}
     bs_kinds = {k.split(":", 1)[1]: v for k, v in sorted(counters.items())
                 if k.startswith("backscatter:")}
 

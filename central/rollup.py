@@ -32,12 +32,11 @@ import zstandard
 from central._rollup import LifeTable
 from central.columns import SummaryColumns, decode_columns
 from central.regions import UNKNOWN_CC, RegionTable
-from wire.summary import FINGERPRINTS, Summary
+from wire.summary import FINGERPRINT_BITS, FINGERPRINTS, Summary
 
 log = logging.getLogger(__name__)
 DAY: Final = 86_400
 OVERFLOW_REGISTRY: Final = "overflow"
-_FP_BITS: Final = {"mirai": 0x01, "zmap": 0x02, "masscan": 0x04}
 
 
 class QuarterError(ValueError):
@@ -205,7 +204,7 @@ class RollupBatch:
 
 
 def fingerprint_bit(name: str) -> int:
-    return _FP_BITS[name]
+    return FINGERPRINT_BITS[name]
 
 
 __all__ = [

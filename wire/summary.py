@@ -22,7 +22,9 @@ import msgpack
 SUMMARY_VERSION: Final = 1
 PROTO_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 PROTO_NUMBERS: Final = {name: number for number, name in PROTO_NAMES.items()}
-FINGERPRINTS: Final = ("mirai", "zmap", "masscan")
+# Scanner fingerprints by name, with their bit in a source row's `fingerprints` field.
+FINGERPRINT_BITS: Final = {"mirai": 0x01, "zmap": 0x02, "masscan": 0x04}
+FINGERPRINTS: Final = tuple(FINGERPRINT_BITS)
 BACKSCATTER_KINDS: Final = ("tcp_synack", "tcp_rst", "icmp_error", "icmp_echo_reply")
 # IP-length histogram buckets, by lower bound (bytes).
 SIZE_BUCKETS: Final = (0, 40, 60, 80, 128, 256, 512, 1024, 1500)
@@ -31,7 +33,6 @@ SIZE_BUCKETS: Final = (0, 40, 60, 80, 128, 256, 512, 1024, 1500)
 EST_PORTS: Final = 0x01
 EST_DESTINATIONS: Final = 0x02
 
-_FP_BITS: Final = {"mirai": 0x01, "zmap": 0x02, "masscan": 0x04}
 
 
 class SummaryFormatError(ValueError):
@@ -427,7 +428,7 @@ def address_text(address: bytes) -> str:
 
 
 def fingerprint_list(bits: int) -> list[str]:
-    return [name for name in FINGERPRINTS if bits & _FP_BITS[name]]
+    return [name for name in FINGERPRINTS if bits & FINGERPRINT_BITS[name]]
 
 
 def summary_to_json(s: Summary) -> dict[str, Any]:

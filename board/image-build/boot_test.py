@@ -354,8 +354,8 @@ def valid_run(image_xz: Path, work: Path, probes: int) -> None:
             envelopes = [n for n in stop.stdout.split() if n != "quarantine"]
             got = 0
             pub = public_key_from_card(disk)
-            from sensor.edges.keys import Keyring
             from wire.envelope import verify_envelope
+            from wire.keys import Keyring
 
             keyring = Keyring.from_mapping({"boot-01": pub})
             verified = 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from sensor.core.classify import BACKSCATTER_NAMES, backscatter_kind, fingerprint_bits
@@ -99,6 +99,10 @@ class Limits:
             "max_sources": self.max_sources,
             "max_destinations": self.max_destinations,
         }
+
+
+# Limits' fields in declaration order: the order the compiled kernel takes them in.
+LIMIT_FIELDS: Final = tuple(f.name for f in fields(Limits))
 
 
 def hour_of(ts_us: int, bucket_seconds: int = HOUR) -> int:

@@ -18,6 +18,10 @@ from __future__ import annotations
 from typing import Final
 
 from sensor.core.records import (
+    ICMP_ECHO_REPLY,
+    ICMP_ERROR_TYPES,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ERROR_TYPES,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -26,26 +30,23 @@ from sensor.core.records import (
     TCP_SYN,
     PacketRecord,
 )
+from wire.summary import BACKSCATTER_KINDS, FINGERPRINT_BITS
 
-FP_MIRAI: Final = 0x01
-FP_ZMAP: Final = 0x02
-FP_MASSCAN: Final = 0x04
-FINGERPRINT_NAMES: Final = ((FP_MIRAI, "mirai"), (FP_ZMAP, "zmap"), (FP_MASSCAN, "masscan"))
+FP_MIRAI: Final = FINGERPRINT_BITS["mirai"]
+FP_ZMAP: Final = FINGERPRINT_BITS["zmap"]
+FP_MASSCAN: Final = FINGERPRINT_BITS["masscan"]
+FINGERPRINT_NAMES: Final = tuple((bit, name) for name, bit in FINGERPRINT_BITS.items())
 
 ZMAP_IP_ID: Final = 54321
 
-# Backscatter kinds (stable summary keys); 0 means "not backscatter".
+# Backscatter kinds: index i is the summary key BACKSCATTER_NAMES[i]; 0 means "not
+# backscatter".  The names are the format's (wire.summary.BACKSCATTER_KINDS).
+BACKSCATTER_NAMES: Final = ("", *BACKSCATTER_KINDS)
 BS_NONE: Final = 0
-BS_TCP_SYNACK: Final = 1
-BS_TCP_RST: Final = 2
-BS_ICMP_ERROR: Final = 3
-BS_ICMP_ECHO_REPLY: Final = 4
-BACKSCATTER_NAMES: Final = ("", "tcp_synack", "tcp_rst", "icmp_error", "icmp_echo_reply")
-
-_ICMP_ERRORS: Final = frozenset((3, 4, 5, 11, 12))
-_ICMPV6_ERRORS: Final = frozenset((1, 2, 3, 4))
-_ICMP_ECHO_REPLY: Final = 0
-_ICMPV6_ECHO_REPLY: Final = 129
+BS_TCP_SYNACK: Final = BACKSCATTER_NAMES.index("tcp_synack")
+BS_TCP_RST: Final = BACKSCATTER_NAMES.index("tcp_rst")
+BS_ICMP_ERROR: Final = BACKSCATTER_NAMES.index("icmp_error")
+BSICMP_ECHO_REPLY: Final = BACKSCATTER_NAMES.index("icmp_echo_reply")
 
 
 def fingerprint_bits(rec: PacketRecord) -> int:
@@ -80,14 +81,14 @@ def backscatter_kind(rec: PacketRecord) -> int:
             return BS_TCP_SYNACK
         return BS_NONE
     if proto == PROTO_ICMP:
-        if rec.icmp_type in _ICMP_ERRORS:
+        if rec.icmp_type in ICMP_ERROR_TYPES:
             return BS_ICMP_ERROR
-        if rec.icmp_type == _ICMP_ECHO_REPLY:
-            return BS_ICMP_ECHO_REPLY
+        if rec.icmp_type == ICMP_ECHO_REPLY:
+            return BSICMP_ECHO_REPLY
         return BS_NONE
     if proto == PROTO_ICMPV6:
-        if rec.icmp_type in _ICMPV6_ERRORS:
+        if rec.icmp_type in ICMPV6_ERROR_TYPES:
             return BS_ICMP_ERROR
-        if rec.icmp_type == _ICMPV6_ECHO_REPLY:
-            return BS_ICMP_ECHO_REPLY
+        if rec.icmp_type == ICMPV6_ECHO_REPLY:
+            return BSICMP_ECHO_REPLY
     return BS_NONE

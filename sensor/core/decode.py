@@ -23,6 +23,8 @@ from typing import Final
 from sensor.core.records import (
     DLT_RAW_BSD,
     DLT_RAW_OPENBSD,
+    ICMP_ERROR_TYPES,
+    ICMPV6_ERROR_TYPES,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -60,9 +62,6 @@ _MAX_IPV6_EXT: Final = 8  # bounds the walk; real traffic rarely has more than t
 _AF_INET: Final = 2
 _AF_INET6: Final = frozenset((10, 24, 28, 30))
 
-# ICMP types whose body quotes the offending packet.
-ICMP_ERROR_TYPES: Final = frozenset((3, 4, 5, 11, 12))
-ICMPV6_ERROR_TYPES: Final = frozenset((1, 2, 3, 4))
 
 _U16: Final = struct.Struct("!H")
 _IPV4: Final = struct.Struct("!BBHHHBBH4s4s")

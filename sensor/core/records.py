@@ -17,6 +17,13 @@ PROTO_TCP: Final = 6
 PROTO_UDP: Final = 17
 PROTO_ICMPV6: Final = 58
 
+# ICMP types whose body quotes the offending packet (RFC 792, RFC 4443), and echo replies:
+# decode parses the quote of an error, classify counts both as backscatter.
+ICMP_ERROR_TYPES: Final = frozenset((3, 4, 5, 11, 12))
+ICMPV6_ERROR_TYPES: Final = frozenset((1, 2, 3, 4))
+ICMP_ECHO_REPLY: Final = 0
+ICMPV6_ECHO_REPLY: Final = 129
+
 # TCP flag bits (RFC 9293 plus ECE/CWR from RFC 3168).
 TCP_FIN: Final = 0x01
 TCP_SYN: Final = 0x02

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from sensor.core.aggregate import (
     HOUR,
+    LIMIT_FIELDS,
     HourAggregator,
     HourlyAggregation,
     Limits,
@@ -54,20 +55,7 @@ def available() -> bool:
 
 
 def _limits_tuple(lim: Limits) -> tuple[int, ...]:
-    return (
-        lim.max_sources, lim.max_destinations,
-        lim.source_exact_budget, lim.source_exact_limit, lim.source_big_p,
-        lim.source_max_big, lim.source_small_p,
-        lim.port_exact_budget, lim.port_exact_limit, lim.port_big_p, lim.port_max_big,
-        lim.port_small_p, lim.overflow_sketch_p,
-    )
-
-
-_LIMIT_FIELDS: Final = (
-    "max_sources", "max_destinations", "source_exact_budget", "source_exact_limit",
-    "source_big_p", "source_max_big", "source_small_p", "port_exact_budget",
-    "port_exact_limit", "port_big_p", "port_max_big", "port_small_p", "overflow_sketch_p",
-)
+    return tuple(getattr(lim, name) for name in LIMIT_FIELDS)
 
 
 class FastInterval:
@@ -85,7 +73,7 @@ class FastInterval:
         # The limits the interval was opened with (a reload may have changed them since).
         own = tuple(iv.limits)
         self.limits = limits if own == _limits_tuple(limits) else Limits(
-            **dict(zip(_LIMIT_FIELDS, own, strict=True)))
+            **dict(zip(LIMIT_FIELDS, own, strict=True)))
         self._extra_late = 0
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgpack
 
-from sensor.fast.kernel import _fast
+from sensor.fast import kernel
 from wire.summary import Summary, summary_fields
 from wire.summary import encode_summary as encode_summary_reference
 
@@ -38,11 +38,12 @@ def encode_summary_fast(s: Summary) -> bytes | None:
     coming from `sensor.fast._fast.pack_table`.  Returns None when the extension is missing or a
     row is not what the packer expects; the caller then uses the reference encoder.
     """
-    if _fast is None:
+    fast = kernel._fast  # looked up per call: tests unload it to check the fallback
+    if fast is None:
         return None
     tables = {}
     for key, kind in _TABLE_KINDS.items():
-        packed = _fast.pack_table(kind, getattr(s, key))
+        packed = fast.pack_table(kind, getattr(s, key))
         if packed is None:
             return None
         tables[key] = packed

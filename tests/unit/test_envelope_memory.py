@@ -27,14 +27,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensor.edges.keys import Keyring
+from central.keyring import load_keyring
 from tests.vectors import make_envelope_vectors as mv
 from wire import envelope as ev
 from wire.ids import is_valid_sensor_id
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "tests" / "vectors" / "envelope-v1"
-KEYRING = Keyring.from_toml(VECTORS / "sensors.toml")
+KEYRING = load_keyring(VECTORS / "sensors.toml")
 ENVELOPE = (VECTORS / "envelope.bin").read_bytes()
 SIZE = 60 << 20
 HOUR = 1_767_225_600
@@ -144,7 +144,7 @@ _CHILD = textwrap.dedent(
     import json, sys
     from pathlib import Path
     from wire import envelope as ev
-    from sensor.edges.keys import Keyring
+    from central.keyring import load_keyring
 
     def status(key):
         for line in open("/proc/self/status"):
@@ -152,7 +152,7 @@ _CHILD = textwrap.dedent(
                 return int(line.split()[1]) * 1024
         raise KeyError(key)
 
-    ring = Keyring.from_toml(Path(sys.argv[2]))
+    ring = load_keyring(Path(sys.argv[2]))
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # resets VmHWM to the current RSS
     before = status("VmRSS")
