@@ -59,6 +59,17 @@ class Reply:
     sequence: int
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What `Ingest.store_envelope` did with one envelope."""
+
+    status: str  # stored | duplicate | rejected
+    reason: str | None  # the rejection reason (the ack's reason), None otherwise
+    sensor_id: str | None  # the envelope's (or the claimed) sensor id, when known
+    sequence: int | None  # None: the envelope did not parse
+    detail: str | None = None
+
+
 @dataclass(slots=True)
 class Counters:
     stored: int = 0
@@ -166,27 +177,48 @@ class Ingest:
         return self._reply(sid, sequence, "rejected", "internal_error")
 
     def _summary(self, mqtt_topic: str, sid: str, payload: bytes) -> Reply | None:
+        v = self.store_envelope(payload, topic=mqtt_topic, claimed_sensor=sid)
+        if v.sequence is None:
+            return None  # no sequence to acknowledge; the board's spool scan catches it
+        return self._reply(sid, v.sequence, v.status, v.reason)
+
+    def store_envelope(
+        self, payload: bytes, *, topic: str | None, claimed_sensor: str | None,
+        received_us: int | None = None,
+    ) -> Verdict:
+        """The receiver's checks and the store, for one envelope: every path calls this.
+
+        The MQTT handler passes the topic's sensor id as `claimed_sensor` (authenticated by
+        the broker); the offline importer (`central/importer.py`) passes None, and the
+        envelope's own sensor id, authenticated by its signature, is the only one.
+        Order: structural parse, topic id check, Ed25519 verify against sensors.toml,
+        capped decompression, summary check, one transaction keyed by (sensor, sequence).
+        """
         # Cheap structural parse first: it gives the sequence to acknowledge against.
         try:
             env = parse_envelope(payload)
         except EnvelopeError as exc:
             self.store.reject(
-                reason=exc.reason, data=payload, topic=mqtt_topic, sensor_id=sid, detail=str(exc)
+                reason=exc.reason, data=payload, topic=topic, sensor_id=claimed_sensor,
+                detail=str(exc), received_us=received_us,
             )
             self.counters.rejected += 1
-            log.warning("rejected a message on %s: %s (%s)", mqtt_topic, exc.reason, exc)
-            return None  # no sequence to acknowledge; the board's spool scan catches it
-        if env.sensor_id != sid:
+            log.warning("rejected a message on %s: %s (%s)", topic, exc.reason, exc)
+            return Verdict("rejected", exc.reason, claimed_sensor, None, str(exc))
+        sid = env.sensor_id
+        if claimed_sensor is not None and sid != claimed_sensor:
+            detail = f"envelope claims {sid!r}, published by {claimed_sensor!r}"
             self.store.reject(
                 reason="topic_mismatch",
                 data=payload,
-                topic=mqtt_topic,
-                sensor_id=env.sensor_id,
+                topic=topic,
+                sensor_id=sid,
                 sequence=env.sequence,
-                detail=f"envelope claims {env.sensor_id!r}, published by {sid!r}",
+                detail=detail,
+                received_us=received_us,
             )
             self.counters.rejected += 1
-            return self._reply(sid, env.sequence, "rejected", "topic_mismatch")
+            return Verdict("rejected", "topic_mismatch", sid, env.sequence, detail)
         try:
             verify_parsed(
                 env, self.keyring(), max_summary_bytes=self.max_summary_bytes,
@@ -196,14 +228,15 @@ class Ingest:
             self.store.reject(
                 reason=exc.reason,
                 data=payload,
-                topic=mqtt_topic,
+                topic=topic,
                 sensor_id=sid,
                 sequence=env.sequence,
                 detail=str(exc),
+                received_us=received_us,
             )
             self.counters.rejected += 1
             log.warning("rejected %s sequence %d: %s", sid, env.sequence, exc.reason)
-            return self._reply(sid, env.sequence, "rejected", exc.reason)
+            return Verdict("rejected", exc.reason, sid, env.sequence, str(exc))
         outcome = self.store.store_summary(
             sensor_id=sid,
             sequence=env.sequence,
@@ -211,17 +244,19 @@ class Ingest:
             created_us=env.created_us,
             envelope=payload,
             summary=None,  # the envelope holds it; the rollup decompresses it again
-            topic=mqtt_topic,
+            topic=topic,
+            received_us=received_us,
         )
         if outcome == "sequence_reuse":
             self.counters.rejected += 1
             log.warning("rejected %s sequence %d: reused with other bytes", sid, env.sequence)
-            return self._reply(sid, env.sequence, "rejected", "sequence_reuse")
+            return Verdict("rejected", "sequence_reuse", sid, env.sequence,
+                           "sequence already stored with other bytes")
         if outcome == "duplicate":
             self.counters.duplicate += 1
         else:
             self.counters.stored += 1
-        return self._reply(sid, env.sequence, outcome, None)
+        return Verdict(outcome, None, sid, env.sequence, None)
 
 
 class Receiver:

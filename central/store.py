@@ -120,6 +120,7 @@ class Store:
 
     def __init__(self, path: str | Path, *, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
+        self._batch = False
         try:
             self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -177,7 +178,46 @@ class Store:
         return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
 
     @contextmanager
+    def batch(self) -> Iterator[Store]:
+        """One transaction around many writes (the offline import's group commit).
+
+        Inside, each write is a savepoint (a failed one leaves nothing of itself) and
+        nothing is durable until `commit_batch` or the end of the block; an exception
+        rolls the whole open batch back.
+        """
+        if self._batch:
+            raise StoreError("batch() does not nest")
+        self._db.execute("BEGIN IMMEDIATE")
+        self._batch = True
+        try:
+            yield self
+            self._commit()
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._batch = False
+
+    def commit_batch(self) -> None:
+        """Make the open batch durable and start the next one."""
+        if not self._batch:
+            raise StoreError("commit_batch() outside batch()")
+        self._commit()
+        self._db.execute("BEGIN IMMEDIATE")
+
+    @contextmanager
     def _tx(self) -> Iterator[None]:
+        if self._batch:
+            self._db.execute("SAVEPOINT w")
+            try:
+                yield
+                self._db.execute("RELEASE w")
+            except BaseException:
+                self._db.execute("ROLLBACK TO w")
+                self._db.execute("RELEASE w")
+                raise
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield

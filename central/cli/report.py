@@ -1,4 +1,5 @@
-"""`teiten central report | rollup | sensors | regions import | backup | retention`.
+"""`teiten central report | rollup | sensors | regions | import | labels | backup |
+retention`.
 
 Registered from `central/cli/__init__.py` (`register(sub)`).  Each command takes the database as
 `--db FILE` or `--config central.toml` (its `[receiver] database`); `central.toml` may also
@@ -67,6 +68,17 @@ def register(sub: Any) -> None:
     b.add_argument("--out", required=True, help="the backup file to write")
     b.add_argument("--force", action="store_true", help="overwrite an existing file")
     b.set_defaults(handler=_backup)
+
+    im = sub.add_parser("import", help="store envelope files or a board's spool directory "
+                        "offline, through the receiver's checks")
+    im.add_argument("paths", nargs="+", metavar="PATH",
+                    help="envelope files, or directories of *.tenv files (a spool)")
+    src = im.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", help="central.toml (its [receiver] database and sensors)")
+    src.add_argument("--db", help="the SQLite file (with --keys)")
+    im.add_argument("--keys", help="sensors.toml (with --db)")
+    im.add_argument("--json", action="store_true")
+    im.set_defaults(handler=_import)
 
     rt = sub.add_parser("retention", help="forget source addresses older than the limit")
     _db_args(rt)
@@ -314,6 +326,58 @@ def _backup(args: argparse.Namespace) -> int:
     print(f"\nwrote {dest} ({dest.stat().st_size} bytes, checked) in "
           f"{time.monotonic() - t0:.1f} s")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from central.config import load_central, read_central_toml
+    from central.importer import ImportResult, import_envelopes
+    from central.keyring import load_keyring
+    from central.receiver import Ingest
+    from central.store import Store
+    from wire.envelope import DEFAULT_MAX_SUMMARY_BYTES
+
+    tty = sys.stderr.isatty() and not args.json
+    t0 = time.monotonic()
+
+    def progress(total: int, res: ImportResult) -> None:
+        if tty and (res.files % 50 == 0 or res.files == total):
+            print(f"\rimport: {res.files}/{total} files, {res.stored} stored, "
+                  f"{res.duplicate} duplicate, {len(res.rejected)} rejected",
+                  end="", file=sys.stderr, flush=True)
+
+    try:
+        if args.config:
+            if args.keys:
+                return _err("--keys goes with --db; --config names its own sensors.toml")
+            cfg = load_central(args.config, read_central_toml(args.config))
+            db, keys, cap = cfg.database, cfg.sensors, cfg.max_summary_bytes
+        else:
+            if not args.keys:
+                return _err("--db needs --keys sensors.toml (the enrolled sensors' keys)")
+            db, keys, cap = Path(args.db), Path(args.keys), DEFAULT_MAX_SUMMARY_BYTES
+        paths = [Path(p) for p in args.paths]
+        for p in paths:
+            if not p.exists():
+                return _err(f"{p}: no such file or directory")
+        keyring = load_keyring(keys)
+        with Store(db) as store:
+            ingest = Ingest(store, keys, max_summary_bytes=cap, keyring=keyring)
+            res = import_envelopes(ingest, paths, progress=progress)
+    except _errors() as exc:
+        return _err(exc)
+    if tty:
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(res.to_json(), indent=2))
+    else:
+        print(f"{res.files} files: {res.stored} stored, {res.duplicate} already stored, "
+              f"{len(res.rejected)} rejected, {len(res.unreadable)} unreadable "
+              f"({time.monotonic() - t0:.1f} s)")
+        for r in res.rejected:
+            print(f"  rejected {r['path']}: {r['reason']} ({r['detail']})")
+        for u in res.unreadable:
+            print(f"  unreadable {u['path']}: {u['error']}")
+    return 1 if res.rejected or res.unreadable else 0
 
 
 def _retention(args: argparse.Namespace) -> int:
