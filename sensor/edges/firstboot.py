@@ -526,7 +526,9 @@ def _configure_board(board: BoardSettings, paths: BoardPaths) -> None:
         rules.unlink(missing_ok=True)
         return
     paths.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write(paths.ssh_dir / "authorized_keys", ("\n".join(board.ssh_keys) + "\n").encode(), 0o600)
+    # in /run: sshd's StrictModes wants a root-owned path (/var/lib/teiten is teiten's)
+    _write(paths.run / "teiten" / "authorized_keys",
+           ("\n".join(board.ssh_keys) + "\n").encode(), 0o600)
     host_key = paths.ssh_dir / "ssh_host_ed25519_key"
     if not host_key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", board.hostname,
