@@ -1,6 +1,6 @@
 """Build the sensor's BPF capture expression from the darknet's address blocks.
 
-Pure (no I/O, no libpcap) except `filter_problems`.  The expression matches IP packets
+Pure: no I/O, no libpcap.  The expression matches IP packets
 whose destination is inside one of the dark blocks (minus excluded sub-blocks), whether the frame is
 untagged, 802.1Q-tagged or QinQ (two tags, e.g. 0x88a8 outer).  Terms are
 `ip dst net X` / `ip6 dst net X`: a bare `dst net X` also matches ARP for dark
@@ -16,9 +16,8 @@ tests/unit/test_bpf.py): parentheses that close what they did not open
 ("1=1) or (1=1"), and the libpcap keywords that move the offsets of everything after them
 in the expression (`vlan`, `mpls`, `pppoes`, `geneve`, `vxlan`): "(vlan or 1=1)" makes the
 darknet terms of the tagged branches read the wrong bytes, and match packets to other
-addresses.  `filter_problems` then asks libpcap (sensor.edges._pcap.compile_filter, no capture
-opened) whether the clause and the whole filter compile, and whether the clause leaves any
-darknet block visible; everything else here is pure.
+addresses.  Whether the clause and the whole filter compile, and whether the clause leaves
+every darknet block visible, is libpcap's call: `sensor.edges.filtercheck.filter_problems`.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from typing import Final
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-LINKTYPE_ETHERNET: Final = 1
 # libpcap keywords after which every later term of the expression is read at other offsets
 # (pcap-filter(7): "changes the decoding offsets for the remainder of the expression").
 # Refused anywhere in an extra clause, even inside a longer word, rather than found by
@@ -63,7 +61,7 @@ def parse_block(block: str, what: str = "darknet block") -> IPNetwork:
 
 def check_extra(extra: str) -> None:
     """Refuse an extra clause that could reach outside its parentheses (ValueError saying
-    what to fix).  Whether it compiles is libpcap's call: see `filter_problems`."""
+    what to fix).  Whether it compiles is libpcap's call: see `sensor.edges.filtercheck`."""
     if m := _CONTROL.search(extra):
         raise ValueError(f"{extra!r} contains the control character {m.group()!r} at "
                          f"position {m.start()}; write the expression on plain lines")
@@ -136,69 +134,3 @@ def darknet_filter(
     if not vlan:  # only Ethernet carries tags; libpcap rejects `vlan` on other link types
         return f
     return f"{f} or (vlan and ({f} or (vlan and {f})))"
-
-
-def filter_problems(
-    blocks: Sequence[str],
-    exclude: Sequence[str] = (),
-    extra: str | None = None,
-    *,
-    snaplen: int = 256,
-    linktype: int = LINKTYPE_ETHERNET,
-) -> list[tuple[str, str]]:
-    """What libpcap says about the capture filter, as (field, reason): `extra_bpf` when the
-    clause is refused, does not compile, or hides every packet to a darknet block, else
-    `darknet`.  Compiles with sensor.edges._pcap.compile_filter: opens no capture, needs no
-    privilege (a host name in the clause is resolved, as it would be at capture time).
-    Blocks and exclusions are assumed valid (`base_filter` raises ValueError otherwise)."""
-    from sensor.edges._pcap import PcapError, compile_filter
-
-    clause = extra.strip() if extra else ""
-    vlan = linktype == LINKTYPE_ETHERNET
-    if clause:
-        try:
-            check_extra(clause)
-        except ValueError as exc:
-            return [("extra_bpf", str(exc))]
-        try:
-            compile_filter(clause, linktype, snaplen)
-        except PcapError as exc:
-            if "rejects all packets" in exc.message:
-                return [("extra_bpf", f"{clause!r} matches no packet at all: the sensor "
-                         "would capture nothing; fix it or remove extra_bpf")]
-            return [("extra_bpf", f"{clause!r} does not compile: {exc.message} (libpcap "
-                     f"{_lib_version()}; pcap-filter(7) has the syntax)")]
-    try:
-        compile_filter(darknet_filter(blocks, exclude, clause or None, vlan=vlan),
-                       linktype, snaplen)
-    except PcapError as exc:
-        if clause and "rejects all packets" in exc.message:
-            return [("extra_bpf", f"{clause!r} hides every packet to the darknet: the "
-                     "sensor would capture nothing; fix it or remove extra_bpf")]
-        field = "extra_bpf" if clause else "darknet"
-        return [(field, f"the capture filter does not compile: {exc.message}")]
-    if not clause:
-        return []
-    found = []
-    nets = [parse_block(b) for b in blocks]
-    excluded = [parse_block(b, "excluded block") for b in exclude]
-    for net in nets:
-        mine = [str(e) for e in excluded
-                if e.version == net.version and e.subnet_of(net)]  # type: ignore[arg-type]
-        try:
-            compile_filter(base_filter([str(net)], mine, clause), linktype, snaplen)
-        except PcapError as exc:
-            if "rejects all packets" not in exc.message:
-                found.append(("extra_bpf", f"with darknet block {net} alone the filter "
-                              f"does not compile: {exc.message}"))
-                continue
-            found.append(("extra_bpf", f"{clause!r} hides every packet to darknet block "
-                          f"{net}: that block would go dark; fix the clause or drop the "
-                          "block"))
-    return found
-
-
-def _lib_version() -> str:
-    from sensor.edges._pcap import lib_version
-
-    return lib_version.removeprefix("libpcap version ").split(" ")[0]

@@ -358,7 +358,8 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
         except ValueError as exc:
             c.bad("extra_bpf", str(exc))
     if darknet and not any(f.field.startswith("capture.") for f in findings):
-        from sensor.core.bpf import darknet_filter, filter_problems
+        from sensor.core.bpf import darknet_filter
+        from sensor.edges.filtercheck import filter_problems
 
         try:
             darknet_filter(list(blocks_text), [str(n) for _, n in exclude], extra or None)

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sensor.core.bpf import base_filter, check_extra, darknet_filter, filter_problems, parse_block
+from sensor.core.bpf import base_filter, check_extra, darknet_filter, parse_block
 from sensor.edges import _pcap
+from sensor.edges.filtercheck import filter_problems
 
 BLOCKS = ["198.51.100.0/24", "2001:db8:dead::/48"]
 
