@@ -23,6 +23,7 @@ only way to get a shorter bucket, and it is refused unless it divides an hour.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -34,6 +35,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from sensor.core.aggregate import HOUR, Limits
+from sensor.core.bpf import check_extra, darknet_filter
+from sensor.core.darkblock import fully_excluded, judge
+from sensor.edges.filtercheck import filter_problems
+from sensor.edges.uplink_config import UplinkConfigError, parse_uplink
+from wire.ids import validate_sensor_id
 from wire.summary import MAX_DESTINATION_ROWS, MAX_SOURCE_ROWS
 
 DEFAULT_PATH: Final = Path("/etc/teiten/sensor.toml")
@@ -134,7 +140,6 @@ class SensorConfig:
         return self.test.bucket_seconds
 
     def bpf(self) -> str:
-        from sensor.core.bpf import darknet_filter
 
         return darknet_filter(
             list(self.capture.darknet), list(self.capture.exclude),
@@ -157,7 +162,6 @@ class SensorConfig:
                 "`chmod 600` it",
             ))
         if self.uplink is not None:
-            from sensor.edges.uplink_config import UplinkConfigError
 
             try:
                 self.uplink.check_files()
@@ -287,7 +291,6 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
     if not sensor_id:
         r.bad("id", "missing: set the sensor id issued by the central site, e.g. id = \"tyo-01\"")
     else:
-        from wire.ids import validate_sensor_id
 
         try:
             validate_sensor_id(sensor_id)
@@ -317,7 +320,6 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
             if a.version == b.version and a.overlaps(b):
                 c.bad("darknet", f"blocks {a_text} and {b_text} overlap; list each "
                       "address once (merge them or drop the smaller one)")
-    from sensor.core.darkblock import fully_excluded, judge
 
     warnings: list[Finding] = []
     for i, (_, net) in enumerate(darknet):
@@ -351,15 +353,12 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
         c.bad("reopen_max_s", f"{reopen_max:g} is below reopen_min_s = {reopen_min:g}")
     blocks_text = tuple(str(n) for _, n in darknet)
     if extra.strip():
-        from sensor.core.bpf import check_extra
 
         try:
             check_extra(extra)
         except ValueError as exc:
             c.bad("extra_bpf", str(exc))
     if darknet and not any(f.field.startswith("capture.") for f in findings):
-        from sensor.core.bpf import darknet_filter
-        from sensor.edges.filtercheck import filter_problems
 
         try:
             darknet_filter(list(blocks_text), [str(n) for _, n in exclude], extra or None)
@@ -417,7 +416,6 @@ def parse_config(doc: Mapping[str, Any], *, base_dir: Path | None = None,
 
     uplink_cfg = None
     if "uplink" in doc and isinstance(doc["uplink"], Mapping):
-        from sensor.edges.uplink_config import UplinkConfigError, parse_uplink
 
         try:
             uplink_cfg = parse_uplink(
@@ -474,7 +472,6 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_PATH) -> SensorConfig:
 
 
 def _with_source(cfg: SensorConfig, p: Path) -> SensorConfig:
-    import dataclasses
 
     return dataclasses.replace(cfg, source=p)
 

@@ -49,6 +49,7 @@ from sensor.edges.clock import Clock, OffsetClock, StepDetector, SystemClock
 from sensor.edges.config import ConfigError, SensorConfig, load_config
 from sensor.edges.pcap import CaptureError, FilterError, Frame, LiveSource, open_interface
 from sensor.edges.sdnotify import notify, watchdog_interval_s
+from sensor.edges.sealer import open_sealer
 from sensor.fast import kernel as fastpath
 from sensor.fast.kernel import FastHourlyAggregation
 from wire.summary import Summary
@@ -461,6 +462,7 @@ class Daemon:
             self.hours.started(self.clock.wall_us())
         self.steps.check()
         if self.cfg.responder.enabled:
+            # optional (off by default): the ARP/NDP responder and its raw socket
             from sensor.edges.responder import Responder
 
             self.responder = Responder.from_config(self.cfg)
@@ -504,8 +506,6 @@ class Daemon:
 def open_daemon(cfg: SensorConfig, *, background: Sequence[tuple[str, Background]] = (),
                 clock: Clock | None = None) -> Daemon:
     """Phase two: bind the key, spool and sequence state, then build the daemon."""
-    from sensor.edges.sealer import open_sealer
-
     problems = cfg.check_files()
     if problems:
         raise ConfigError(problems, str(cfg.source or "config"))

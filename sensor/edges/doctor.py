@@ -72,6 +72,7 @@ def _blocks(cfg: SensorConfig) -> list[ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 def check_network(cfg: SensorConfig, sysctl: Sysctl | None = None) -> list[Check]:
+    # pyroute2 costs about 0.5 s to import: only the network checks pay it.
     from pyroute2 import IPRoute
 
     sc = sysctl or Sysctl()
@@ -216,6 +217,7 @@ def check_clock(clock: Clock | None = None) -> list[Check]:
 
 
 def check_capture(cfg: SensorConfig) -> list[Check]:
+    # a live capture handle is opened only when the caller asks for the capture check
     from sensor.edges.pcap import CaptureError, FilterError, open_interface
 
     try:

@@ -452,6 +452,7 @@ def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def make_identity(cfg: SensorConfig, paths: BoardPaths) -> Identity:
     """The signing key and the TLS key + CSR, made only where none exists yet."""
+    # cryptography (about 0.2 s) is loaded only on the boots that make or read keys
     from sensor.edges.certs import make_csr
     from sensor.edges.keys import generate_key, load_private_key
     from wire.keys import fingerprint, public_key_text
@@ -479,6 +480,7 @@ def make_identity(cfg: SensorConfig, paths: BoardPaths) -> Identity:
 
 def install_certificates(card: Card, cfg: SensorConfig) -> list[Finding]:
     """Copy ca.crt and sensor.crt from the card where [uplink] expects them."""
+    # cryptography, only when the card carries certificates
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -551,7 +553,7 @@ def _read_last_good(paths: BoardPaths) -> Checked | None:
 
 def run_firstboot(card: Card, paths: BoardPaths) -> Report:
     """The whole first-boot step: decide, make keys, write the card. Raises CardError."""
-    from sensor.edges.keys import KeyFileError
+    from sensor.edges.keys import KeyFileError  # with the key code, after cryptography
 
     raw = card.read(CARD_CONFIG)
     card_checked: Checked | None = None

@@ -134,6 +134,7 @@ def plan_sysctls(topology: str, iface: str, *, has_v4: bool, has_v6: bool) -> li
 
 def setup(cfg: SensorConfig, *, sysctl: Sysctl | None = None) -> list[Action]:
     """Bring the capture interface into the topology's state; returns what was done."""
+    # pyroute2 costs about 0.5 s to import: only the commands that touch netlink pay it.
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 

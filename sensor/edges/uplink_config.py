@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wire.ids import validate_sensor_id
+
 _HOST = re.compile(r"^[A-Za-z0-9.\-:\[\]]{1,253}$")
 _KNOWN_KEYS = frozenset(
     {
@@ -161,7 +163,6 @@ def parse_uplink(
     sid = _get(table, "sensor_id", str, sensor_id)
     if not sid:
         raise UplinkConfigError("[uplink] sensor_id missing: set [sensor] id or [uplink] sensor_id")
-    from wire.ids import validate_sensor_id
 
     try:
         validate_sensor_id(sid)
