@@ -1,7 +1,9 @@
 """`teiten central receive | ca init | ca crl | issue | revoke | broker-config | db`: run
 the site (receiver, certificate authority, broker configuration, database overview).
 
-Every command that prints data takes `--json`.
+Every command that prints data takes `--json`.  Handlers import what they drive inside
+the function, for start-up time: `teiten central db` should not load the CA's or the
+receiver's stacks.
 """
 
 from __future__ import annotations

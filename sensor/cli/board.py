@@ -4,6 +4,10 @@
 Exit codes: 0 fine, 1 a problem was found (or the daemon failed), 2 the config is invalid.
 A config's warnings (valid, but worth a look: a private-use darknet) go to stderr and do
 not change the exit code.
+
+Each handler imports the edges it drives inside the function, for start-up time: `teiten
+config check` runs in every unit's ExecStartPre and must not load libpcap, pyroute2,
+cryptography or MQTT, which `run`, `doctor` and `netsetup` need.
 """
 
 from __future__ import annotations

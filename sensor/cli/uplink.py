@@ -1,8 +1,9 @@
 """Board sub-commands of `teiten` for the uplink: `uplink` (the publisher) and `csr`.
 
-Registered by `sensor/cli/__init__.py` (plugin `sensor.cli.uplink`).  `teiten csr` makes the board's
-TLS key (it never leaves the board) and prints a certificate request for
+Registered by `sensor/cli/__init__.py` (plugin `sensor.cli.uplink`).  `teiten csr` makes the
+board's TLS key (it never leaves the board) and prints a certificate request for
 `teiten central issue`; `teiten uplink --config sensor.toml` sends the spool to central.
+Handlers import inside the function, for start-up time (`csr` needs no MQTT stack).
 """
 
 from __future__ import annotations
