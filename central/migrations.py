@@ -116,6 +116,49 @@ MIGRATIONS: Final = (
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        4,
+        "distinct sources per day, labelled source populations",
+        """
+        -- per (day, sensor): the sum over the sensor's hours of each port's distinct
+        -- sources, and how many of those hourly counts the sensor estimated (a sketch):
+        -- the same zstd layout as daily_port_cols (keys, source-hours, estimated hours)
+        CREATE TABLE daily_port_src (
+            day INTEGER NOT NULL, sensor_id TEXT NOT NULL,
+            ports INTEGER NOT NULL, data BLOB NOT NULL,
+            PRIMARY KEY (day, sensor_id)
+        ) WITHOUT ROWID;
+        -- fleet-wide distinct sources per (day, region): the smallest KMV_K 64-bit hashes
+        -- of the source addresses (little-endian uint64, sorted).  Fewer than KMV_K: the
+        -- exact set (n exact); KMV_K of them: a k-minimum-values estimate (estimated 1)
+        CREATE TABLE daily_region_src (
+            day INTEGER NOT NULL, cc TEXT NOT NULL, registry TEXT NOT NULL,
+            n INTEGER NOT NULL, estimated INTEGER NOT NULL, hashes BLOB NOT NULL,
+            PRIMARY KEY (day, cc, registry)
+        ) WITHOUT ROWID;
+        CREATE TABLE labels (
+            name TEXT PRIMARY KEY, imported_us INTEGER NOT NULL, source_file TEXT NOT NULL,
+            entries INTEGER NOT NULL
+        );
+        -- an entry: one address (start = end) or a prefix; addresses as 4/16 bytes big
+        -- endian.  Retention replaces a single address by a random token (start = end)
+        CREATE TABLE label_members (
+            label TEXT NOT NULL REFERENCES labels(name) ON DELETE CASCADE,
+            family INTEGER NOT NULL, start BLOB NOT NULL, end_ BLOB NOT NULL,
+            identified_us INTEGER NOT NULL,
+            PRIMARY KEY (label, family, start, end_)
+        ) WITHOUT ROWID;
+        -- sightings of labelled sources, fleet-wide, per UTC day
+        CREATE TABLE label_daily (
+            label TEXT NOT NULL REFERENCES labels(name) ON DELETE CASCADE,
+            day INTEGER NOT NULL, source BLOB NOT NULL,
+            packets INTEGER NOT NULL, first_us INTEGER NOT NULL, last_us INTEGER NOT NULL,
+            identified_us INTEGER NOT NULL,
+            PRIMARY KEY (label, day, source)
+        ) WITHOUT ROWID;
+        CREATE INDEX label_daily_last ON label_daily (last_us);
+        """,
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].version

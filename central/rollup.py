@@ -31,6 +31,7 @@ import zstandard
 
 from central._rollup import LifeTable
 from central.columns import SummaryColumns, decode_columns
+from central.labels import LabelSet
 from central.regions import UNKNOWN_CC, RegionTable
 from wire.summary import FINGERPRINT_BITS, FINGERPRINTS, Summary
 
@@ -111,6 +112,10 @@ class HourRollup:
     sources: tuple[tuple[bytes, int, int, int, int], ...]  # addr, first, last, packets, fp
     hour_row: tuple[int, ...]  # packets, backscatter, sources, overflow, partial, drops,
     #                            clock_unsynced, spool_evicted
+    port_sources: tuple[tuple[int, int, int, int], ...] = ()  # proto, port, sources, est
+    region_sources: tuple[tuple[str, str, int], ...] = ()  # cc, registry, address hash
+    label_hits: tuple[tuple[str, bytes, int, int, int, int], ...] = ()  # label, addr,
+    #                                           packets, first_us, last_us, identified_us
 
     @property
     def day(self) -> int:
@@ -121,7 +126,8 @@ class HourRollup:
         return quarter_of(self.hour_start)
 
 
-def rollup_summary(s: Summary, sequence: int, regions: RegionTable) -> HourRollup:
+def rollup_summary(s: Summary, sequence: int, regions: RegionTable,
+                   labels: LabelSet | None = None) -> HourRollup:
     """The aggregates of one decoded summary, regions resolved with `regions` now."""
     ports = tuple(
         (r.proto, -1 if r.port is None else r.port, r.packets, r.backscatter) for r in s.ports
@@ -140,7 +146,25 @@ def rollup_summary(s: Summary, sequence: int, regions: RegionTable) -> HourRollu
     sources = tuple(
         (r.address, r.first_us, r.last_us, r.packets, r.fingerprints) for r in s.sources
     )
-    return _hour_rollup(s, sequence, ports, tuple(reg), sources)
+    hashes = source_hashes(
+        np.frombuffer(b"".join(a.ljust(16, b"\0") for a in addrs), dtype=np.uint8)
+        .reshape(-1, 16), np.array([len(a) for a in addrs], dtype=np.uint8))
+    region_sources = tuple(
+        (*(regions.labels[lab] if lab >= 0 else (UNKNOWN_CC, "")), int(h))
+        for lab, h in zip(labs, hashes.tolist(), strict=True))
+    hits: list[tuple[str, bytes, int, int, int, int]] = []
+    if labels is not None:
+        for i, name in enumerate(labels.names):
+            for r in s.sources:
+                ident = labels.match_one(i, 4 if len(r.address) == 4 else 6,
+                                         int.from_bytes(r.address, "big"))
+                if ident is not None:
+                    hits.append((name, r.address, r.packets, r.first_us, r.last_us, ident))
+    port_sources = tuple(
+        (r.proto, -1 if r.port is None else r.port, r.sources, int(r.sources_estimated))
+        for r in s.ports)
+    return _hour_rollup(s, sequence, ports, tuple(reg), sources, port_sources,
+                        region_sources, tuple(hits))
 
 
 @dataclass(slots=True)
@@ -158,6 +182,40 @@ class RollupBatch:
     # (quarter, address, first_us, last_us, packets, fingerprints), unique per
     # (quarter, address) and disjoint from `sources`: ColumnBatch's life tables
     source_rows: list[tuple[str, bytes, int, int, int, int]] = field(default_factory=list)
+    # per-port hourly distinct sources summed per (day, sensor): reference rows and columns
+    port_src: dict[tuple[int, int, int, str], list[int]] = field(default_factory=dict)
+    port_src_days: dict[tuple[int, str], PortDay] = field(default_factory=dict)
+    # (day, cc, registry) -> address hashes (uint64 arrays; `region_source_sets` folds them)
+    region_src: dict[tuple[int, str, str], list[Any]] = field(default_factory=dict)
+    # (label, day, address) -> [packets, first_us, last_us, identified_us]
+    label_rows: dict[tuple[str, int, bytes], list[int]] = field(default_factory=dict)
+
+    def port_src_columns(self) -> dict[tuple[int, str], PortDay]:
+        """`port_src` and `port_src_days` together, one (keys, sources, estimated) per
+        (day, sensor)."""
+        rows: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+        for (proto, port, day, sid), (n, est) in self.port_src.items():
+            rows.setdefault((day, sid), []).append((port_key(proto, port), n, est))
+        out = dict(self.port_src_days)
+        for k, r in rows.items():
+            cols = reduce_ports(*(np.array(c, dtype=np.int64) for c in zip(*r, strict=True)))
+            out[k] = merge_port_days(out[k], cols) if k in out else cols
+        return out
+
+    def region_source_sets(self) -> dict[tuple[int, str, str], Any]:
+        """(day, cc, registry) -> the KMV set (sorted unique hashes, at most KMV_K)."""
+        return {k: kmv(np.concatenate(v)) for k, v in self.region_src.items()}
+
+    def add_label_hit(self, label: str, day: int, addr: bytes, pk: int, first: int,
+                      last: int, ident: int) -> None:
+        cur = self.label_rows.get((label, day, addr))
+        if cur is None:
+            self.label_rows[(label, day, addr)] = [pk, first, last, ident]
+        else:
+            cur[0] += pk
+            cur[1] = min(cur[1], first)
+            cur[2] = max(cur[2], last)
+            cur[3] = min(cur[3], ident)
 
     def port_day_columns(self) -> dict[tuple[int, str], PortDay]:
         """`ports` and `port_days` together, one `PortDay` per (day, sensor)."""
@@ -200,6 +258,15 @@ class RollupBatch:
                     cur[1] = last
                 cur[2] += pk
                 cur[3] |= fp
+        for proto, port, n, est in h.port_sources:
+            prow = self.port_src.setdefault((proto, port, day, sid), [0, 0])
+            prow[0] += n
+            prow[1] += est
+        for cc, reg, hsh in h.region_sources:
+            self.region_src.setdefault((day, cc, reg), []).append(
+                np.array([hsh], dtype=np.uint64))
+        for label, addr, pk, first, last, ident in h.label_hits:
+            self.add_label_hit(label, day, addr, pk, first, last, ident)
         self.hours.append((sid, h.sequence, h.hour_start, h.bucket_seconds, h.hour_row))
 
 
@@ -237,6 +304,45 @@ def port_key(proto: int, port: int) -> int:
 def port_of_key(key: int) -> tuple[int, int]:
     proto, p = divmod(key, 65_537)
     return proto, p - 1
+
+
+# Distinct sources per (day, region), fleet-wide: a k-minimum-values set of 64-bit
+# address hashes.  Below KMV_K hashes it is the exact set; at KMV_K the count is the KMV
+# estimate (k - 1) / (h_k / 2**64), relative standard error about 1 / sqrt(k - 2): 1.6 %.
+KMV_K: Final = 4096
+_M1: Final = np.uint64(0xBF58476D1CE4E5B9)
+_M2: Final = np.uint64(0x94D049BB133111EB)
+
+
+def _mix64(x: Any) -> Any:
+    """splitmix64's finaliser, on uint64 arrays (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def source_hashes(slots: Any, lengths: Any) -> Any:
+    """A 64-bit hash per address: `slots` (n, 16) uint8 rows, `lengths` 4, 8 or 16."""
+    if not len(lengths):
+        return np.zeros(0, dtype=np.uint64)
+    words = np.ascontiguousarray(slots).view("<u8").reshape(-1, 2)
+    with np.errstate(over="ignore"):
+        h = _mix64(words[:, 0] ^ _mix64(words[:, 1] ^ lengths.astype(np.uint64)))
+    return h
+
+
+def kmv(hashes: Any) -> Any:
+    """The KMV set of `hashes`: sorted, unique, the smallest KMV_K."""
+    return np.unique(hashes.astype(np.uint64))[:KMV_K]
+
+
+def kmv_count(hashes: Any) -> tuple[int, bool]:
+    """(distinct sources, estimated) from a KMV set."""
+    if len(hashes) < KMV_K:
+        return len(hashes), False
+    return int((KMV_K - 1) / ((float(hashes[KMV_K - 1]) + 1.0) / 2.0**64)), True
 
 
 def reduce_ports(keys: Any, *values: Any) -> tuple[Any, ...]:
@@ -299,8 +405,10 @@ class ColumnBatch:
     caller can bound the memory (about 70 bytes a distinct source) by flushing early.
     """
 
-    def __init__(self, regions: RegionTable) -> None:
+    def __init__(self, regions: RegionTable, labels: LabelSet | None = None) -> None:
         self.regions = regions
+        self.labels = labels
+        self._psrc: dict[tuple[int, str], list[tuple[Any, Any, Any]]] = {}
         self.batch = RollupBatch()
         self.life: dict[str, LifeTable] = {}
         self._ports: dict[tuple[int, str], list[tuple[Any, Any, Any]]] = {}
@@ -330,6 +438,14 @@ class ColumnBatch:
             if not v4.all():
                 label[~v4] = self.regions.lookup_many([bytes(a) for a in slots[~v4]])
             labs = _sum_by_label(label, packets)
+            hashes = source_hashes(slots, lens)
+            present = np.unique(label)
+            for lab in present.tolist():
+                cc, reg = self.regions.labels[lab] if lab >= 0 else (UNKNOWN_CC, "")
+                self.batch.region_src.setdefault((day, cc, reg), []).append(
+                    hashes[label == lab] if len(present) > 1 else hashes)
+            if self.labels is not None and len(self.labels):
+                self._label_hits(day, src, slots, lens, v4)
             self.life.setdefault(quarter, LifeTable()).add(
                 src.address, src.length, src.ints[2], src.ints[3], src.ints[0], src.ints[7]
             )
@@ -345,12 +461,39 @@ class ColumnBatch:
             self._ports.setdefault((day, s.sensor_id), []).append(
                 (key, ports.int_column(2), ports.int_column(4))
             )
-            self.port_bytes += 24 * ports.n
+            self._psrc.setdefault((day, s.sensor_id), []).append(
+                (key, ports.int_column(5), ports.int_column(6))
+            )
+            self.port_bytes += 48 * ports.n
         self.batch.add(_hour_rollup(s, sequence, (), tuple(regions), ()))
+
+    def _label_hits(self, day: int, src: Any, slots: Any, lens: Any, v4: Any) -> None:
+        assert self.labels is not None
+        packets, first, last = src.int_column(0), src.int_column(2), src.int_column(3)
+        rows4 = np.flatnonzero(v4)
+        a4 = (np.ascontiguousarray(slots[rows4, :4]).view(">u4").ravel().astype(np.uint32)
+              if len(rows4) else np.zeros(0, dtype=np.uint32))
+        rows6 = np.flatnonzero(~v4).tolist()
+        for i, name in enumerate(self.labels.names):
+            ok, when = self.labels.match_v4(i, a4)
+            hits = [(int(rows4[j]), int(when[j])) for j in np.flatnonzero(ok).tolist()]
+            for r in rows6:
+                ln = int(lens[r])
+                ident = self.labels.match_one(i, 6, int.from_bytes(bytes(slots[r, :ln]), "big"))
+                if ident is not None:
+                    hits.append((r, ident))
+            for r, ident in hits:
+                ln = int(lens[r])
+                self.batch.add_label_hit(name, day, bytes(slots[r, :ln]), int(packets[r]),
+                                         int(first[r]), int(last[r]), ident)
 
     def finish(self) -> RollupBatch:
         """The batch for `Store.write_rollup` (ports folded, life tables exported)."""
         b = self.batch
+        for (day, sid), parts in self._psrc.items():
+            cols = reduce_ports(*(np.concatenate(c) for c in zip(*parts, strict=True)))
+            b.port_src_days[(day, sid)] = (cols[0], cols[1], cols[2])
+        self._psrc.clear()
         by_quarter: dict[tuple[str, str], list[PortDay]] = {}
         for (day, sid), parts in self._ports.items():
             cols = reduce_ports(*(np.concatenate(c) for c in zip(*parts, strict=True)))
@@ -376,7 +519,11 @@ class ColumnBatch:
 
 def _hour_rollup(s: Summary, sequence: int, ports: tuple[tuple[int, int, int, int], ...],
                  regions: tuple[tuple[str, str, int], ...],
-                 sources: tuple[tuple[bytes, int, int, int, int], ...]) -> HourRollup:
+                 sources: tuple[tuple[bytes, int, int, int, int], ...],
+                 port_sources: tuple[tuple[int, int, int, int], ...] = (),
+                 region_sources: tuple[tuple[str, str, int], ...] = (),
+                 label_hits: tuple[tuple[str, bytes, int, int, int, int], ...] = (),
+                 ) -> HourRollup:
     counters: dict[str, int] = {
         "packets": s.packets,
         "bytes": s.bytes,
@@ -401,6 +548,9 @@ def _hour_rollup(s: Summary, sequence: int, ports: tuple[tuple[int, int, int, in
         sources=sources,
         hour_row=(s.packets, s.backscatter_total, s.sources_distinct, s.sources_overflow,
                   partial, drops, unsynced, evicted),
+        port_sources=port_sources,
+        region_sources=region_sources,
+        label_hits=label_hits,
     )
 
 
@@ -413,6 +563,7 @@ MAX_BATCH_PORT_BYTES: Final = 1 << 30
 
 def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
                     progress: Any = None, reference: bool = False,
+                    labels: LabelSet | None = None,
                     max_sources: int = MAX_BATCH_SOURCES,
                     max_port_bytes: int = MAX_BATCH_PORT_BYTES) -> int:
     """Fold every stored summary not yet rolled up into the aggregates; returns how many.
@@ -440,7 +591,7 @@ def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
 
     done = skipped = 0
     after: tuple[int, str, int] | None = None
-    fast = ColumnBatch(regions)
+    fast = ColumnBatch(regions, labels)
     while True:
         rows = store.pending_rollup(batch, after)
         for sid, seq, hour, blob, envelope in rows:
@@ -449,7 +600,7 @@ def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
                 data = summary_bytes(blob, envelope)
                 if reference:
                     b = RollupBatch()
-                    b.add(rollup_summary(decode_summary(data), seq, regions))
+                    b.add(rollup_summary(decode_summary(data), seq, regions, labels))
                     store.write_rollup(b)
                 else:
                     fast.add(decode_columns(data), seq)
@@ -462,9 +613,47 @@ def roll_up_pending(store: Any, regions: RegionTable, *, batch: int = 200,
         full = fast.sources >= max_sources or fast.port_bytes >= max_port_bytes
         if not reference and len(fast) and (not rows or full):
             store.write_rollup(fast.finish())
-            fast = ColumnBatch(regions)
+            fast = ColumnBatch(regions, labels)
         done += len(rows)
         if progress is not None and rows:
             progress(done)
         if not rows:
             return done - skipped
+
+
+def backfill_labels(store: Any, labels: LabelSet, *, batch: int = 200,
+                    progress: Any = None) -> int:
+    """Sightings of `labels` in the summaries already rolled up whose bytes are still kept
+    (retention removes them with the source rows), added to `label_daily`.
+
+    The rollup matches the labels it knows on every later summary; this covers the
+    earlier ones once, when a label is imported.  Returns how many summaries it read.
+    """
+    from wire.envelope import DEFAULT_MAX_SUMMARY_BYTES, decompress_capped, parse_envelope
+
+    cb = ColumnBatch(RegionTable.from_rows([]), labels)
+    done = 0
+    after: tuple[int, str, int] | None = None
+    while True:
+        rows = store.rolled_up_envelopes(after, batch)
+        if not rows:
+            return done
+        for sid, seq, hour, blob, envelope in rows:
+            after = (hour, sid, seq)
+            try:
+                data = blob if blob is not None else decompress_capped(
+                    parse_envelope(envelope).payload, DEFAULT_MAX_SUMMARY_BYTES)
+                c = decode_columns(data)
+            except Exception as exc:  # checked on receipt: only a damaged file
+                log.warning("label backfill skipped %s sequence %d: %s", sid, seq, exc)
+                continue
+            src = c.sources
+            if src.n:
+                lens = np.frombuffer(src.length, dtype=np.uint8)
+                slots = np.frombuffer(src.address, dtype=np.uint8).reshape(-1, 16)
+                cb._label_hits(c.head.hour_start // DAY, src, slots, lens, lens == 4)
+        store.add_label_sightings(cb.batch.label_rows)
+        cb.batch.label_rows = {}
+        done += len(rows)
+        if progress is not None:
+            progress(done)

@@ -32,6 +32,8 @@ import numpy as np
 
 from central import migrations
 from central.rollup import (
+    kmv,
+    kmv_count,
     merge_port_days,
     pack_port_day,
     port_key,
@@ -534,6 +536,168 @@ class Store:
                     ((q, a, *v) for (q, a), v in batch.sources.items()), batch.source_rows
                 ),
             )
+            for (day, sid), cols in batch.port_src_columns().items():
+                old = db.execute(
+                    "SELECT ports, data FROM daily_port_src WHERE day = ? AND sensor_id = ?",
+                    (day, sid),
+                ).fetchone()
+                if old is not None:
+                    cols = merge_port_days(unpack_port_day(old[0], bytes(old[1])), cols)
+                db.execute(
+                    "INSERT OR REPLACE INTO daily_port_src VALUES (?,?,?,?)",
+                    (day, sid, len(cols[0]), pack_port_day(cols)),
+                )
+            for (day, cc, reg), hs in batch.region_source_sets().items():
+                old = db.execute(
+                    "SELECT hashes FROM daily_region_src WHERE day = ? AND cc = ? AND "
+                    "registry = ?", (day, cc, reg)).fetchone()
+                if old is not None:
+                    hs = kmv(np.concatenate([np.frombuffer(bytes(old[0]), dtype="<u8"), hs]))
+                n, est = kmv_count(hs)
+                db.execute(
+                    "INSERT OR REPLACE INTO daily_region_src VALUES (?,?,?,?,?,?)",
+                    (day, cc, reg, n, int(est), hs.astype("<u8").tobytes()),
+                )
+            self._add_label_rows(batch.label_rows)
+
+    def _add_label_rows(self, rows: dict[tuple[str, int, bytes], list[int]]) -> None:
+        self._db.executemany(
+            "INSERT INTO label_daily VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+            "packets = packets + excluded.packets, first_us = min(first_us, excluded.first_us),"
+            " last_us = max(last_us, excluded.last_us), "
+            "identified_us = min(identified_us, excluded.identified_us)",
+            [(lab, day, addr, *v) for (lab, day, addr), v in rows.items()],
+        )
+
+    # ------------------------------------------------------------ labels (central/labels.py)
+    def save_label(self, name: str, entries: list[Any], source_file: str) -> None:
+        """Replace label `name` with `entries` (`LabelEntry`); its sightings are cleared
+        (the caller backfills them from the stored envelopes: `central.labelling`)."""
+        width = {4: 4, 6: 16}
+        with self._tx():
+            self._db.execute("DELETE FROM label_daily WHERE label = ?", (name,))
+            self._db.execute("DELETE FROM label_members WHERE label = ?", (name,))
+            self._db.execute("DELETE FROM labels WHERE name = ?", (name,))
+            self._db.execute("INSERT INTO labels VALUES (?,?,?,?)",
+                             (name, _now_us(), source_file, len(entries)))
+            self._db.executemany(
+                "INSERT INTO label_members VALUES (?,?,?,?,?) ON CONFLICT DO UPDATE SET "
+                "identified_us = min(identified_us, excluded.identified_us)",
+                [(name, e.family, e.start.to_bytes(width[e.family], "big"),
+                  e.end.to_bytes(width[e.family], "big"), e.identified_us) for e in entries])
+
+    def remove_label(self, name: str) -> bool:
+        with self._tx():
+            self._db.execute("DELETE FROM label_daily WHERE label = ?", (name,))
+            self._db.execute("DELETE FROM label_members WHERE label = ?", (name,))
+            n = self._db.execute("DELETE FROM labels WHERE name = ?", (name,)).rowcount
+        return bool(n)
+
+    def labels(self) -> list[dict[str, Any]]:
+        out = []
+        for name, imported, src, entries in self._db.execute(
+                "SELECT name, imported_us, source_file, entries FROM labels ORDER BY name"):
+            seen, days, first_day, last_day = self._db.execute(
+                "SELECT count(DISTINCT source), count(DISTINCT day), min(day), max(day) "
+                "FROM label_daily WHERE label = ?", (name,)).fetchone()
+            out.append({"label": name, "imported_us": imported, "file": src,
+                        "entries": entries, "addresses_seen": seen, "days_seen": days,
+                        "first_day": first_day, "last_day": last_day})
+        return out
+
+    def label_entries(self) -> dict[str, list[Any]]:
+        """{label: [LabelEntry]} of every label (tokens, which match nothing, left out)."""
+        from central.labels import LabelEntry
+
+        out: dict[str, list[Any]] = {}
+        for (name,) in self._db.execute("SELECT name FROM labels ORDER BY name"):
+            out[name] = []
+        for name, fam, a, b, ident in self._db.execute(
+                "SELECT label, family, start, end_, identified_us FROM label_members"):
+            if len(a) != (4 if fam == 4 else 16):
+                continue
+            out[name].append(LabelEntry(fam, int.from_bytes(a, "big"),
+                                        int.from_bytes(b, "big"), ident))
+        return out
+
+    def rolled_up_envelopes(self, after: tuple[int, str, int] | None = None,
+                            limit: int = 200) -> list[tuple[str, int, int, bytes | None, bytes]]:
+        """Rolled-up summaries whose bytes are still kept (a label's backfill), in
+        (hour, sensor, sequence) order, paged like `pending_rollup`."""
+        cond: str = ""
+        args: tuple[Any, ...] = ()
+        if after is not None:
+            cond = " AND (s.hour_start, s.sensor_id, s.seq_key) > (?, ?, ?)"
+            args = (after[0], after[1], after[2] - _SEQ_OFFSET)
+        return [
+            (sid, key + _SEQ_OFFSET, hour, None if blob is None else bytes(blob), bytes(env))
+            for sid, key, hour, blob, env in self._db.execute(
+                "SELECT s.sensor_id, s.seq_key, s.hour_start, s.summary, s.envelope "
+                "FROM summaries s JOIN rollup_hours r "
+                "ON r.sensor_id = s.sensor_id AND r.seq_key = s.seq_key "
+                "WHERE (s.summary IS NOT NULL OR length(s.envelope) > 0)"
+                f"{cond} ORDER BY s.hour_start, s.sensor_id, s.seq_key LIMIT ?",
+                (*args, limit),
+            )
+        ]
+
+    def add_label_sightings(self, rows: dict[tuple[str, int, bytes], list[int]]) -> None:
+        with self._tx():
+            self._add_label_rows(rows)
+
+    def label_daily(self, label: str, day_lo: int, day_hi: int) -> list[tuple[int, int, int]]:
+        """(day, addresses seen, packets) of a label for days in [day_lo, day_hi)."""
+        return [(int(d), int(n), int(p)) for d, n, p in self._db.execute(
+            "SELECT day, count(*), sum(packets) FROM label_daily WHERE label = ? AND day >= ? "
+            "AND day < ? GROUP BY day ORDER BY day", (label, day_lo, day_hi))]
+
+    def label_sightings(self, label: str, day_lo: int, day_hi: int
+                        ) -> list[tuple[int, int, int, int]]:
+        """(identified_us, first_us, last_us, packets) per labelled address seen in
+        [day_lo, day_hi)."""
+        return [(int(a), int(b), int(c), int(d)) for a, b, c, d in self._db.execute(
+            "SELECT min(identified_us), min(first_us), max(last_us), sum(packets) "
+            "FROM label_daily WHERE label = ? AND day >= ? AND day < ? GROUP BY source",
+            (label, day_lo, day_hi))]
+
+    # ------------------------------------------------------------ distinct sources per day
+    def port_sources_daily(
+        self, keys: list[tuple[int, int]], day_lo: int, day_hi: int,
+        sensors: list[str] | None = None,
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """{(proto, port): {day: (source-hours, estimated hours)}} for [day_lo, day_hi)."""
+        cond, args = self._in("sensor_id", sensors)
+        sums: dict[tuple[int, int], dict[int, list[int]]] = {k: {} for k in keys}
+        wanted = np.array(sorted(port_key(*k) for k in keys), dtype=np.int64)
+        for d, n, data in self._db.execute(
+            f"SELECT day, ports, data FROM daily_port_src WHERE day >= ? AND day < ?{cond}",
+            (day_lo, day_hi, *args),
+        ):
+            pk_keys, src, est = unpack_port_day(n, bytes(data))
+            at = np.minimum(np.searchsorted(pk_keys, wanted), max(len(pk_keys) - 1, 0))
+            for key, i in zip(wanted.tolist(), at.tolist(), strict=True):
+                if len(pk_keys) and int(pk_keys[i]) == key:
+                    row = sums[port_of_key(key)].setdefault(int(d), [0, 0])
+                    row[0] += int(src[i])
+                    row[1] += int(est[i])
+        return {k: {d: (v[0], v[1]) for d, v in sorted(days.items())}
+                for k, days in sums.items()}
+
+    def region_sources_daily(
+        self, ccs: list[str], day_lo: int, day_hi: int
+    ) -> dict[str, dict[int, tuple[int, bool]]]:
+        """{cc: {day: (distinct sources fleet-wide, estimated)}} for [day_lo, day_hi):
+        the KMV sets of a country's registries merged per day."""
+        parts: dict[tuple[str, int], list[Any]] = {}
+        for cc in ccs:
+            for d, hs in self._db.execute(
+                    "SELECT day, hashes FROM daily_region_src WHERE cc = ? AND day >= ? "
+                    "AND day < ?", (cc, day_lo, day_hi)):
+                parts.setdefault((cc, int(d)), []).append(np.frombuffer(bytes(hs), "<u8"))
+        out: dict[str, dict[int, tuple[int, bool]]] = {cc: {} for cc in ccs}
+        for (cc, d), arrs in sorted(parts.items()):
+            out[cc][d] = kmv_count(kmv(np.concatenate(arrs)))
+        return out
 
     # ------------------------------------------------------------ regions
     def save_regions(
@@ -814,6 +978,7 @@ class Store:
             rej_deleted = self._db.execute(
                 "DELETE FROM rejected WHERE received_us < ?", (cutoff_us,)
             ).rowcount
+            labelled = self._label_retention(cutoff_us, token)
             self._db.execute(
                 "INSERT INTO retention_runs (run_us, cutoff_us, sources_anonymised, "
                 "summaries_pruned, rejected_pruned) VALUES (?,?,?,?,?)",
@@ -821,7 +986,29 @@ class Store:
             )
         return {"sources_anonymised": len(old), "summaries_pruned": pruned,
                 "rejected_pruned": rej, "rejected_deleted": rej_deleted,
-                "health_deleted": health, "status_deleted": status}
+                "health_deleted": health, "status_deleted": status,
+                "label_addresses_anonymised": labelled}
+
+    def _label_retention(self, cutoff_us: int, token: Any) -> int:
+        """Labelled addresses under the source rows' rule: an address not seen since the
+        cutoff (and, for a listed address, identified before it) gets one token in its
+        member row and all its sightings, so counts and lifetimes stay."""
+        db = self._db
+        gone = set(db.execute(
+            "SELECT label, source FROM label_daily WHERE length(source) IN (4, 16) "
+            "GROUP BY label, source HAVING max(last_us) < ?", (cutoff_us,)).fetchall())
+        gone |= set(db.execute(
+            "SELECT m.label, m.start FROM label_members m WHERE m.start = m.end_ "
+            "AND length(m.start) IN (4, 16) AND m.identified_us < ? AND NOT EXISTS "
+            "(SELECT 1 FROM label_daily d WHERE d.label = m.label AND d.source = m.start "
+            "AND d.last_us >= ?)", (cutoff_us, cutoff_us)).fetchall())
+        for label, addr in gone:
+            tok = token()
+            db.execute("UPDATE label_daily SET source = ? WHERE label = ? AND source = ?",
+                       (tok, label, addr))
+            db.execute("UPDATE label_members SET start = ?, end_ = ? WHERE label = ? AND "
+                       "start = ? AND end_ = ?", (tok, tok, label, addr, addr))
+        return len(gone)
 
     def count_addresses(self) -> int:
         """Source rows that still hold an address (retention tests, `teiten central db`)."""

@@ -80,6 +80,26 @@ def register(sub: Any) -> None:
     im.add_argument("--json", action="store_true")
     im.set_defaults(handler=_import)
 
+    lb = sub.add_parser("labels", help="labelled source populations (addresses an analyst "
+                        "identified elsewhere)")
+    lbsub = lb.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    li = lbsub.add_parser("import", help="load a CSV of address,label,date identified")
+    li.add_argument("file", help="CSV: address or CIDR prefix, label, YYYY-MM-DD or ISO time")
+    li.add_argument("--label", required=True, help="the population's name (rows naming "
+                    "another label are skipped)")
+    _db_args(li)
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(handler=_labels_import)
+    ll = lbsub.add_parser("list", help="the labels, their entries and sightings")
+    _db_args(ll)
+    ll.add_argument("--json", action="store_true")
+    ll.set_defaults(handler=_labels_list)
+    lr = lbsub.add_parser("remove", help="remove a label and its sightings")
+    lr.add_argument("name")
+    _db_args(lr)
+    lr.add_argument("--json", action="store_true")
+    lr.set_defaults(handler=_labels_remove)
+
     rt = sub.add_parser("retention", help="forget source addresses older than the limit")
     _db_args(rt)
     rt.add_argument("--days", type=int, help="keep source addresses this many days "
@@ -135,14 +155,18 @@ def rollup(store: Any, *, quiet: bool = True) -> int:
     pending = store.count_pending_rollup()
     if not pending:
         return 0
+    from central.labels import LabelSet
+
     table = RegionTable.from_rows(store.region_rows())
+    entries = store.label_entries()
+    labels = LabelSet(entries) if entries else None
     t0 = time.monotonic()
 
     def progress(done: int) -> None:
         if not quiet:
             print(f"\rrollup: {done}/{pending} summaries", end="", file=sys.stderr, flush=True)
 
-    n: int = roll_up_pending(store, table, progress=progress)
+    n: int = roll_up_pending(store, table, progress=progress, labels=labels)
     if not quiet:
         print(f"\rrollup: {n} summaries in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     if n < pending:
@@ -325,6 +349,82 @@ def _backup(args: argparse.Namespace) -> int:
         return _err(exc)
     print(f"\nwrote {dest} ({dest.stat().st_size} bytes, checked) in "
           f"{time.monotonic() - t0:.1f} s")
+    return 0
+
+
+def _labels_import(args: argparse.Namespace) -> int:
+    from central.labels import LabelFormatError, LabelSet, parse_label_csv
+    from central.rollup import backfill_labels
+
+    tty = sys.stderr.isatty() and not args.json
+    try:
+        db, _, _ = _settings(args)
+        with open(args.file, encoding="utf-8") as fh:
+            entries, other = parse_label_csv(fh, args.label, where=args.file)
+        with _open(db) as store:
+            total = store.count_summaries()
+            store.save_label(args.label, entries, os.path.abspath(args.file))
+
+            def progress(done: int) -> None:
+                if tty:
+                    print(f"\rlabels: {done}/{total} stored summaries searched", end="",
+                          file=sys.stderr, flush=True)
+
+            searched = backfill_labels(store, LabelSet({args.label: entries}),
+                                       progress=progress)
+            info = next(x for x in store.labels() if x["label"] == args.label)
+    except LabelFormatError as exc:
+        return _err(exc)
+    except _errors() as exc:
+        return _err(exc)
+    except OSError as exc:
+        return _err(f"cannot read {exc.filename}: {exc.strerror}")
+    if tty:
+        print(file=sys.stderr)
+    out = {**info, "other_labels_skipped": other, "summaries_searched": searched}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"label {args.label}: {len(entries)} entries ({other} rows of other labels "
+              f"skipped); {info['addresses_seen']} addresses seen on {info['days_seen']} "
+              f"days in {searched} stored summaries; later summaries are matched at rollup")
+    return 0
+
+
+def _labels_list(args: argparse.Namespace) -> int:
+    try:
+        db, _, _ = _settings(args)
+        with _open(db) as store:
+            rows = store.labels()
+    except _errors() as exc:
+        return _err(exc)
+    if args.json:
+        print(json.dumps({"labels": rows}, indent=2))
+    else:
+        from wire.summary import iso_utc
+
+        print(f"{'label':24} {'entries':>8} {'seen':>8} {'days':>5}  imported")
+        for r in rows:
+            print(f"{r['label']:24} {r['entries']:>8} {r['addresses_seen']:>8} "
+                  f"{r['days_seen']:>5}  {iso_utc(r['imported_us'])[:16]} {r['file']}")
+        if not rows:
+            print("no labels; add one with `teiten central labels import FILE --label NAME`")
+    return 0
+
+
+def _labels_remove(args: argparse.Namespace) -> int:
+    try:
+        db, _, _ = _settings(args)
+        with _open(db) as store:
+            removed = store.remove_label(args.name)
+    except _errors() as exc:
+        return _err(exc)
+    if not removed:
+        return _err(f"no label {args.name!r}; `teiten central labels list` shows them")
+    if args.json:
+        print(json.dumps({"removed": args.name}))
+    else:
+        print(f"removed label {args.name} and its sightings")
     return 0
 
 

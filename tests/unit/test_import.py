@@ -42,6 +42,10 @@ def envelope(sid: str, seq: int, key: Ed25519PrivateKey | None = None) -> bytes:
                 created_us=(hour + 3600) * 10**6, key=key or sensor_key(sid))
 
 
+def pub(sid: str) -> str:
+    return public_key_text(sensor_key(sid).public_key())
+
+
 def spool_name(env_seq: int) -> str:
     return f"{HOUR + 3600 * env_seq:016x}-{(1 << 32) + env_seq:016x}.tenv"
 
@@ -55,8 +59,8 @@ def run(argv: list[str], capsys: Any) -> tuple[int, dict[str, Any]]:
 def test_import_twice_and_the_bad_ones(tmp_path: Path, capsys: Any) -> None:
     keys = tmp_path / "sensors.toml"
     keys.write_text(
-        f'[sensors.tokyo-01]\npublic_key = "{public_key_text(sensor_key("tokyo-01").public_key())}"\n'
-        f'[sensors.osaka-02]\npublic_key = "{public_key_text(sensor_key("osaka-02").public_key())}"\n'
+        f'[sensors.tokyo-01]\npublic_key = "{pub("tokyo-01")}"\n'
+        f'[sensors.osaka-02]\npublic_key = "{pub("osaka-02")}"\n'
         "revoked = true\n")
     spool = tmp_path / "spool"
     (spool / "quarantine").mkdir(parents=True)
@@ -100,7 +104,7 @@ def test_import_twice_and_the_bad_ones(tmp_path: Path, capsys: Any) -> None:
 def test_import_with_central_toml_and_text_output(tmp_path: Path, capsys: Any) -> None:
     keys = tmp_path / "sensors.toml"
     keys.write_text(
-        f'[sensors.tokyo-01]\npublic_key = "{public_key_text(sensor_key("tokyo-01").public_key())}"\n')
+        f'[sensors.tokyo-01]\npublic_key = "{pub("tokyo-01")}"\n')
     conf = tmp_path / "central.toml"
     conf.write_text(f'[receiver]\nhost = "127.0.0.1"\ninsecure = true\n'
                     f'database = "{tmp_path / "c.db"}"\nsensors = "{keys}"\n')
