@@ -7,14 +7,26 @@ group, and field staff hand envelopes to central staff who run them).
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from central.cli.common import EXIT_BAD, EXIT_OK, emit_json, fail
 from central.keyring import load_keyring
 from wire import envelope as ev
 from wire.keys import KeyringError, fingerprint, public_key_text
 from wire.summary import iso_utc
+
+EXIT_OK, EXIT_BAD = 0, 1  # 1: the envelope or keyring checked is bad
+
+
+def fail(message: str) -> int:
+    print(f"teiten: {message}", file=sys.stderr)
+    return 2  # the command could not run
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
 
 
 def register(subparsers: Any) -> None:
