@@ -1,27 +1,21 @@
-"""Acceptance suite on the virtual board (hil/virtual_board.py): a real daemon, run as user
-teiten with only CAP_NET_RAW, capturing from a veth, sealing into its spool, uplinking
-through a real Mosquitto into the real central database.  Buckets are 2 s (test-only).
+"""Acceptance suite, on every target (hil/targets): a real daemon, run as user teiten with
+only CAP_NET_RAW, capturing from the board's capture port, sealing into its spool,
+uplinking through a real Mosquitto into the real central database.  Buckets are short
+(test-only: 2 s on the virtual board and the ssh stand-in).  The tests drive `hil.lab.Board`
+only, so they do not know which board they run on.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
-import pwd
 import signal
 import struct
 import time
 
 import pytest
 
-from hil.virtual_board import (
-    SENSOR_V4,
-    StoredSummary,
-    VirtualBoard,
-    add_truths,
-    totals,
-    wait_for,
-)
+from hil.lab import SENSOR_V4, Board, StoredSummary, add_truths, totals, wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -62,7 +56,7 @@ def describe(frames: list[bytes]) -> list[tuple[str, str]]:
     return out
 
 
-def wait_counted(b: VirtualBoard, key: str, n: int, timeout: float = 30) -> list[StoredSummary]:
+def wait_counted(b: Board, key: str, n: int, timeout: float = 30) -> list[StoredSummary]:
     return list(wait_for(
         lambda: (lambda ss: ss if totals(ss)["ports"].get(key, 0) >= n else None)(
             b.summaries()),
@@ -74,7 +68,7 @@ def assert_counts(got: dict[str, object], want: dict[str, object]) -> None:
         assert got[k] == want[k], f"{k}: central has {got[k]}, scanner sent {want[k]}"
 
 
-def mix_then_empty_bucket(b: VirtualBoard) -> tuple[dict[str, object], list[tuple[str, str]],
+def mix_then_empty_bucket(b: Board) -> tuple[dict[str, object], list[tuple[str, str]],
                                                     list[StoredSummary]]:
     with b.scanner_capture() as frames:
         truth = b.send("mix")
@@ -84,21 +78,21 @@ def mix_then_empty_bucket(b: VirtualBoard) -> tuple[dict[str, object], list[tupl
     return truth, describe(frames), ss
 
 
-def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: VirtualBoard) -> None:
+def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: Board) -> None:
     b = routed_board.start()
-    uid, caps = b.sensor_identity()
-    assert uid == pwd.getpwnam("teiten").pw_uid
-    assert caps == 1 << 13, f"CapEff {caps:#x}: the daemon must hold CAP_NET_RAW only"
+    t = b.target
+    st = t.unit_state("sensor")
+    assert st.uid == t.user_id("teiten")
+    assert st.cap_eff == 1 << 13, f"CapEff {st.cap_eff:#x}: the daemon must hold CAP_NET_RAW only"
     # two users, as the units: neither process can read the other's private key
-    want = pwd.getpwnam("teiten-uplink").pw_uid  # once `ip netns exec` and setpriv exec'd
-    up_uid, up_caps = wait_for(lambda: (i := b.sensor_identity("uplink"))[0] == want and i,
-                               10, "the uplink as teiten-uplink")
-    assert up_caps == 0
-    for key, owner in ((b.sig_key, uid), (b.tls_key, up_uid)):
-        st = key.stat()
-        assert (st.st_uid, st.st_mode & 0o777) == (owner, 0o600), (key, st)
+    want = t.user_id("teiten-uplink")  # once setpriv exec'd
+    up = wait_for(lambda: (u := t.unit_state("uplink")).uid == want and u, 10,
+                  "the uplink as teiten-uplink")
+    assert up.cap_eff == 0
+    for key, owner in ((t.paths.key, st.uid), (t.paths.tls_key, up.uid)):
+        assert t.file_stat(key) == (owner, 0o600), key
     # the board's firewall, rendered from the config and loaded as the netsetup unit does
-    rules = b.firewall_counters()
+    rules = t.firewall_rules()
     assert "198.51.100.0/24" in rules and "2001:db8:dead::/48" in rules, rules
     truth, answers, ss = mix_then_empty_bucket(b)
     assert answers == [], f"the sensor answered: {answers}"
@@ -113,19 +107,21 @@ def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: Virt
     assert sum(s.summary.health["capture_dropped"] for s in ss) == 0
     # SIGTERM closes the bucket in progress (partial) into the spool: nothing is lost
     more = b.send("syn", "--port", "7777", "--count", "25")
+    before = t.unit_state("sensor")
+    assert before.ready and before.watchdog >= 1, before
     assert b.stop_sensor(signal.SIGTERM) == 0
     ss = wait_counted(b, "tcp/7777", 25)
     assert_counts(totals(ss), add_truths(truth, more))
     assert ss[-1].summary.health["partial"] is True
     assert "sealed bucket" in b.sensor_log()
-    said = b.notifications()
-    assert any(m.startswith("READY=1") for m in said)
-    assert said.count("WATCHDOG=1") >= 3 and "STOPPING=1" in said
+    after = t.unit_state("sensor")
+    assert not after.active
+    assert t.units or (after.stopping and after.watchdog >= 3), after
 
 
-def test_dedicated_exact_counts_and_silence(dedicated_board: VirtualBoard) -> None:
+def test_dedicated_exact_counts_and_silence(dedicated_board: Board) -> None:
     b = dedicated_board
-    doc = b.doctor()
+    doc = b.target.doctor()
     assert doc["ok"], doc
     b.start()
     truth, answers, ss = mix_then_empty_bucket(b)
@@ -134,12 +130,12 @@ def test_dedicated_exact_counts_and_silence(dedicated_board: VirtualBoard) -> No
     assert all(s.summary.health["topology"] == "dedicated" for s in ss)
 
 
-def test_onlink_answers_only_arp_and_ndp_for_the_block(onlink_board: VirtualBoard) -> None:
+def test_onlink_answers_only_arp_and_ndp_for_the_block(onlink_board: Board) -> None:
     b = onlink_board.start(uplink_thread=True)  # `teiten run --uplink`: one process
     with b.scanner_capture() as frames:
         truth = b.send("mix")
         # a neighbour on the segment that is not dark: nobody may answer for it
-        b.exec("scanner", "python3", "-c",
+        b.lab.scan("python3", "-c",
                "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
                f"for _ in range(3): s.sendto(b'x', ({SENSOR_V4!r}, 9))")
         sent = time.time()
@@ -159,14 +155,14 @@ def test_onlink_answers_only_arp_and_ndp_for_the_block(onlink_board: VirtualBoar
     assert replies == len(answers)
 
 
-def test_link_pull_and_broker_kill_lose_nothing_captured(routed_board: VirtualBoard) -> None:
+def test_link_pull_and_broker_kill_lose_nothing_captured(routed_board: Board) -> None:
     b = routed_board.start()
     first = b.send("syn", "--port", "1001", "--count", "40")
     wait_counted(b, "tcp/1001", 40)
     pulled = time.time()
-    b.ip("sensor", "link", "set", "cap0", "down")
+    b.target.set_link(False)
     time.sleep(1.5)
-    b.ip("sensor", "link", "set", "cap0", "up")
+    b.target.set_link(True)
     wait_for(lambda: "capture gap ends" in b.sensor_log(), 10, "the gap to end")
     second = b.send("syn", "--port", "1002", "--count", "40", "--v6")
     b.kill_broker()
@@ -189,7 +185,7 @@ def test_link_pull_and_broker_kill_lose_nothing_captured(routed_board: VirtualBo
     assert any(s.summary.health.get("capture_gap_us", 0) > 0 for s in ss)
 
 
-def test_sigkill_loses_at_most_the_bucket_in_progress(routed_board: VirtualBoard) -> None:
+def test_sigkill_loses_at_most_the_bucket_in_progress(routed_board: Board) -> None:
     b = routed_board.start()
     sealed = b.send("syn", "--port", "2001", "--count", "30")
     wait_counted(b, "tcp/2001", 30)
@@ -212,13 +208,12 @@ def test_sigkill_loses_at_most_the_bucket_in_progress(routed_board: VirtualBoard
     assert restarted[0].summary.health["partial"] is True
 
 
-def test_clock_step_is_reported_and_no_packet_misfiled(stepping_board: VirtualBoard) -> None:
+def test_clock_step_is_reported_and_no_packet_misfiled(stepping_board: Board) -> None:
     b = stepping_board.start()
-    assert b.clock_file is not None
     before = b.send("syn", "--port", "3001", "--count", "20")
     wait_counted(b, "tcp/3001", 20)
     step_at = time.time()
-    b.clock_file.write_text("120\n")  # NTP steps the clock forward by two minutes
+    b.set_clock_offset(120)  # NTP steps the clock forward by two minutes
     time.sleep(2 * b.bucket_s)
     ahead = b.send("syn", "--port", "3002", "--count", "20")
     ss = wait_counted(b, "tcp/3002", 20)
@@ -233,7 +228,7 @@ def test_clock_step_is_reported_and_no_packet_misfiled(stepping_board: VirtualBo
     # and back a little (fake-hwclock, a second NTP step): sealed buckets stay sealed,
     # packets for them are counted late in the next summary, which closes once the clock
     # has caught up with the newest sealed bucket again
-    b.clock_file.write_text("114\n")
+    b.set_clock_offset(114)
     time.sleep(0.5)
     late = b.send("syn", "--port", "3003", "--count", "20")
     ss = wait_for(lambda: (lambda x: x if totals(x)["late"] >= 20 else None)(b.summaries()),
@@ -246,7 +241,7 @@ def test_clock_step_is_reported_and_no_packet_misfiled(stepping_board: VirtualBo
     assert got["ports"]["tcp/3002"] == ahead["packets"]
 
 
-def test_capture_drops_are_reported(routed_board: VirtualBoard) -> None:
+def test_capture_drops_are_reported(routed_board: Board) -> None:
     b = routed_board
     b.write_config(buffer_bytes="65536")  # a tiny ring: 64 KiB
     b.start()
@@ -263,7 +258,7 @@ def test_capture_drops_are_reported(routed_board: VirtualBoard) -> None:
     assert got["ports"].get("tcp/4001", 0) + got["late"] + dropped == sent["packets"]
 
 
-def test_sighup_reloads_the_capture_filter(dedicated_board: VirtualBoard) -> None:
+def test_sighup_reloads_the_capture_filter(dedicated_board: Board) -> None:
     b = dedicated_board.start()
     b.write_config(exclude='["198.51.100.0/28"]')  # .0-.15 are now in use: not dark
     b.signal_sensor(signal.SIGHUP)
@@ -278,4 +273,4 @@ def test_sighup_reloads_the_capture_filter(dedicated_board: VirtualBoard) -> Non
     b.write_config(exclude='["192.0.2.0/28"]')  # invalid: outside the darknet
     b.signal_sensor(signal.SIGHUP)
     wait_for(lambda: "reload refused" in b.sensor_log(), 10, "the refusal")
-    assert b.procs["sensor"].poll() is None
+    assert b.target.unit_state("sensor").active
