@@ -32,9 +32,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
+from central.changes import WINDOW, Change, changes_for, rank_changes
+from central.labels import label_lifetimes
 from central.regions import UNKNOWN_CC
 from central.rollup import (
     DAY,
+    KMV_K,
     previous_quarter,
     quarter_bounds,
 )
@@ -50,7 +53,10 @@ ICMP_TYPES: Final = {  # (proto, type) -> IANA ICMP type name
     (1, 11): "time-exceeded", (1, 13): "timestamp", (58, 128): "echo-request",
     (58, 129): "echo-reply", (58, 1): "destination-unreachable",
 }
-FIGURES: Final = ("fig1_services.png", "fig2_regions.png", "fig3_lifetimes.png")
+FIGURES: Final = ("fig1_services.png", "fig2_regions.png", "fig3_lifetimes.png",
+                   "fig4_labels.png")
+WATCH: Final = 10  # services and regions searched for surges: the top WATCH, and those
+#                   that left the top TOP
 
 LABELS: Final[dict[str, dict[str, str]]] = {
     "title": {"en": "Darknet observation report {quarter}",
@@ -84,10 +90,10 @@ LABELS: Final[dict[str, dict[str, str]]] = {
                            "or past a sensor's source cap (ZZ, not ranked).",
                      "ja": "送信元パケットの{share}はどの割り振りにも属さないアドレス、"
                            "またはセンサーの送信元上限を超えた分です (ZZ、順位対象外)。"},
-    "f1": {"en": "Figure 1: daily packets of the top {n} services",
-           "ja": "図1: 上位{n}サービスの日別パケット数"},
-    "f2": {"en": "Figure 2: daily packets of the top {n} regions",
-           "ja": "図2: 上位{n}地域の日別パケット数"},
+    "f1": {"en": "Figure 1: daily packets and sources of the top {n} services",
+           "ja": "図1: 上位{n}サービスの日別パケット数と送信元数"},
+    "f2": {"en": "Figure 2: daily packets and distinct sources of the top {n} regions",
+           "ja": "図2: 上位{n}地域の日別パケット数と送信元数"},
     "f3": {"en": "Figure 3: share of new sources no longer seen after 24, 48 and 168 hours",
            "ja": "図3: 初観測後24・48・168時間以降に観測されなくなった送信元の割合"},
     "life": {"en": "Source lifetimes", "ja": "送信元の活動期間"},
@@ -140,12 +146,79 @@ LABELS: Final[dict[str, dict[str, str]]] = {
                    "ja": "地域データが取り込まれていないため、送信元は地域不明です。"},
     "lifetimes_fleet": {"en": "Source lifetimes are fleet-wide (all sensors).",
                         "ja": "送信元の活動期間は全センサーで集計しています。"},
+    "changes": {"en": "What changed, and when", "ja": "変化とその時期"},
+    "no_changes": {"en": "No rank changes in the top {n} and no surges.",
+                   "ja": "上位{n}の順位変動と急増はありません。"},
+    "ch_entered": {"en": "{key} entered the top {n} at {rank} ({prev_txt} in {prev})",
+                   "ja": "{key}が上位{n}に入りました: {rank} ({prev}は{prev_txt})"},
+    "ch_left": {"en": "{key} left the top {n}: {prev_txt} in {prev}, now {rank}",
+                "ja": "{key}は上位{n}から外れました: {prev}は{prev_txt}、今回{rank}"},
+    "ch_rose": {"en": "{key} rose from {prev_txt} to {rank}",
+                "ja": "{key}は{prev_txt}から{rank}に上昇"},
+    "ch_fell": {"en": "{key} fell from {prev_txt} to {rank}",
+                "ja": "{key}は{prev_txt}から{rank}に下降"},
+    "ch_surge": {"en": "from {start}, its daily {metric} were {ratio} their baseline "
+                       "({baseline} a day, the median of the {window} days before) {span}; "
+                       "peak {peak} on {peak_day}",
+                 "ja": "{start}から日別{metric}がベースライン (直前{window}日の中央値、"
+                       "1日{baseline}) の{ratio}になりました ({span})。最大は{peak_day}の{peak}"},
+    "ch_surge_first": {"en": "{key}: ", "ja": "{key}: "},
+    "span_days": {"en": "for {days} days, to {end}", "ja": "{end}まで{days}日間"},
+    "span_ongoing": {"en": "for {days} days, still at the end of the data",
+                     "ja": "{days}日間、データの終わりまで継続"},
+    "m_packets": {"en": "packets", "ja": "パケット数"},
+    "m_sources": {"en": "sources", "ja": "送信元数"},
+    "times": {"en": "{x}×", "ja": "{x}倍"},
+    "not_ranked": {"en": "not seen", "ja": "観測なし"},
+    "src_day": {"en": "Sources/day (median)", "ja": "送信元数/日 (中央値)"},
+    "src_status": {"en": "Sources status", "ja": "送信元数の精度"},
+    "exact": {"en": "exact", "ja": "正確"},
+    "estimated_days": {"en": "estimated on {n} days", "ja": "{n}日は推定値"},
+    "svc_sources_note": {
+        "en": "Service sources per day are the sum of each sensor-hour's distinct sources "
+              "of the port (the summaries count sources per hour and port), an upper bound "
+              "of the day's distinct sources; 'estimated' marks days where a sensor's "
+              "sketch made an hourly count an estimate.",
+        "ja": "サービスの送信元数/日は、各センサー・各時間のポート別送信元数の合計です "
+              "(サマリーは時間・ポートごとに数えるため、その日の異なる送信元数の上限)。"
+              "「推定値」はセンサーのスケッチにより時間ごとの数が推定となった日です。"},
+    "reg_sources_note": {
+        "en": "Region sources per day are distinct source addresses fleet-wide (all "
+              "sensors), exact below {k} a day and region, estimated above (k minimum "
+              "values, about 1.6 %).",
+        "ja": "地域の送信元数/日は全センサーを通じた異なる送信元アドレス数です。"
+              "1日・1地域{k}件未満は正確、それ以上は推定値 (k最小値法、約1.6%)。"},
+    "labels": {"en": "Labelled source populations", "ja": "ラベル付き送信元群"},
+    "label_intro": {
+        "en": "{label}: {entries} entries (file {file}, imported {when}). {seen} of its "
+              "addresses were seen in the quarter, sending {packets} packets; on "
+              "{days} days, at most {peak} addresses on {peak_day}.",
+        "ja": "{label}: {entries}件 (ファイル {file}、{when}取り込み)。四半期内に{seen}"
+              "アドレスを観測し、{packets}パケットを受信。観測日数{days}日、最大は"
+              "{peak_day}の{peak}アドレス。"},
+    "label_none_seen": {"en": "{label}: {entries} entries; none seen in the quarter.",
+                        "ja": "{label}: {entries}件。四半期内の観測はありません。"},
+    "label_basis": {"en": "Measured from", "ja": "基準"},
+    "b_identified": {"en": "the label date", "ja": "ラベルの日付"},
+    "b_first_seen": {"en": "first seen", "ja": "初観測"},
+    "label_life": {
+        "en": "{label}, measured from {basis}: of {n} addresses, {s24} no longer seen after "
+              "24 h, {s48} after 48 h, {s168} after 168 h.",
+        "ja": "{label} ({basis}から): {n}アドレスのうち、24時間後に{s24}、48時間後に{s48}、"
+              "168時間後に{s168}が観測されなくなりました。"},
+    "label_ports": {
+        "en": "Ports per labelled address are not given: the hourly summaries count the "
+              "ports a source probed but do not list them.",
+        "ja": "ラベル付きアドレスのポートは示せません: 時間ごとのサマリーは送信元の"
+              "ポート数を数えますが、ポートを列挙しないためです。"},
+    "f4": {"en": "Figure 4: labelled addresses seen per day",
+           "ja": "図4: ラベル付きアドレスの日別観測数"},
     "regions_from": {"en": "Regions: RIR delegation data imported {when} ({serials}).",
                      "ja": "地域: {when}に取り込んだRIR割り振りデータ ({serials})。"},
 }
 
 
-def label(key: str, lang: str, **kw: Any) -> str:
+def label(key: str, lang: str, /, **kw: Any) -> str:
     return LABELS[key][lang].format(**kw)
 
 
@@ -225,6 +298,19 @@ class SensorHealth:
 
 
 @dataclass(slots=True)
+class LabelReport:
+    label: str
+    entries: int
+    file: str
+    imported_us: int
+    seen: int  # addresses seen in the quarter
+    packets: int
+    daily_seen: list[int]  # per day of the quarter
+    daily_packets: list[int]
+    lifetimes: list[dict[str, Any]]  # per basis: population, eligible, gone, too_late, shares
+
+
+@dataclass(slots=True)
 class ReportData:
     quarter: str
     previous: str
@@ -253,6 +339,12 @@ class ReportData:
     health: list[SensorHealth]
     region_import: dict[str, Any] | None
     notes: list[tuple[str, dict[str, Any]]]
+    changes: list[Change] = field(default_factory=list)
+    service_sources_daily: dict[str, list[int]] = field(default_factory=dict)
+    service_sources_estimated: dict[str, list[bool]] = field(default_factory=dict)
+    region_sources_daily: dict[str, list[int]] = field(default_factory=dict)
+    region_sources_estimated: dict[str, list[bool]] = field(default_factory=dict)
+    labels: list[LabelReport] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -356,6 +448,65 @@ def compute_report(
     ]
     region_daily = {cc: [r_days.get(d, {}).get(cc, 0) for d in days] for cc in r_top}
 
+    # what changed, and when: rank changes and surges over both quarters' days
+    all_days = list(range(pstart // DAY, day_hi))
+    have = store.data_days(pstart, end, sensors)
+    prev_order = [k for k, _ in sorted(prev_rank.items(), key=lambda kv: kv[1])]
+    svc_watch = [k for k, _ in cur_rank[:WATCH]]
+    svc_watch += [k for k in prev_order[:TOP] if k not in svc_watch]
+    s_pk = store.port_daily(svc_watch, all_days[0], day_hi, sensors)
+    s_src = store.port_sources_daily(svc_watch, all_days[0], day_hi, sensors)
+
+    def series(per_day: dict[int, int]) -> tuple[list[int], list[int | None]]:
+        return all_days, [per_day.get(d, 0) if d in have else None for d in all_days]
+
+    svc_series = {
+        service_label(*k): {
+            "packets": series({d: p - b for d, (p, b) in s_pk[k].items()}),
+            "sources": series({d: n for d, (n, _) in s_src[k].items()}),
+        } for k in svc_watch}
+    changes = changes_for(
+        "service",
+        rank_changes([service_label(*k) for k, _ in cur_rank],
+                     [service_label(*k) for k in prev_order], TOP),
+        svc_series, day_lo)
+    service_sources_daily = {
+        service_label(*k): [s_src[k].get(d, (0, 0))[0] for d in days] for k in top_keys}
+    service_sources_estimated = {
+        service_label(*k): [s_src[k].get(d, (0, 0))[1] > 0 for d in days] for k in top_keys}
+    prev_r_order = [cc for cc, _ in sorted(r_prev.items(), key=lambda kv: kv[1])]
+    reg_watch = [cc for cc, _ in r_rank[:WATCH]]
+    reg_watch += [cc for cc in prev_r_order[:TOP] if cc not in reg_watch]
+    _, _, r_days_prev = region_totals(pstart // DAY, pend // DAY)
+    r_src = store.region_sources_daily(reg_watch, all_days[0], day_hi)
+    reg_series = {
+        cc: {"packets": series({d: (r_days_prev.get(d) or r_days.get(d) or {}).get(cc, 0)
+                                for d in all_days}),
+             "sources": series({d: n for d, (n, _) in r_src[cc].items()})}
+        for cc in reg_watch}
+    changes += changes_for("region", rank_changes([cc for cc, _ in r_rank], prev_r_order, TOP),
+                           reg_series, day_lo)
+    region_sources_daily = {cc: [r_src[cc].get(d, (0, False))[0] for d in days]
+                            for cc in r_top}
+    region_sources_estimated = {cc: [r_src[cc].get(d, (0, False))[1] for d in days]
+                                for cc in r_top}
+
+    # labelled populations
+    label_reports = []
+    until_us = until * 1_000_000
+    for info in store.labels():
+        name = info["label"]
+        per_day = {d: (n, p) for d, n, p in store.label_daily(name, day_lo, day_hi)}
+        sightings = store.label_sightings(name, day_lo, day_hi)
+        lives = label_lifetimes(((a, b, c) for a, b, c, _ in sightings), until_us,
+                                THRESHOLDS_H)
+        label_reports.append(LabelReport(
+            name, info["entries"], info["file"], info["imported_us"], len(sightings),
+            sum(x[3] for x in sightings),
+            [per_day.get(d, (0, 0))[0] for d in days], [per_day.get(d, (0, 0))[1] for d in days],
+            [{"basis": lt.basis, "population": lt.population, "eligible": lt.eligible,
+              "gone": lt.gone, "too_late": lt.too_late, "shares": lt.shares} for lt in lives]))
+
     # counters
     counters = store.counter_totals(day_lo, day_hi, sensors)
     packets = counters.get("packets", 0)
@@ -431,7 +582,11 @@ def compute_report(
         unattributed_packets=unattributed, region_packets=region_packets,
         service_daily=service_daily, region_daily=region_daily, lifetimes=lifetimes,
         fingerprints=fingerprints, backscatter_kinds=bs_kinds, health=health,
-        region_import=imp, notes=notes,
+        region_import=imp, notes=notes, changes=changes,
+        service_sources_daily=service_sources_daily,
+        service_sources_estimated=service_sources_estimated,
+        region_sources_daily=region_sources_daily,
+        region_sources_estimated=region_sources_estimated, labels=label_reports,
     )
 
 
@@ -457,6 +612,59 @@ def _prev(r: int | None, data: ReportData, lang: str) -> str:
 
 def _group_name(g: str, lang: str) -> str:
     return label("g_" + g, lang) if g in ("all", "none") else g
+
+
+def _ordinal_rank(r: int | None, lang: str) -> str:
+    return label("rank_n", lang, n=r) if r else label("not_ranked", lang)
+
+
+def _key_text(c: Change, lang: str) -> str:
+    if c.subject == "region":
+        name = country_names().get(c.key, {"en": c.key, "ja": c.key})[lang]
+        return f"{c.key} ({name})"
+    return c.key
+
+
+def change_sentences(data: ReportData, lang: str) -> list[str]:
+    """One sentence per service or region that changed: its rank change, then its surges."""
+    by_key: dict[tuple[str, str], list[Change]] = {}
+    for c in data.changes:
+        by_key.setdefault((c.subject, c.key), []).append(c)
+    out = []
+    for group in by_key.values():
+        parts: list[str] = []
+        key = _key_text(group[0], lang)
+        for c in group:
+            if c.kind == "surge":
+                sg = c.surge
+                n_days = sg["end_day"] - sg["start_day"] + 1
+                span = (label("span_ongoing", lang, days=n_days) if sg["ongoing"] else
+                        label("span_days", lang, days=n_days, end=_date(sg["end_day"] * DAY)))
+                ratio = label("times", lang, x=f"{sg['ratio']:.1f}")
+                text = label("ch_surge", lang, start=_date(sg["start_day"] * DAY),
+                             metric=label("m_" + str(c.metric), lang), ratio=ratio,
+                             baseline=_n(round(sg["baseline"])), window=WINDOW, span=span,
+                             peak=_n(sg["peak"]), peak_day=_date(sg["peak_day"] * DAY))
+                parts.append(text if parts else label("ch_surge_first", lang, key=key) + text)
+            else:
+                parts.append(label("ch_" + c.kind, lang, key=key, n=TOP,
+                                   rank=_ordinal_rank(c.rank, lang),
+                                   prev_txt=_ordinal_rank(c.prev_rank, lang),
+                                   prev=data.previous))
+        sep = "; " if lang == "en" else "。"
+        out.append(sep.join(parts) + ("." if lang == "en" else "。"))
+    return out
+
+
+def _median(xs: list[int]) -> int:
+    from statistics import median
+
+    return round(median(xs)) if xs else 0
+
+
+def _status(flags: list[bool], lang: str) -> str:
+    n = sum(flags)
+    return label("estimated_days", lang, n=n) if n else label("exact", lang)
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,12 +700,22 @@ def _document(data: ReportData, lang: str) -> list[_Section]:
     out.append(_Section("p", L("total", packets=_n(data.packets), bs=_n(data.backscatter),
                                bs_share=_pct(data.backscatter / data.packets
                                              if data.packets else None))))
+    out.append(_Section("h2", L("changes")))
+    sentences = change_sentences(data, lang)
+    out += [_Section("p", t) for t in sentences]
+    if not sentences:
+        out.append(_Section("p", L("no_changes", n=TOP)))
     out.append(_Section("h2", L("t1", n=TOP)))
     out.append(_Section("table", header=(L("rank"), L("service"), L("svcname"), L("packets"),
-                                         L("share"), L("prev") + f" ({data.previous})"),
+                                         L("share"), L("prev") + f" ({data.previous})",
+                                         L("src_day"), L("src_status")),
                         rows=tuple((str(r.rank), r.key, r.name[lang] or "–", _n(r.packets),
-                                    _pct(r.share), _prev(r.prev_rank, data, lang))
+                                    _pct(r.share), _prev(r.prev_rank, data, lang),
+                                    _n(_median(data.service_sources_daily.get(r.key, []))),
+                                    _status(data.service_sources_estimated.get(r.key, []),
+                                            lang))
                                    for r in data.services)))
+    out.append(_Section("p", L("svc_sources_note")))
     if data.services_dropped:
         out.append(_Section("p", L("dropped", n=TOP, prev=data.previous, items="; ".join(
             L("dropped_item", label=r.key, prev=r.prev_rank,
@@ -506,10 +724,15 @@ def _document(data: ReportData, lang: str) -> list[_Section]:
     out.append(_Section("figure", L("f1", n=TOP), src=FIGURES[0]))
     out.append(_Section("h2", L("t2", n=TOP)))
     out.append(_Section("table", header=(L("rank"), L("cc"), L("region"), L("packets"),
-                                         L("share"), L("prev") + f" ({data.previous})"),
+                                         L("share"), L("prev") + f" ({data.previous})",
+                                         L("src_day"), L("src_status")),
                         rows=tuple((str(r.rank), r.key, r.name[lang], _n(r.packets),
-                                    _pct(r.share), _prev(r.prev_rank, data, lang))
+                                    _pct(r.share), _prev(r.prev_rank, data, lang),
+                                    _n(_median(data.region_sources_daily.get(r.key, []))),
+                                    _status(data.region_sources_estimated.get(r.key, []),
+                                            lang))
                                    for r in data.regions)))
+    out.append(_Section("p", L("reg_sources_note", k=_n(KMV_K))))
     if data.regions_dropped:
         out.append(_Section("p", L("dropped", n=TOP, prev=data.previous, items="; ".join(
             L("dropped_item", label=f"{r.key} {r.name[lang]}", prev=r.prev_rank,
@@ -531,6 +754,36 @@ def _document(data: ReportData, lang: str) -> list[_Section]:
         rows=tuple((_group_name(r.group, lang), _n(r.sources), *(_pct(s) for s in r.shares),
                     *(_n(t) for t in r.too_late)) for r in data.lifetimes)))
     out.append(_Section("figure", L("f3"), src=FIGURES[2]))
+    if data.labels:
+        out.append(_Section("h2", L("labels")))
+        for lb in data.labels:
+            when = _date(lb.imported_us // 1_000_000)
+            if not lb.seen:
+                out.append(_Section("p", L("label_none_seen", label=lb.label,
+                                           entries=_n(lb.entries))))
+                continue
+            peak = max(lb.daily_seen)
+            out.append(_Section("p", L(
+                "label_intro", label=lb.label, entries=_n(lb.entries),
+                file=Path(lb.file).name, when=when, seen=_n(lb.seen), packets=_n(lb.packets),
+                days=sum(1 for x in lb.daily_seen if x),
+                peak=_n(peak), peak_day=_date(data.days[lb.daily_seen.index(peak)] * DAY))))
+            for lt in lb.lifetimes:
+                sh = [_pct(x) for x in lt["shares"]]
+                out.append(_Section("p", L("label_life", label=lb.label,
+                                           basis=L("b_" + lt["basis"]),
+                                           n=_n(lt["population"]), s24=sh[0], s48=sh[1],
+                                           s168=sh[2])))
+            out.append(_Section(
+                "table",
+                header=(L("label_basis"), L("sources"),
+                        *(L("gone_after", h=h) for h in THRESHOLDS_H),
+                        *(L("too_late", h=h) for h in THRESHOLDS_H)),
+                rows=tuple((L("b_" + lt["basis"]), _n(lt["population"]),
+                            *(_pct(x) for x in lt["shares"]), *(_n(t) for t in lt["too_late"]))
+                           for lt in lb.lifetimes)))
+        out.append(_Section("p", L("label_ports")))
+        out.append(_Section("figure", L("f4"), src=FIGURES[3]))
     out.append(_Section("h2", L("fp")))
     rows = [(k, _n(v), _pct(v / data.packets if data.packets else None))
             for k, v in data.fingerprints.items()]
@@ -621,18 +874,30 @@ def render_figures(data: ReportData, out: Path) -> list[Path]:
     dates: Any = [datetime.fromtimestamp(d * DAY, UTC) for d in data.days]
     paths = []
     meta = {"Software": None}
-    for name, series, title in (
-        (FIGURES[0], data.service_daily, f"Top services, {data.quarter}"),
-        (FIGURES[1], data.region_daily, f"Top source regions, {data.quarter}"),
+    for name, series, src, est, title, src_label in (
+        (FIGURES[0], data.service_daily, data.service_sources_daily,
+         data.service_sources_estimated, f"Top services, {data.quarter}",
+         "sources per day (sum of hourly)"),
+        (FIGURES[1], data.region_daily, data.region_sources_daily,
+         data.region_sources_estimated, f"Top source regions, {data.quarter}",
+         "distinct sources per day"),
     ):
-        fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 6.5), dpi=100, sharex=True)
         for key, values in series.items():
-            ax.plot(dates, values, label=key, linewidth=1.4)
+            line, = ax.plot(dates, values, label=key, linewidth=1.4)
+            if key in src:
+                ax2.plot(dates, src[key], linewidth=1.2, color=line.get_color())
+                flagged = [i for i, f in enumerate(est.get(key, [])) if f]
+                if flagged:
+                    ax2.plot([dates[i] for i in flagged], [src[key][i] for i in flagged],
+                             "o", markersize=3, mfc="none", color=line.get_color())
         ax.set_title(title)
         ax.set_ylabel("packets per day")
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))  # type: ignore[no-untyped-call]
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
+        ax2.set_ylabel(src_label)
+        ax2.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))  # type: ignore[no-untyped-call]
+        for a in (ax, ax2):
+            a.set_ylim(bottom=0)
+            a.grid(alpha=0.3)
         if series:
             ax.legend(loc="upper left", fontsize="small", ncol=len(series))
         else:
@@ -641,6 +906,21 @@ def render_figures(data: ReportData, out: Path) -> list[Path]:
         fig.savefig(out / name, metadata=meta)
         plt.close(fig)
         paths.append(out / name)
+    if data.labels:
+        fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+        for lb in data.labels:
+            ax.plot(dates, lb.daily_seen, label=f"{lb.label} ({lb.seen:,} seen)",
+                    linewidth=1.4)
+        ax.set_title(f"Labelled addresses seen per day, {data.quarter}")
+        ax.set_ylabel("addresses seen per day")
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))  # type: ignore[no-untyped-call]
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize="small")
+        fig.tight_layout()
+        fig.savefig(out / FIGURES[3], metadata=meta)
+        plt.close(fig)
+        paths.append(out / FIGURES[3])
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     width = 0.8 / max(1, len(data.lifetimes))
     for i, row in enumerate(data.lifetimes):

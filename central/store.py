@@ -896,6 +896,13 @@ class Store:
             )
         ]
 
+    def data_days(self, lo_s: int, hi_s: int, sensors: list[str] | None = None) -> set[int]:
+        """UTC days in [lo_s, hi_s) with at least one rolled-up summary."""
+        cond, args = self._in("sensor_id", sensors)
+        return {int(d) for (d,) in self._db.execute(
+            "SELECT DISTINCT hour_start / 86400 FROM rollup_hours WHERE hour_start >= ? "
+            f"AND hour_start < ?{cond}", (lo_s, hi_s, *args))}
+
     def sensor_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute(
             "SELECT DISTINCT sensor_id FROM summaries ORDER BY sensor_id")]
