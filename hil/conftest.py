@@ -114,6 +114,8 @@ def make_board(request: pytest.FixtureRequest, hil_target: str) -> Iterator[Any]
 
     def make(topology: str = "routed", *, clock_offset: bool = False) -> Board:
         target = make_target(hil_target, _opts(request.config))
+        if topology == "routed" and topology not in target.topologies:
+            topology = target.topologies[0]  # a test that only needs some topology
         if topology not in target.topologies:
             pytest.fail(f"{hil_target} cannot be wired as {topology}", pytrace=False)
         b = Board(target, topology, clock_offset=clock_offset).up()

@@ -135,6 +135,41 @@ def mix(src: str, src6: str) -> dict[str, object]:
     return s.truth()
 
 
+def masscan(src: str, count: int = 6) -> dict[str, object]:
+    """Masscan's probes: IP ID = (destination XOR destination port XOR sequence) & 0xFFFF."""
+    s = Sender()
+    for i in range(count):
+        dst = f"{DARK4}{170 + i}"
+        port, seq = (23, 80, 8080)[i % 3], 0x6000_0000 + 7919 * i
+        ip_id = (int(ipaddress.IPv4Address(dst)) ^ port ^ seq) & 0xFFFF
+        s.v4(ipv4("203.0.113.202", dst, 6, tcp(61000, port, seq), ip_id=ip_id), dst,
+             f"tcp/{port}")
+        s.fp["masscan"] += 1
+    return s.truth()
+
+
+def vlan(iface: str, dst_mac: str, port: int, count: int, qinq: bool) -> dict[str, object]:
+    """802.1Q (or QinQ) tagged SYNs as Ethernet frames on a packet socket: a trunk port."""
+    s = Sender()
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((iface, 0))
+    src_mac = sock.getsockname()[4]
+    tags = (struct.pack("!HH", 0x88A8, 200) + struct.pack("!HH", 0x8100, 100) if qinq
+            else struct.pack("!HH", 0x8100, 100))
+    for i in range(count):
+        dst = f"{DARK4}{(i % 200) + 30}"
+        seq, ip_id = 0x7000 + i, 12000 + i
+        _not_masscan(dst, port, seq, ip_id)
+        frame = (bytes.fromhex(dst_mac.replace(":", "")) + src_mac + tags
+                 + struct.pack("!H", 0x0800)
+                 + ipv4("192.0.2.1", dst, 6, tcp(47000 + i % 1000, port, seq), ip_id=ip_id))
+        sock.send(frame)
+        s.ports[f"tcp/{port}"] += 1
+        s.packets += 1
+        time.sleep(0.0005)
+    return s.truth()
+
+
 def syns(src: str, src6: str, port: int, count: int, v6: bool) -> dict[str, object]:
     s = Sender()
     for i in range(count):
@@ -153,15 +188,24 @@ def syns(src: str, src6: str, port: int, count: int, v6: bool) -> dict[str, obje
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["mix", "syn"])
+    p.add_argument("what", choices=["mix", "syn", "masscan", "vlan"])
     p.add_argument("--src", default="192.0.2.1")
     p.add_argument("--src6", default="2001:db8:1::1")
     p.add_argument("--port", type=int, default=9999)
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--v6", action="store_true")
+    p.add_argument("--iface", default="sc0", help="vlan: the interface to send frames on")
+    p.add_argument("--dst-mac", default="", help="vlan: the board's capture MAC")
+    p.add_argument("--qinq", action="store_true", help="vlan: two tags (802.1ad + 802.1Q)")
     a = p.parse_args(argv)
-    truth = mix(a.src, a.src6) if a.what == "mix" else syns(a.src, a.src6, a.port, a.count,
-                                                             a.v6)
+    if a.what == "mix":
+        truth = mix(a.src, a.src6)
+    elif a.what == "masscan":
+        truth = masscan(a.src, a.count)
+    elif a.what == "vlan":
+        truth = vlan(a.iface, a.dst_mac, a.port, a.count, a.qinq)
+    else:
+        truth = syns(a.src, a.src6, a.port, a.count, a.v6)
     json.dump(truth, sys.stdout)
     return 0
 

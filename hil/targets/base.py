@@ -104,7 +104,7 @@ class SpoolSnapshot:
     entries: dict[str, bytes] = field(default_factory=dict)  # name -> envelope bytes
     quarantined: list[str] = field(default_factory=list)
     temporary: list[str] = field(default_factory=list)
-    other: list[str] = field(default_factory=list)
+    other: dict[str, bytes] = field(default_factory=dict)  # health.json, anything else
 
 
 class Target(ABC):
@@ -118,6 +118,9 @@ class Target(ABC):
     python = "python3"  # process mode: the board's interpreter
     pythonpath = ""  # process mode: where the project's packages are on the board
     boot_timeout_s = 60.0
+    # the rate ramp's default steps (packets per second) and seconds per step
+    ramp_rates: tuple[int, ...] = (5_000, 20_000, 50_000, 100_000, 200_000, 400_000)
+    ramp_step_s = 1.0
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
@@ -207,6 +210,28 @@ class Target(ABC):
         if "clock" in secrets:
             files[p.clock] = (secrets["clock"], 0o644, f"{USER}:{USER}")
         self.put_files(files)
+
+    def boot_with_config(self, config: str) -> dict[str, Any]:
+        """After a power cut: this config on the card, then boot.  What first boot does on
+        the image (sensor/edges/firstboot.py): a valid config is installed, an invalid one
+        is refused and named (teiten-error.txt), and the last good one keeps running.
+        Returns {"started": bool, "error": the refusal's text, "" if accepted}."""
+        self.boot()
+        check = self.config_check_text(config)
+        error = ""
+        if check.get("ok"):
+            self.deploy_config(config)
+        else:
+            error = "\n".join(f"{f['field']}: {f['reason']}" for f in check["findings"])
+            self.write_file(f"{self.paths.root}/teiten-error.txt", error + "\n")
+        self.netsetup()
+        self.start()
+        return {"started": self.unit_state("sensor").active, "error": error}
+
+    def config_check_text(self, config: str) -> dict[str, Any]:
+        path = f"{self.paths.root}/card-teiten.toml"
+        self.write_file(path, config, f"root:{USER}", 0o640)
+        return self.config_check(path)
 
     def deploy_config(self, config: str) -> None:
         """Replace the config only (SIGHUP reloads it)."""
@@ -397,7 +422,9 @@ class Target(ABC):
                 elif name.startswith(".tmp-"):
                     snap.temporary.append(name)
                 else:
-                    snap.other.append(name)
+                    fh = tar.extractfile(m)
+                    assert fh is not None
+                    snap.other[name] = fh.read()
         return snap
 
     def spool_count(self) -> int:
