@@ -39,7 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from wire.ids import validate_sensor_id
 
 RECEIVER_CN = "central-receiver"
-_RESERVED = {RECEIVER_CN, "central-broker"}
+ENROL_CN = "central-enrol"  # the enrolment service (docs/enrolment.md)
+_RESERVED = {RECEIVER_CN, ENROL_CN, "central-broker"}
 CRL_DAYS = 365  # long: a forgotten refresh must not lock the fleet out soon
 CRL_NAME = "crl.pem"
 REASONS: dict[str, x509.ReasonFlags] = {
@@ -82,6 +83,18 @@ class CAFiles:
     @property
     def receiver_crt(self) -> Path:
         return self.dir / "receiver.crt"
+
+    @property
+    def enrol_key(self) -> Path:
+        return self.dir / "enrol.key"
+
+    @property
+    def enrol_crt(self) -> Path:
+        return self.dir / "enrol.crt"
+
+    @property
+    def server_chain(self) -> Path:
+        return self.dir / "server-chain.crt"
 
     @property
     def crl(self) -> Path:
@@ -131,8 +144,10 @@ def _leaf(
     days: int,
     eku: x509.ObjectIdentifier,
     sans: list[x509.GeneralName] | None = None,
+    lifetime_s: int | None = None,
 ) -> x509.Certificate:
     now = _now()
+    life = dt.timedelta(days=days) if lifetime_s is None else dt.timedelta(seconds=lifetime_s)
     b = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -140,7 +155,7 @@ def _leaf(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(now + life)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -270,9 +285,17 @@ def _load_ca(files: CAFiles) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
 
 
 def issue_sensor(
-    directory: str | os.PathLike[str], sensor_id: str, csr_pem: bytes, *, days: int = 825
+    directory: str | os.PathLike[str],
+    sensor_id: str,
+    csr_pem: bytes,
+    *,
+    days: int = 825,
+    lifetime_s: int | None = None,
 ) -> bytes:
-    """Sign a sensor's CSR; returns the certificate PEM.  The key stays on the board."""
+    """Sign a sensor's CSR; returns the certificate PEM.  The key stays on the board.
+
+    `lifetime_s`, when given, replaces `days` (enrolment and renewal use it; tests use
+    lifetimes of seconds)."""
     try:
         validate_sensor_id(sensor_id)
     except ValueError as exc:
@@ -297,7 +320,8 @@ def issue_sensor(
         raise CAError("the request's key is not an EC key; `teiten csr` makes a P-256 key")
     files = CAFiles(Path(directory))
     ca_key, ca_cert = _load_ca(files)
-    cert = _leaf(_cn(sensor_id), pub, ca_key, ca_cert, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+    cert = _leaf(_cn(sensor_id), pub, ca_key, ca_cert, days, ExtendedKeyUsageOID.CLIENT_AUTH,
+                 lifetime_s=lifetime_s)
     _record(files, cert, "sensor")  # before the certificate leaves: revocable by sensor id
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -313,6 +337,31 @@ def issue_local_client(
     _record(files, cert, "client")
     _write_new(key_path, _key_pem(key), 0o600)
     _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def ensure_enrol_client(directory: str | os.PathLike[str], *, days: int = 825) -> CAFiles:
+    """The enrolment service's key and certificate (CN `central-enrol`), made once."""
+    files = CAFiles(Path(directory))
+    if not files.enrol_crt.exists():
+        issue_local_client(files.dir, ENROL_CN, files.enrol_key, files.enrol_crt, days=days)
+    return files
+
+
+def write_server_chain(directory: str | os.PathLike[str]) -> Path:
+    """`server-chain.crt`: the broker's certificate followed by the CA's, for the enrolment
+    listener, so a board can pin the CA by fingerprint before it sends its token."""
+    files = CAFiles(Path(directory))
+    data = files.server_crt.read_bytes().rstrip(b"\n") + b"\n" + files.ca_crt.read_bytes()
+    _atomic_write(files.server_chain, data, 0o644)
+    return files.server_chain
+
+
+def ca_fingerprint_of(directory: str | os.PathLike[str]) -> str:
+    """`sha256:<hex>` of the CA certificate's DER bytes (what teiten.toml pins)."""
+    from wire.enrolment import ca_fingerprint
+
+    cert = x509.load_pem_x509_certificate(CAFiles(Path(directory)).ca_crt.read_bytes())
+    return ca_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 # ---------------------------------------------------------------- issued record and CRL
@@ -533,6 +582,34 @@ def revoke(
     return Revocation(sensor_id, done, already, _info(files, crl))
 
 
+def revoke_serials(
+    directory: str | os.PathLike[str],
+    sensor_id: str,
+    *,
+    keep: set[str],
+    reason: str = "superseded",
+    days: int = CRL_DAYS,
+) -> list[str]:
+    """Revoke every certificate of `sensor_id` except the serials in `keep` (a replaced
+    board's, once the new board enrolled under the same id); returns the serials revoked."""
+    files = CAFiles(Path(directory))
+    ca_key, ca_cert = _load_ca(files)
+    now = _now().replace(microsecond=0)
+    with _locked(files):
+        doc = _read_index(files)
+        done = []
+        for e in doc["certificates"]:
+            if (e["cn"] == sensor_id and e["kind"] == "sensor" and e["revoked_at"] is None
+                    and e["serial"] not in keep):
+                e["revoked_at"] = now.isoformat()
+                e["reason"] = reason
+                done.append(e["serial"])
+        if done:
+            _write_crl(files, doc, ca_key, ca_cert, days)
+            _write_index(files, doc)
+    return done
+
+
 def revoked_acl(directory: str | os.PathLike[str]) -> str:
     """ACL lines denying every topic to each revoked, unexpired sensor certificate's CN.
 
@@ -543,6 +620,16 @@ def revoked_acl(directory: str | os.PathLike[str]) -> str:
     now = _now()
     with _locked(files):
         entries = _read_index(files)["certificates"]
+    # A sensor id whose board was replaced (enrolment with --replace) has revoked
+    # certificates and a valid one: denying the name would lock out the new board.  Its
+    # old board is refused by the CRL on 8883 and by its key at the receiver.
+    valid = {
+        e["cn"]
+        for e in entries
+        if e["revoked_at"] is None
+        and e["kind"] == "sensor"
+        and dt.datetime.fromisoformat(e["not_after"]) >= now
+    }
     cns = sorted(
         {
             e["cn"]
@@ -551,6 +638,7 @@ def revoked_acl(directory: str | os.PathLike[str]) -> str:
             and e["kind"] == "sensor"
             and dt.datetime.fromisoformat(e["not_after"]) >= now
         }
+        - valid
     )
     if not cns:
         return ""

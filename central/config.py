@@ -190,12 +190,33 @@ def render_mosquitto_conf(
     bind: str = "",
     extra: str = "",
     crlfile: Path | None = None,
+    enrol_port: int | None = None,
+    enrol_certfile: Path | None = None,
+    password_file: Path | None = None,
+    enrol_acl_file: Path | None = None,
 ) -> str:
     """Fill central/mosquitto/mosquitto.conf.  `extra` adds lines (tests: `user root`).
 
-    `crlfile` defaults to `crl.pem` next to `cafile`, where `teiten central ca` writes it."""
+    `crlfile` defaults to `crl.pem` next to `cafile`, where `teiten central ca` writes it.
+    With `enrol_port`, the enrolment listener (central/mosquitto/enrol-listener.conf) is
+    added: `enrol_certfile` is the server certificate chain (server + CA,
+    `central.ca.write_server_chain`), `password_file` the tokens' file the enrolment
+    service writes, `enrol_acl_file` a copy of central/mosquitto/enrol.acl."""
+    enrol = ""
+    if enrol_port is not None:
+        if enrol_certfile is None or password_file is None or enrol_acl_file is None:
+            raise ValueError("the enrolment listener needs enrol_certfile, password_file "
+                             "and enrol_acl_file")
+        etpl = string.Template(
+            (MOSQUITTO_DIR / "enrol-listener.conf").read_text(encoding="utf-8"))
+        enrol = etpl.substitute(
+            enrol_port=enrol_port, bind=bind, cafile=str(cafile),
+            enrol_certfile=str(enrol_certfile), keyfile=str(keyfile),
+            password_file=str(password_file), enrol_acl_file=str(enrol_acl_file),
+        )
     tpl = string.Template((MOSQUITTO_DIR / "mosquitto.conf").read_text(encoding="utf-8"))
     return tpl.substitute(
+        enrol_listener=enrol,
         data_dir=str(data_dir),
         acl_file=str(acl_file),
         cafile=str(cafile),
@@ -211,3 +232,8 @@ def render_mosquitto_conf(
 
 def acl_text() -> str:
     return (MOSQUITTO_DIR / "acl").read_text(encoding="utf-8")
+
+
+def enrol_acl_text() -> str:
+    """The enrolment listener's ACL: a token id may use its own request and reply only."""
+    return (MOSQUITTO_DIR / "enrol.acl").read_text(encoding="utf-8")
