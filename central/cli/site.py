@@ -43,6 +43,10 @@ def register(sub: Any) -> None:
     crl.add_argument("--days", type=int, default=30, help="next_update this far ahead")
     crl.add_argument("--json", action="store_true")
     crl.set_defaults(handler=_ca_crl)
+    ec_ = casub.add_parser("enrol-client", help="the enrolment service's certificate "
+                           "(CN central-enrol) and the broker's certificate chain")
+    ec_.add_argument("--dir", default="central-ca", help="the CA folder")
+    ec_.set_defaults(handler=_ca_enrol_client)
 
     rv = sub.add_parser(
         "revoke", help="revoke every certificate issued to a sensor and re-issue the CRL"
@@ -86,7 +90,27 @@ def register(sub: Any) -> None:
     bc.add_argument("--data-dir", default="/var/lib/mosquitto")
     bc.add_argument("--tls-port", type=int, default=8883)
     bc.add_argument("--ws-port", type=int, default=443)
+    bc.add_argument("--enrol-port", type=int, default=8884,
+                    help="the enrolment listener (docs/enrolment.md); 0: none")
     bc.set_defaults(handler=_broker_config)
+
+    en = sub.add_parser("enroll", help="a one-time enrolment token for a sensor "
+                        "(docs/enrolment.md)")
+    en.add_argument("sensor_id")
+    en.add_argument("--config", required=True, help="central.toml with [receiver] and "
+                    "[enrolment]")
+    en.add_argument("--expires", help="token lifetime, e.g. 7d or 12h (default [enrolment] "
+                    "token_expires, 7d)")
+    en.add_argument("--replace", action="store_true", help="the sensor id is enrolled: this "
+                    "token enrols its replacement board (the old board's certificates are "
+                    "revoked when the new one enrols)")
+    en.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    en.add_argument("--json", action="store_true")
+    en.set_defaults(handler=_enroll)
+    ed = sub.add_parser("enrold", help="run the enrolment and renewal service")
+    ed.add_argument("--config", required=True)
+    ed.add_argument("-v", "--verbose", action="store_true")
+    ed.set_defaults(handler=_enrold)
 
     db = sub.add_parser("db", help="print what the central database holds")
     src = db.add_mutually_exclusive_group(required=True)
@@ -281,6 +305,18 @@ def _broker_config(args: argparse.Namespace) -> int:
         write_acl(files.dir, out / "acl", acl_text())
     except CAError as exc:
         return _err(exc)
+    enrol: dict[str, Any] = {}
+    if args.enrol_port:
+        from central.ca import ensure_enrol_client, write_server_chain
+        from central.config import enrol_acl_text
+
+        ensure_enrol_client(files.dir)
+        (out / "enrol.acl").write_text(enrol_acl_text())
+        pw = out / "enrol.passwd"
+        if not pw.exists():
+            pw.write_text("")
+        enrol = dict(enrol_port=args.enrol_port, enrol_certfile=write_server_chain(files.dir),
+                     password_file=pw.resolve(), enrol_acl_file=(out / "enrol.acl").resolve())
     (out / "mosquitto.conf").write_text(
         render_mosquitto_conf(
             data_dir=Path(args.data_dir),
@@ -291,6 +327,7 @@ def _broker_config(args: argparse.Namespace) -> int:
             crlfile=files.crl,
             tls_port=args.tls_port,
             ws_port=args.ws_port,
+            **enrol,
         )
     )
     print(f"wrote {out / 'mosquitto.conf'} and {out / 'acl'}")
@@ -330,3 +367,99 @@ def print_overview(ov: dict[str, Any]) -> None:
             f"{sid:20} {s.get('status') or '-':8} {s.get('summaries', 0):>6} {rng:>20} "
             f"{s.get('health_messages', 0):>6}  {gaps if gaps else 'none'}"
         )
+
+
+def _ca_enrol_client(args: argparse.Namespace) -> int:
+    from central.ca import CAError, ca_fingerprint_of, ensure_enrol_client, write_server_chain
+
+    try:
+        files = ensure_enrol_client(args.dir)
+        chain = write_server_chain(args.dir)
+    except (CAError, OSError) as exc:
+        return _err(exc)
+    print(f"enrolment service: {files.enrol_crt}, {files.enrol_key}; broker chain: {chain}")
+    print(f"CA fingerprint (for teiten.toml): {ca_fingerprint_of(args.dir)}")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from central.enrol import (
+        EnrolError,
+        Enrolment,
+        EnrolStore,
+        iso,
+        load_enrolment,
+        sync_password_file,
+        toml_snippet,
+    )
+    from central.fleet import parse_duration
+
+    try:
+        cfg = load_enrolment(args.config)
+        expires = parse_duration(args.expires) if args.expires else None
+        with EnrolStore(cfg.database) as store:
+            issued = Enrolment(store, cfg).new_token(args.sensor_id, expires_s=expires,
+                                                     replace=args.replace)
+            sync_password_file(store, cfg)
+        snippet = toml_snippet(issued, cfg)
+    except (EnrolError, ValueError, OSError) as exc:
+        return _err(exc)
+    out = {"sensor_id": issued.sensor_id, "token": issued.token, "token_id": issued.token_id,
+           "expires": iso(issued.expires_us), "replace": issued.replace,
+           "broker": f"{cfg.public_host}:{cfg.enrol_port}", "teiten_toml": snippet}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    what = "pending, replaces its board" if args.replace else "pending"
+    print(f"sensor     {issued.sensor_id} ({what})")
+    print(f"token      {issued.token}")
+    print(f"expires    {out['expires']}  (works once, for this sensor id only)")
+    print(f"broker     {out['broker']} (enrolment listener)")
+    print("\nAdd to teiten.toml on the card's TEITEN partition:\n")
+    print(snippet)
+    if not args.no_qr:
+        print(qr_text(snippet))
+    return 0
+
+
+def qr_text(data: str) -> str:
+    """The QR code of `data` for a terminal (segno, if installed), or a note."""
+    try:
+        import segno  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:
+        return "(install `segno` to print this as a QR code for a phone)"
+    import io
+
+    buf = io.StringIO()
+    segno.make(data, error="m").terminal(out=buf, compact=True)
+    return buf.getvalue()
+
+
+def _enrold(args: argparse.Namespace) -> int:
+    from central.enrol import EnrolError, EnrolService, EnrolStore, load_enrolment
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        cfg = load_enrolment(args.config)
+        for p in (cfg.files.ca_crt, cfg.files.enrol_crt, cfg.files.enrol_key):
+            if not p.is_file():
+                raise EnrolError(f"{p} missing: run `teiten central ca enrol-client --dir "
+                                 f"{cfg.ca_dir}`")
+        store = EnrolStore(cfg.database)
+    except (EnrolError, ValueError, OSError) as exc:
+        return _err(exc)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        EnrolService(cfg, store).run(stop)
+    finally:
+        store.close()
+    return 0
