@@ -129,6 +129,10 @@ LABELS: Final[dict[str, dict[str, str]]] = {
                 "ja": "{quarter}のデータはありません。"},
     "sensor_gap": {"en": "{sensor}: {missing} of {expected} hours missing ({ranges}).",
                    "ja": "{sensor}: {expected}時間中{missing}時間が欠測 ({ranges})。"},
+    "clone_suspected": {"en": "{sensor}: SUSPECTED CLONED CARD ({kinds}); its summaries are "
+                        "kept as received, not merged (docs/enrolment.md).",
+                        "ja": "{sensor}: SDカード複製の疑い ({kinds})。サマリーは受信した"
+                        "まま保存され、統合されていません (docs/enrolment.md)。"},
     "sensor_none": {"en": "{sensor}: no summaries in this quarter.",
                     "ja": "{sensor}: この四半期のサマリーはありません。"},
     "sensor_partial": {"en": "{sensor}: {n} hours only partly captured.",
@@ -553,6 +557,9 @@ def compute_report(
     imp = store.region_import()
     if imp is None:
         notes.append(("no_regions", {}))
+    from central.clones import clone_notes
+
+    notes += clone_notes(store.path, sensors)
     for sh in health:
         if sh.received_hours == 0:
             notes.append(("sensor_none", {"sensor": sh.sensor}))
@@ -800,6 +807,7 @@ def _document(data: ReportData, lang: str) -> list[_Section]:
         rows=tuple((h.sensor, f"{h.received_hours:g} / {h.expected_hours}",
                     _n(h.missing_hours), _n(h.partial), _n(h.capture_drops),
                     _n(h.clock_unsynced), _n(h.spool_evicted)) for h in data.health)))
+    out += [_Section("p", L(k, **kw)) for k, kw in data.notes if k == "clone_suspected"]
     return out
 
 

@@ -239,12 +239,18 @@ def _sensors(args: argparse.Namespace) -> int:
     except _errors() as exc:
         return _err(exc)
     silent = [r for r in rows if r.silent]
+    from central.clones import alarms_by_sensor, print_alarms
+
+    clones = alarms_by_sensor(db)  # a fresh scan: docs/enrolment.md
     if args.json:
         print(json.dumps({"silent_after_s": silent_after, "sensors": [r.to_json() for r in rows],
-                          "silent": [r.sensor for r in silent]}, indent=2))
+                          "silent": [r.sensor for r in silent],
+                          "clone_alarms": {s: [a.to_json() for a in al]
+                                           for s, al in clones.items()}}, indent=2))
     else:
         print_fleet(rows, silent_after)
-    return 1 if silent else 0
+        print_alarms(clones)
+    return 1 if silent or clones else 0
 
 
 def _ago(us: int | None) -> str:
