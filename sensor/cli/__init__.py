@@ -25,7 +25,7 @@ Handler = Callable[[argparse.Namespace], int]
 # Packages that may add sub-commands, in the order they appear in --help.
 _PLUGIN_MODULES = (
     "sensor.cli.replay", "sensor.cli.board", "sensor.cli.keys", "sensor.cli.spool",
-    "sensor.cli.uplink", "sensor.cli.firstboot", "central.cli",
+    "sensor.cli.uplink", "sensor.cli.firstboot", "sensor.cli.enrol", "central.cli",
 )
 
 

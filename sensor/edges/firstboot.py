@@ -49,6 +49,9 @@ CARD_CA: Final = "ca.crt"
 CARD_CERT: Final = "sensor.crt"
 
 BOARD_TABLE: Final = "board"
+# Tables only first boot reads (never in sensor.toml): [board], and [enrol] with the
+# one-time enrolment token (sensor.edges.enrol, docs/enrolment.md).
+CARD_ONLY_TABLES: Final = frozenset({BOARD_TABLE, "enrol"})
 _BOARD_FIELDS: Final = frozenset(
     {"hostname", "interface", "address", "gateway", "dns", "ntp", "ssh", "ssh_keys", "ssh_from"}
 )
@@ -98,7 +101,7 @@ def strip_board_table(text: str) -> str:
         m = _TABLE_HEADER.match(line)
         if m is not None:
             name = m.group(1).strip("\"'")
-            skipping = name == BOARD_TABLE or name.startswith(BOARD_TABLE + ".")
+            skipping = name in CARD_ONLY_TABLES or name.split(".")[0] in CARD_ONLY_TABLES
         if not skipping:
             out.append(line)
     return "".join(out)
@@ -207,7 +210,7 @@ def check_card_config(text: str, *, base_dir: Path | None = None,
         sensor_doc = {}
         found.append(Finding("board", f"cannot be separated from the rest ({exc}); keep the "
                              "[board] table as plain `key = value` lines"))
-    if {k: v for k, v in doc.items() if k != BOARD_TABLE} != sensor_doc:
+    if {k: v for k, v in doc.items() if k not in CARD_ONLY_TABLES} != sensor_doc:
         found.append(Finding("board", "cannot be separated from the rest; keep the [board] "
                              "table as plain `key = value` lines under one [board] header"))
     config: SensorConfig | None = None
@@ -225,6 +228,9 @@ def check_card_config(text: str, *, base_dir: Path | None = None,
         config.topology if config else None,
     )
     found.extend(board_found)
+    from sensor.edges.enrol import parse_enrol_table
+
+    found.extend(parse_enrol_table(doc.get("enrol"))[1])
     return Checked(text, tuple(found), sensor_toml, config, board)
 
 
