@@ -35,6 +35,7 @@ from uplink.client import new_client
 from uplink.session import (
     TRANSPORT_WS,
     Acked,
+    CertValidity,
     Command,
     Connect,
     Connected,
@@ -48,6 +49,8 @@ from uplink.session import (
     PublishHealth,
     Quarantine,
     RemoveFromSpool,
+    RenewalDone,
+    RequestRenewal,
     SpoolChanged,
     Start,
     Subscribe,
@@ -106,6 +109,63 @@ class MqttUplink:
         self._names: tuple[str, ...] | None = None
         self._last_scan = float("-inf")
         self._drop_after_loop = False
+        self._renew_nonce: bytes | None = None
+        self._last_cert_check = float("-inf")
+
+    # ------------------------------------------------------------ renewal
+    def _check_cert(self, now: float) -> None:
+        """Tell the session the certificate's validity (at start, then every minute)."""
+        self._last_cert_check = now
+        if self.cfg.insecure or self.cfg.cert is None:
+            return
+        from sensor.edges.enrol import cert_validity
+
+        v = cert_validity(self.cfg.cert)
+        if v is not None:
+            self._execute(self.session.handle(CertValidity(now, self.wall(), v[0], v[1])))
+
+    def _request_renewal(self, cmd: RequestRenewal) -> None:
+        import secrets
+
+        from sensor.edges.enrol import renewal_csr
+        from wire.enrolment import NONCE_BYTES, encode_renew_request
+
+        if self._client is None or self.cfg.key is None:
+            return
+        _, csr = renewal_csr(self.cfg.key, self.cfg.sensor_id)
+        self._renew_nonce = secrets.token_bytes(NONCE_BYTES)
+        payload = encode_renew_request(self.cfg.sensor_id, self._renew_nonce, csr)
+        self._client.publish(cmd.topic, payload, qos=1, retain=False)
+
+    def _on_renewed(self, data: bytes) -> None:
+        """Central's answer: install the certificate for the next connection (this one
+        goes on), or report the refusal."""
+        from sensor.edges.certs import load_tls_key
+        from sensor.edges.enrol import EnrolmentError, check_certificate, install_certificate
+        from wire.enrolment import EnrolFormatError, decode_reply
+
+        try:
+            reply = decode_reply(data)
+        except EnrolFormatError:
+            log.warning("ignoring a malformed renewal reply")
+            return
+        if self._renew_nonce is None or reply.nonce != self._renew_nonce:
+            return
+        self._renew_nonce = None
+        if not reply.ok or reply.certificate is None or self.cfg.cert is None \
+                or self.cfg.ca is None or self.cfg.key is None:
+            self._events.append(RenewalDone(self.clock(), False, reply.reason))
+            return
+        try:
+            check_certificate(reply.certificate, self.cfg.ca.read_bytes(),
+                              load_tls_key(self.cfg.key), self.cfg.sensor_id)
+            install_certificate(self.cfg.cert, reply.certificate)
+        except (EnrolmentError, OSError) as exc:
+            self._events.append(RenewalDone(self.clock(), False, str(exc)))
+            return
+        log.info("installed a renewed certificate in %s", self.cfg.cert)
+        self._events.append(RenewalDone(self.clock(), True))
+        self._last_cert_check = float("-inf")
 
     # ------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
@@ -121,6 +181,8 @@ class MqttUplink:
         now = self.clock()
         if now - self._last_scan >= self.spool_poll_s:
             self._scan_spool(now)
+        if now - self._last_cert_check >= 60.0:
+            self._check_cert(now)
         client = self._client
         if client is not None:
             rc = client.loop(timeout=0.05)
@@ -179,6 +241,8 @@ class MqttUplink:
                     self._remove(e)
                 case Quarantine(entry=e, reason=reason):
                     self._quarantine(e, reason)
+                case RequestRenewal():
+                    self._request_renewal(cmd)
                 case Log(level=level, message=m):
                     log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", m)
 
@@ -330,7 +394,12 @@ class MqttUplink:
             self._events.append(PubAck(self.clock(), seq, int(reason_code.value)))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if client is not self._client or msg.topic != self.session.ack_topic:
+        if client is not self._client:
+            return
+        if msg.topic == self.session.renewed_topic:
+            self._on_renewed(bytes(msg.payload))
+            return
+        if msg.topic != self.session.ack_topic:
             return
         ack = parse_ack(bytes(msg.payload))
         if ack is None:

@@ -124,8 +124,31 @@ class SpoolChanged:
     entries: tuple[EntryLike, ...]  # oldest first
 
 
+@dataclass(frozen=True, slots=True)
+class CertValidity:
+    """The client certificate's validity (Unix seconds) and the wall clock now.
+
+    The adapter sends it at start, after a renewal and now and then (clock steps); with
+    it the session asks for a renewal `renew_before_s` before expiry (docs/enrolment.md)."""
+
+    now: float
+    wall: float
+    not_before: float
+    not_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalDone:
+    """Central answered a renewal: installed (`ok`) or refused with a reason."""
+
+    now: float
+    ok: bool
+    reason: str | None = None
+
+
 Event: TypeAlias = (
     Start | Connected | ConnectFailed | Disconnected | PubAck | Acked | Tick | SpoolChanged
+    | CertValidity | RenewalDone
 )
 
 
@@ -186,6 +209,13 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestRenewal:
+    """Make a CSR for the TLS key and publish it on `topic` (QoS 1)."""
+
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     level: str  # info | warning
     message: str
@@ -200,6 +230,7 @@ Command: TypeAlias = (
     | PublishHealth
     | RemoveFromSpool
     | Quarantine
+    | RequestRenewal
     | Log
 )
 
@@ -289,6 +320,11 @@ class UplinkSession:
         self.status_topic = topic(config.sensor_id, "status")
         self.health_topic = topic(config.sensor_id, "health")
         self.ack_topic = topic(config.sensor_id, "ack")
+        self.renew_topic = topic(config.sensor_id, "renew")
+        self.renewed_topic = topic(config.sensor_id, "renewed")
+        self._cert: tuple[float, float, float] | None = None  # not_before, not_after, wall-now
+        self._renew_sent_at: float | None = None
+        self._renew_retry_at = 0.0
 
     # ------------------------------------------------------------ public helpers
     def will(self) -> Publish:
@@ -340,6 +376,17 @@ class UplinkSession:
                 self._on_tick(now, out)
             case SpoolChanged(now=now, entries=entries):
                 self._on_spool(now, entries, out)
+            case CertValidity(now=now, wall=wall, not_before=nb, not_after=na):
+                first = self._cert is None
+                self._cert = (nb, na, wall - now)
+                if first and self.conn is Conn.CONNECTED:
+                    out.append(Subscribe(self.renewed_topic, 1))
+            case RenewalDone(now=now, ok=ok, reason=reason):
+                self._renew_sent_at = None
+                if not ok:
+                    # refused or not installable: ask again later, delivery goes on
+                    self._renew_retry_at = now + self.cfg.backoff_max_s
+                    out.append(Log("warning", f"certificate renewal refused: {reason}"))
         return out
 
     # ------------------------------------------------------------ connection
@@ -381,6 +428,8 @@ class UplinkSession:
         out.append(Log("info", f"connected over {transport}"))
         out.append(Subscribe(self.ack_topic, 1))
         out.append(Publish(self.status_topic, self._status_payload("online"), 1, True))
+        if self._cert is not None:
+            out.append(Subscribe(self.renewed_topic, 1))
         self._next_health = now  # one health message right after connecting
         self._on_tick(now, out)
 
@@ -408,6 +457,7 @@ class UplinkSession:
             self.failures = 0
         self.failures += 1
         self.transport = self._preferred
+        self._renew_sent_at = None  # its reply went with the connection: ask again
         for t in self._tracks.values():
             if t.state in (St.PUBLISHING, St.AWAIT_ACK):
                 t.state = St.QUEUED  # re-send after reconnecting; duplicates are harmless
@@ -512,7 +562,29 @@ class UplinkSession:
         if now >= self._next_health:
             self._next_health = now + self.cfg.health_interval_s
             out.append(PublishHealth(self.health_topic, self._health_fields(now)))
+        self._renew_if_due(now, out)
         self._pump(now, out)
+
+    def renewal_due(self, now: float) -> bool:
+        """Is the certificate within its renewal margin (and no request outstanding)?"""
+        if self._cert is None:
+            return False
+        nb, na, offset = self._cert
+        margin = self.cfg.renew_before_s
+        if margin is None:
+            margin = (na - nb) / 3  # a third of the lifetime, as ACME clients do
+        return now + offset >= na - margin
+
+    def _renew_if_due(self, now: float, out: list[Command]) -> None:
+        if self._renew_sent_at is not None:
+            if now - self._renew_sent_at < self.cfg.ack_timeout_s:
+                return
+            self._renew_sent_at = None  # no answer: ask again
+        if now < self._renew_retry_at or not self.renewal_due(now):
+            return
+        self._renew_sent_at = now
+        out.append(Log("info", "certificate within its renewal margin: asking central"))
+        out.append(RequestRenewal(self.renew_topic))
 
     # ------------------------------------------------------------ payloads
     def _status_payload(self, state: str) -> bytes:

@@ -42,6 +42,7 @@ _KNOWN_KEYS = frozenset(
         "keepalive_s",
         "connect_timeout_s",
         "ws_after_failures",
+        "renew_before_s",
     }
 )
 
@@ -71,6 +72,9 @@ class UplinkConfig:
     connect_timeout_s: float = 10.0
     # consecutive failures on the primary port before the WebSockets port is tried
     ws_after_failures: int = 1
+    # renew the client certificate this long before it expires (docs/enrolment.md);
+    # None: when a third of its lifetime is left
+    renew_before_s: float | None = None
 
     def check_files(self) -> None:
         """Phase two's first step: the TLS files must exist and be readable."""
@@ -234,6 +238,8 @@ def parse_uplink(
         keepalive_s=keepalive,
         connect_timeout_s=_positive(table, "connect_timeout_s", 10.0),
         ws_after_failures=ws_after,
+        renew_before_s=(None if "renew_before_s" not in table
+                        else _positive(table, "renew_before_s", 1.0)),
     )
 
 
