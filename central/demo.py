@@ -1,9 +1,13 @@
-"""`make demo`: the full path on one machine, with real parts.
+"""`make demo`: the full path on one machine, with real parts, then a real quarter.
 
 Replays `tests/data/sample.pcap` into signed envelopes in a spool, starts Mosquitto with
 mutual TLS (and WebSockets-TLS) on free loopback ports, runs the receiver and the uplink
-until the spool is empty, and prints what the central database holds and where every
-file is.  Everything lands in `demo-out/` (removed by `make clean`).
+until the spool is empty, and prints what the central database holds.  Then it stores a
+generated fleet (`central/demo_fleet.py`: 3 sensors over 2024Q4 and 2025Q1, a service
+and a region that surge on known days, a labelled population that decays with a 24 h
+half-life) with `teiten central import`, imports the bundled delegation sample
+(`central/data/rir/`) and the label CSV, and writes the 2025Q1 report.  The quarter is
+fixed, not today's.  Everything lands in `demo-out/` (removed by `make clean`).
 
 The board's side runs as the board runs it, through `teiten` commands in their own
 processes (`keygen`, `csr`, `replay`, `spool list`, `uplink`): the central site's code never
@@ -13,6 +17,8 @@ imports the board's (the import-linter contracts in pyproject.toml).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -94,32 +100,68 @@ def print_top(st: Store, top: int = 5) -> None:
         print(f"     {address_text(address):>39} {n:>8,} packets")
 
 
-def write_demo_report(db: Path, out: Path) -> Path | None:
-    """Import the sample RIR files, roll up and write the report for the sample's quarter."""
-    from datetime import UTC, datetime
-
+def _teiten(argv: list[str]) -> int:
+    """A central command in this process (the central site's own CLI)."""
     from central.cli import register
 
-    def teiten(argv: list[str]) -> int:
-        parser = argparse.ArgumentParser(prog="teiten")
-        register(parser.add_subparsers(dest="command", required=True))
-        args = parser.parse_args(argv)
-        rc: int = args.handler(args)
-        return rc
+    parser = argparse.ArgumentParser(prog="teiten")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    rc: int = args.handler(args)
+    return rc
 
-    with Store(db) as st:
-        hours = [row.hour_start for row in st.summaries()]
-    if not hours:
-        print("   no summaries stored: no report", file=sys.stderr)
+
+def write_demo_report(db: Path, keys: Path, fleet: Path, out: Path) -> Path | None:
+    """Store the generated fleet (`teiten central import`), import the bundled delegation
+    sample and the label CSV, and write the report of the fleet's second quarter."""
+    from central import demo_fleet
+
+    extra = (fleet / "sensors.toml").read_text()
+    with keys.open("a") as f:
+        f.write("\n" + extra)
+    print(f"   teiten central import {fleet}/{{{','.join(demo_fleet.SENSORS)}}}")
+    if _teiten(["central", "import", *(str(fleet / s) for s in demo_fleet.SENSORS),
+                "--db", str(db), "--keys", str(keys)]) != 0:
         return None
-    first = datetime.fromtimestamp(min(hours), UTC)
-    quarter = f"{first.year}Q{(first.month - 1) // 3 + 1}"
-    rir = sorted(str(p) for p in (REPO / "tests" / "data" / "rir").iterdir())
-    if teiten(["central", "regions", "import", "--db", str(db), *rir]) != 0:
+    rir = sorted(str(p) for p in demo_fleet.RIR_SAMPLE.iterdir())
+    print("   teiten central regions import central/data/rir/*")
+    with contextlib.redirect_stdout(io.StringIO()):
+        if _teiten(["central", "regions", "import", "--db", str(db), *rir]) != 0:
+            return None
+    csv_file = fleet / f"{demo_fleet.LABEL}.csv"
+    print(f"   teiten central labels import {csv_file} --label {demo_fleet.LABEL}")
+    if _teiten(["central", "labels", "import", str(csv_file), "--label", demo_fleet.LABEL,
+                "--db", str(db)]) != 0:
         return None
-    if teiten(["central", "report", "--db", str(db), "--quarter", quarter, "--out", str(out)]):
-        return None
+    print(f"   teiten central report --quarter {demo_fleet.REPORT_QUARTER}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        if _teiten(["central", "report", "--db", str(db), "--quarter",
+                    demo_fleet.REPORT_QUARTER, "--out", str(out)]):
+            return None
     return out
+
+
+def print_report_summary(report_dir: Path) -> None:
+    """The planted facts as the report states them (from its report.json)."""
+    data = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
+    days = data["days"]
+    full = all(sum(v[i] for v in data["service_daily"].values()) > 0 for i in range(len(days)))
+    share = data["unattributed_packets"] / (data["region_packets"] or 1)
+    print(f"   Figure 1: {len(days)} days, a value for every day: {full}")
+    print(f"   Table 2: {100 * share:.1f} % of source packets unattributed (ZZ)")
+    for c in data["changes"]:
+        if c["kind"] == "surge" and c["metric"] == "packets":
+            sg = c["surge"]
+            day = time.strftime("%Y-%m-%d", time.gmtime(sg["start_day"] * 86400))
+            print(f"   surge: {c['key']} from {day}, {sg['ratio']:.1f}x its baseline")
+        elif c["kind"] in ("entered", "left"):
+            print(f"   {c['kind']} the top 5: {c['key']} (now {c['rank']}, "
+                  f"before {c['prev_rank']})")
+    for lb in data["labels"]:
+        for lt in lb["lifetimes"]:
+            shares = ", ".join("-" if x is None else f"{100 * x:.1f} %" for x in lt["shares"])
+            print(f"   label {lb['label']} ({lt['basis']}): {lt['population']} addresses, "
+                  f"gone after 24/48/168 h: {shares}")
 
 
 def main(out: Path = Path("demo-out")) -> int:
@@ -134,6 +176,11 @@ def main(out: Path = Path("demo-out")) -> int:
     bdir.mkdir(parents=True)
     central.mkdir(parents=True)
 
+    # the generated fleet is made meanwhile, in its own process (CPU while the path waits)
+    fleet_dir = central / "fleet"
+    fleet_log = (out / "fleet.log").open("w")
+    fleet = subprocess.Popen([sys.executable, "-m", "central.demo_fleet", str(fleet_dir)],
+                             cwd=REPO, stdout=fleet_log, stderr=subprocess.STDOUT)
     print("1. central CA, broker and receiver certificates")
     ca = init_ca(central / "ca", hosts=["localhost", "127.0.0.1"])
     print("2. board: signing key, TLS key and a CSR; central signs the CSR")
@@ -230,8 +277,17 @@ def main(out: Path = Path("demo-out")) -> int:
     print("7. top ports and sources in what central stored (verified summaries)")
     with Store(central / "central.db") as st:
         print_top(st)
-    print("8. the quarterly report (regions from the bundled sample RIR files)")
-    report_dir = write_demo_report(central / "central.db", out / "report")
+    print("8. a generated fleet: 3 sensors, 2024Q4 and 2025Q1, planted surges and a label")
+    if fleet.wait() != 0:
+        fleet_log.close()
+        print(f"demo: generating the fleet failed; see {out / 'fleet.log'}", file=sys.stderr)
+        return 2
+    fleet_log.close()
+    print("   " + (out / "fleet.log").read_text().strip())
+    report_dir = write_demo_report(central / "central.db", central / "sensors.toml",
+                                   fleet_dir, out / "report")
+    if report_dir is not None:
+        print_report_summary(report_dir)
     print(f"\nfiles: {out}/board (spool, keys, cert), {out}/central (CA, db, broker config/log)")
     if report_dir is not None:
         print(f"report: {report_dir / 'report.html'} (also report.md and the PNG figures)")

@@ -133,8 +133,10 @@ class LabelSet:
                         run_end.append(e)
                         run_idx.append(i)
                 if fam == 4:
+                    # the identified time of the entry that covers each position
+                    when = np.array(dates, dtype=np.int64)[np.array(run_idx, dtype=np.int64)]
                     per[4] = (np.array(starts, dtype=np.uint64),
-                              np.array(run_end, dtype=np.uint64), run_idx, dates)
+                              np.array(run_end, dtype=np.uint64), run_idx, when)
                 else:
                     per[6] = (starts, run_end, run_idx, dates)
             self._tables.append(per)
@@ -148,15 +150,12 @@ class LabelSet:
         n = len(addrs)
         if t is None or not n:
             return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
-        starts, run_end, run_idx, dates = t
+        starts, run_end, _, when_at = t
         a = addrs.astype(np.uint64)
         pos = np.searchsorted(starts, a, side="right") - 1
-        ok = pos >= 0
         safe = np.maximum(pos, 0)
-        ok &= a <= run_end[safe]
-        idx = np.array(run_idx, dtype=np.int64)[safe]
-        when = np.array(dates, dtype=np.int64)[idx]
-        return ok, when
+        ok = (pos >= 0) & (a <= run_end[safe])
+        return ok, when_at[safe]
 
     def match_one(self, i: int, family: int, addr: int) -> int | None:
         """identified_us of the entry covering `addr` in label `i`, or None."""
@@ -166,9 +165,11 @@ class LabelSet:
         starts, run_end, run_idx, dates = t
         if family == 4:
             pos = int(np.searchsorted(starts, np.uint64(addr), side="right")) - 1
-        else:
-            import bisect
-            pos = bisect.bisect_right(starts, addr) - 1
+            if pos < 0 or addr > int(run_end[pos]):
+                return None
+            return int(dates[pos])
+        import bisect
+        pos = bisect.bisect_right(starts, addr) - 1
         if pos < 0 or addr > int(run_end[pos]):
             return None
         return int(dates[run_idx[pos]])

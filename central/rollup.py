@@ -439,11 +439,13 @@ class ColumnBatch:
                 label[~v4] = self.regions.lookup_many([bytes(a) for a in slots[~v4]])
             labs = _sum_by_label(label, packets)
             hashes = source_hashes(slots, lens)
-            present = np.unique(label)
-            for lab in present.tolist():
+            order = np.argsort(label, kind="stable")
+            sl = label[order]
+            cuts = np.flatnonzero(sl[1:] != sl[:-1]) + 1
+            for lab, part in zip(sl[np.r_[0, cuts]].tolist(), np.split(hashes[order], cuts),
+                                 strict=True):
                 cc, reg = self.regions.labels[lab] if lab >= 0 else (UNKNOWN_CC, "")
-                self.batch.region_src.setdefault((day, cc, reg), []).append(
-                    hashes[label == lab] if len(present) > 1 else hashes)
+                self.batch.region_src.setdefault((day, cc, reg), []).append(part)
             if self.labels is not None and len(self.labels):
                 self._label_hits(day, src, slots, lens, v4)
             self.life.setdefault(quarter, LifeTable()).add(
@@ -476,7 +478,8 @@ class ColumnBatch:
         rows6 = np.flatnonzero(~v4).tolist()
         for i, name in enumerate(self.labels.names):
             ok, when = self.labels.match_v4(i, a4)
-            hits = [(int(rows4[j]), int(when[j])) for j in np.flatnonzero(ok).tolist()]
+            js = np.flatnonzero(ok)
+            hits = [(int(rows4[j]), int(when[j])) for j in js.tolist()] if len(js) else []
             for r in rows6:
                 ln = int(lens[r])
                 ident = self.labels.match_one(i, 6, int.from_bytes(bytes(slots[r, :ln]), "big"))

@@ -162,8 +162,10 @@ def rollup(store: Any, *, quiet: bool = True) -> int:
     labels = LabelSet(entries) if entries else None
     t0 = time.monotonic()
 
+    tty = sys.stderr.isatty()
+
     def progress(done: int) -> None:
-        if not quiet:
+        if not quiet and tty:
             print(f"\rrollup: {done}/{pending} summaries", end="", file=sys.stderr, flush=True)
 
     n: int = roll_up_pending(store, table, progress=progress, labels=labels)
