@@ -127,12 +127,18 @@ class MqttUplink:
     def _request_renewal(self, cmd: RequestRenewal) -> None:
         import secrets
 
-        from sensor.edges.enrol import renewal_csr
+        from sensor.edges.enrol import renewal_csr, rotation_csr
+        from sensor.edges.keys import KeyFileError
         from wire.enrolment import NONCE_BYTES, encode_renew_request
 
         if self._client is None or self.cfg.key is None:
             return
-        _, csr = renewal_csr(self.cfg.key, self.cfg.sensor_id)
+        try:
+            csr = (rotation_csr(self.cfg.key, self.cfg.sensor_id) if self.cfg.renew_rotate_key
+                   else renewal_csr(self.cfg.key, self.cfg.sensor_id)[1])
+        except (KeyFileError, OSError) as exc:
+            self._events.append(RenewalDone(self.clock(), False, str(exc)))
+            return
         self._renew_nonce = secrets.token_bytes(NONCE_BYTES)
         payload = encode_renew_request(self.cfg.sensor_id, self._renew_nonce, csr)
         self._client.publish(cmd.topic, payload, qos=1, retain=False)
@@ -141,7 +147,14 @@ class MqttUplink:
         """Central's answer: install the certificate for the next connection (this one
         goes on), or report the refusal."""
         from sensor.edges.certs import load_tls_key
-        from sensor.edges.enrol import EnrolmentError, check_certificate, install_certificate
+        from sensor.edges.enrol import (
+            EnrolmentError,
+            check_certificate,
+            install_certificate,
+            install_rotated,
+            next_tls_key,
+        )
+        from sensor.edges.keys import KeyFileError
         from wire.enrolment import EnrolFormatError, decode_reply
 
         try:
@@ -156,11 +169,16 @@ class MqttUplink:
                 or self.cfg.ca is None or self.cfg.key is None:
             self._events.append(RenewalDone(self.clock(), False, reply.reason))
             return
+        rotate = self.cfg.renew_rotate_key
         try:
-            check_certificate(reply.certificate, self.cfg.ca.read_bytes(),
-                              load_tls_key(self.cfg.key), self.cfg.sensor_id)
-            install_certificate(self.cfg.cert, reply.certificate)
-        except (EnrolmentError, OSError) as exc:
+            key = next_tls_key(self.cfg.key) if rotate else load_tls_key(self.cfg.key)
+            check_certificate(reply.certificate, self.cfg.ca.read_bytes(), key,
+                              self.cfg.sensor_id)
+            if rotate:  # this connection keeps the old key; the next one uses the new
+                install_rotated(self.cfg.key, self.cfg.cert, reply.certificate)
+            else:
+                install_certificate(self.cfg.cert, reply.certificate)
+        except (EnrolmentError, KeyFileError, OSError) as exc:
             self._events.append(RenewalDone(self.clock(), False, str(exc)))
             return
         log.info("installed a renewed certificate in %s", self.cfg.cert)
@@ -169,6 +187,12 @@ class MqttUplink:
 
     # ------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
+        if self.cfg.renew_rotate_key and self.cfg.key is not None and self.cfg.cert is not None:
+            from sensor.edges.enrol import finish_rotation
+
+            done = finish_rotation(self.cfg.key, self.cfg.cert)  # a crash mid-rotation
+            if done:
+                log.warning("%s", done)
         self._execute(self.session.handle(Start(self.clock())))
         try:
             while not stop.is_set():

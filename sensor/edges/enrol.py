@@ -198,6 +198,58 @@ def renewal_csr(key_path: Path, sensor_id: str) -> tuple[ec.EllipticCurvePrivate
     return key, csr.public_bytes(serialization.Encoding.PEM)
 
 
+# ---------------------------------------------------------------- key rotation
+def _next(path: Path) -> Path:
+    return path.with_name(path.name + ".next")
+
+
+def rotation_csr(key_path: Path, sensor_id: str) -> bytes:
+    """A CSR for a fresh TLS key, `<key>.next` (made once, 0600, kept until installed)."""
+    from sensor.edges.certs import make_csr
+
+    return make_csr(_next(key_path), sensor_id)
+
+
+def next_tls_key(key_path: Path) -> ec.EllipticCurvePrivateKey:
+    from sensor.edges.certs import load_tls_key
+
+    return load_tls_key(_next(key_path))
+
+
+def install_rotated(key_path: Path, cert_path: Path, pem: bytes) -> None:
+    """The renewed certificate for `<key>.next`: cert to `<cert>.next`, then the key, then
+    the certificate renamed into place; `finish_rotation` completes a crash in between."""
+    write_durably(_next(cert_path), pem, mode=0o644)
+    finish_rotation(key_path, cert_path)
+
+
+def finish_rotation(key_path: Path, cert_path: Path) -> str | None:
+    """Complete (or discard) a key rotation a crash interrupted; what was done, if any."""
+    from sensor.edges.certs import load_tls_key
+    from sensor.edges.durable import fsync_dir
+
+    cnext, knext = _next(cert_path), _next(key_path)
+    if not cnext.exists():
+        return None
+    try:
+        pub = x509.load_pem_x509_certificate(cnext.read_bytes()).public_key()
+    except (OSError, ValueError):
+        cnext.unlink(missing_ok=True)
+        return "discarded an unreadable renewed certificate"
+    if not isinstance(pub, ec.EllipticCurvePublicKey):
+        cnext.unlink(missing_ok=True)
+        return "discarded a renewed certificate for a non-EC key"
+    if knext.exists() and _spki(load_tls_key(knext).public_key()) == _spki(pub):
+        os.replace(knext, key_path)  # the new key, then its certificate
+        fsync_dir(key_path.parent)
+    if _spki(load_tls_key(key_path).public_key()) == _spki(pub):
+        os.replace(cnext, cert_path)
+        fsync_dir(cert_path.parent)
+        return f"installed the rotated key and certificate in {key_path}, {cert_path}"
+    cnext.unlink(missing_ok=True)
+    return "discarded a renewed certificate for another key"
+
+
 def result_text(sensor_id: str, ok: bool, reason: str, detail: str, when: str) -> str:
     """teiten-enrolment.txt: what happened, and what field staff do next."""
     if ok:

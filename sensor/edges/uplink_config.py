@@ -43,6 +43,7 @@ _KNOWN_KEYS = frozenset(
         "connect_timeout_s",
         "ws_after_failures",
         "renew_before_s",
+        "renew_rotate_key",
     }
 )
 
@@ -75,6 +76,8 @@ class UplinkConfig:
     # renew the client certificate this long before it expires (docs/enrolment.md);
     # None: when a third of its lifetime is left
     renew_before_s: float | None = None
+    # renew with a fresh TLS key (made on the board) instead of the current one
+    renew_rotate_key: bool = False
 
     def check_files(self) -> None:
         """Phase two's first step: the TLS files must exist and be readable."""
@@ -240,6 +243,7 @@ def parse_uplink(
         ws_after_failures=ws_after,
         renew_before_s=(None if "renew_before_s" not in table
                         else _positive(table, "renew_before_s", 1.0)),
+        renew_rotate_key=bool(_get(table, "renew_rotate_key", bool, False)),
     )
 
 

@@ -142,6 +142,32 @@ def test_a_certificate_near_expiry_is_renewed_without_a_gap(make_site: Any) -> N
     assert not tls_refused(site, b.cert, b.tls_key, site.broker.tls_port, "tyo-30")
 
 
+def test_renewal_can_rotate_the_key(make_site: Any) -> None:
+    site = make_site(cert_lifetime="20s")
+    b = enrolled_board(site, "k", "tyo-32")
+    old_key = b.tls_key.read_bytes()
+    old = x509.load_pem_x509_certificate(b.cert.read_bytes())
+    spool = Spool(b.spool)
+    up = Uplink(config(b, renew_before_s=16.0, renew_rotate_key=True), spool)
+    try:
+        for i in range(8):
+            write(b, spool, (0x32 << 32) | i, HOUR0 + 3600 * i)
+            time.sleep(1.0)
+        wait_for(lambda: b.tls_key.read_bytes() != old_key, 20, "the rotated key")
+        site.broker.restart()  # the next connection uses the new key and certificate
+        site.broker.pid_file.write_text(f"{site.broker.proc.pid}\n")  # type: ignore[union-attr]
+        for i in range(8, 12):
+            write(b, spool, (0x32 << 32) | i, HOUR0 + 3600 * i)
+        wait_for(lambda: not spool.entries(), 30, "the spool to drain")
+    finally:
+        up.close()
+    new = x509.load_pem_x509_certificate(b.cert.read_bytes())
+    assert new.public_key() != old.public_key()
+    assert not (b.etc / "tls.key.next").exists() and not (b.etc / "sensor.crt.next").exists()
+    assert site.central.count() == 12
+    assert not tls_refused(site, b.cert, b.tls_key, site.broker.tls_port, "tyo-32")
+
+
 def test_an_expired_certificate_is_refused_and_the_board_needs_a_new_token(
         make_site: Any) -> None:
     site = make_site(cert_lifetime="3s")
