@@ -54,7 +54,7 @@ def ramp(b: Board, rates: list[int], step_s: float) -> list[dict[str, Any]]:
         port = 40000 + i
         per_file = max(1, min(rate, 20000))
         count = max(1, int(rate * step_s))
-        loops = max(1, round(count / per_file))
+        loops = max(1, -(-count // per_file))
         pcap = b.lab.dir / f"ramp-{port}.pcap"
         syn_pcap(pcap, t.capture_mac, b.lab.scanner_mac, port, per_file)
         dropped0 = sum(s.summary.health.get("capture_dropped", 0) for s in b.summaries())
