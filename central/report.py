@@ -164,8 +164,8 @@ LABELS: Final[dict[str, dict[str, str]]] = {
     "ch_surge": {"en": "from {start}, its daily {metric} were {ratio} their baseline "
                        "({baseline} a day, the median of the {window} days before) {span}; "
                        "peak {peak} on {peak_day}",
-                 "ja": "{start}から日別{metric}がベースライン (直前{window}日の中央値、"
-                       "1日{baseline}) の{ratio}になりました ({span})。最大は{peak_day}の{peak}"},
+                 "ja": "{start}から日別{metric}がベースライン (直前{window}日の中央値: "
+                       "{baseline}/日) の{ratio}になりました ({span})。最大は{peak_day}の{peak}"},
     "ch_surge_first": {"en": "{key}: ", "ja": "{key}: "},
     "span_days": {"en": "for {days} days, to {end}", "ja": "{end}まで{days}日間"},
     "span_ongoing": {"en": "for {days} days, still at the end of the data",

@@ -20,6 +20,7 @@ import pytest
 from central.report import compute_report, write_report
 from central.store import Store
 from tests.central_dataset import rolled_up_dataset
+from tests.fleet_dataset import fleet_dataset
 
 NOW_US = 1_767_225_600 * 1_000_000
 
@@ -38,7 +39,7 @@ def _open(page: Path, shot: Path, profile: Path) -> list[str]:
         _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
-        "--hide-scrollbars", "--window-size=1200,2400", f"--screenshot={shot}",
+        "--hide-scrollbars", "--window-size=1200,6000", f"--screenshot={shot}",
         page.resolve().as_uri(),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
@@ -56,9 +57,11 @@ def test_the_console_check_catches_a_script_error(tmp_path: Path) -> None:
     assert any("Uncaught ReferenceError" in line for line in lines), lines
 
 
+@pytest.mark.parametrize("dataset", ["central", "fleet"])
 @pytest.mark.parametrize("lang", ["en", "ja"])
-def test_report_html_in_headless_chromium(lang: str, tmp_path: Path) -> None:
-    db, _ = rolled_up_dataset()
+def test_report_html_in_headless_chromium(lang: str, dataset: str, tmp_path: Path) -> None:
+    # "fleet" is what `make demo` reports: the generated fleet's 2025Q1, four figures
+    db = rolled_up_dataset()[0] if dataset == "central" else fleet_dataset()[0]
     with Store(db) as store:
         data = compute_report(store, "2025Q1", now_us=NOW_US)
     out = tmp_path / "report"
@@ -66,9 +69,11 @@ def test_report_html_in_headless_chromium(lang: str, tmp_path: Path) -> None:
     page = out / "report.html"
     text = page.read_text(encoding="utf-8")
     assert "<script" not in text
-    for src in re.findall(r'<img src="([^"]+)"', text):  # every figure link resolves
+    figures = re.findall(r'<img src="([^"]+)"', text)
+    for src in figures:  # every figure link resolves
         assert (out / src).is_file(), src
-    shot = Path(os.environ.get("TEITEN_ARTIFACTS", tmp_path)) / f"report-{lang}.png"
+    assert len(figures) == (4 if dataset == "fleet" else 3)
+    shot = Path(os.environ.get("TEITEN_ARTIFACTS", tmp_path)) / f"report-{dataset}-{lang}.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     lines = _open(page, shot, tmp_path / "profile")
     assert lines == [], "console messages:\n" + "\n".join(lines)
