@@ -351,7 +351,7 @@ def valid_run(image_xz: Path, work: Path, probes: int) -> None:
             time.sleep(5)
             stop = b2.ssh("systemctl stop teiten-sensor.service; "
                           "ls /var/lib/teiten/spool", timeout=180)
-            envelopes = [n for n in stop.stdout.split() if n != "quarantine"]
+            envelopes = [n for n in stop.stdout.split() if n.endswith(".tenv")]
             got = 0
             pub = public_key_from_card(disk)
             from wire.envelope import verify_envelope
@@ -405,7 +405,7 @@ def invalid_run(image_xz: Path, work: Path, probes: int) -> None:
           "teiten-error.txt on the FAT partition names the field and the fix")
     check(disk.get("teiten-fingerprint.txt") is None, "no fingerprint for an invalid config")
     spool = disk.data_ls("/spool")
-    check(not [n for n in spool if n != "quarantine"], "nothing was captured (empty spool)",
+    check(not [n for n in spool if n.endswith(".tenv")], "nothing was captured (empty spool)",
           f"spool: {spool}")
     check(frames(pcap) == 0, "nothing was sent out of the capture NIC", f"{frames(pcap)} frames")
 

@@ -112,7 +112,7 @@ def make_ext4(path: Path, size: int, label: str, content: Path, epoch: int) -> N
     run("mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-U", str(u),
         "-E", f"hash_seed={seed},root_owner=0:0,lazy_itable_init=0,nodiscard",
         "-O", "^metadata_csum_seed", "-d", str(content), "-b", "4096", str(path),
-        str(size // 1024) + "k", env=env)
+        str(size // 1024) + "k", env=env, stdout=subprocess.DEVNULL)
 
 
 def write_at(image: Path, part: Path, offset: int) -> None:
