@@ -30,6 +30,14 @@ from hil.targets import make_target, short_name
 from hil.targets.base import REPO
 
 DEFAULT_TARGETS = ["netns", "standin"]
+# Without --target (make test), every test runs on netns and these on the ssh stand-in too:
+# between them they drive every method of the ssh target (deploy, start, stop, kill,
+# power cut and boot, read spool, logs and unit state) and keep CI's time modest.
+# `--target standin` runs the whole suite on it.
+CI_STANDIN = {"test_routed_exact_counts_silence_empty_bucket_and_sigterm",
+              "test_sigkill_loses_at_most_the_bucket_in_progress",
+              "test_power_cuts_keep_every_sealed_summary",
+              "test_exact_counts_ipv4_ipv6_vlan_and_three_scanner_families"}
 _RESULTS: dict[str, Any] = {"metrics": {}, "outcomes": [], "software": {}, "hooks": {}}
 
 
@@ -96,7 +104,25 @@ def targets(config: pytest.Config) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "hil_target" in metafunc.fixturenames:
         specs = targets(metafunc.config)
+        if not metafunc.config.getoption("--target") and metafunc.function.__name__ not in \
+                CI_STANDIN:
+            specs = ["netns"]
         metafunc.parametrize("hil_target", specs, ids=[short_name(s) for s in specs])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Time limits that follow the target and the repetitions (pyproject's 300 s is for a
+    test on the virtual board)."""
+    cuts = int(config.getoption("--power-cuts"))
+    for item in items:
+        spec = getattr(getattr(item, "callspec", None), "params", {}).get("hil_target")
+        if spec is None:
+            continue
+        slow = spec.startswith(("qemu:", "ssh://"))
+        limit = 1800.0 if slow else 300.0
+        if "power_cuts" in item.name:
+            limit += cuts * (300.0 if slow else 30.0)
+        item.add_marker(pytest.mark.timeout(limit))
 
 
 def _opts(config: pytest.Config) -> dict[str, Any]:

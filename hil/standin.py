@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hil.targets.base import REPO, Target
+from hil.targets.base import REPO
 from hil.targets.ssh import SshTarget
 
 if TYPE_CHECKING:
@@ -125,8 +125,6 @@ class StandinTarget(SshTarget):
     def power_hook(self) -> str:
         return "stand-in hook: SIGKILL of every process in the Pi's namespace, sshd restarted"
 
-
-_ = Target
 
 
 def main(argv: list[str] | None = None) -> int:

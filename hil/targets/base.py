@@ -119,7 +119,7 @@ class Target(ABC):
     pythonpath = ""  # process mode: where the project's packages are on the board
     boot_timeout_s = 60.0
     # the rate ramp's default steps (packets per second) and seconds per step
-    ramp_rates: tuple[int, ...] = (5_000, 20_000, 50_000, 100_000, 200_000, 400_000)
+    ramp_rates: tuple[int, ...] = (10_000, 50_000, 200_000, 400_000)
     ramp_step_s = 1.0
 
     def __init__(self, spec: str) -> None:

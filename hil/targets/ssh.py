@@ -27,7 +27,6 @@ import shlex
 import subprocess
 import tarfile
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -105,8 +104,7 @@ class SshTarget(Target):
         return {"central_ns": False, "broker_port": self.uplink_port}
 
     def wire(self, lab: Lab) -> None:
-        from hil.lab import SENSOR_V4, SENSOR_V6, sh
-        from hil.targets.netns import wire_capture
+        from hil.lab import sh
 
         if not self.capture_port:
             raise TargetError("--target ssh://... needs --capture-port IFACE (the test "
@@ -126,7 +124,6 @@ class SshTarget(Target):
         self._wire_board()
         self.capture_mac = self.out(
             f"cat /sys/class/net/{self.paths.interface}/address").strip()
-        _ = SENSOR_V4, SENSOR_V6, wire_capture
 
     def _wire_board(self) -> None:
         from hil.lab import SENSOR_V4, SENSOR_V6
@@ -210,6 +207,3 @@ class SshTarget(Target):
     def power_hook(self) -> str:
         return "--power-cycle-cmd" if self.power_cycle_cmd else "SIGKILL over ssh (no hook)"
 
-
-def lab_pi_path() -> Path:
-    return REPO
