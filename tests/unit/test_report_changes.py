@@ -170,3 +170,21 @@ def test_both_languages_state_the_same_numbers_and_json_carries_them(
     for lang in ("en", "ja"):
         md = render_markdown(q1, lang)
         assert "443/tcp" in md and "2025-03-04" in md and "5.0" in md
+
+
+def test_retention_anonymises_labelled_addresses_and_keeps_the_numbers(
+        q1: Any, fleet: Any, tmp_path: Path) -> None:
+    import itertools
+
+    db = copy_db(fleet[0], tmp_path / "c.db")
+    counter = itertools.count()
+    with Store(db) as store:
+        res = store.apply_retention(1_767_225_600 * 1_000_000,
+                                    lambda: next(counter).to_bytes(8, "big"))
+        # every labelled address: 400 seen, 40 listed and never seen
+        assert res["label_addresses_anonymised"] == 440
+        assert store.label_entries()[demo_fleet.LABEL] == []  # tokens match nothing
+        after = compute_report(store, demo_fleet.REPORT_QUARTER, now_us=NOW_US)
+    assert after.labels[0].lifetimes == q1.labels[0].lifetimes
+    assert after.labels[0].daily_seen == q1.labels[0].daily_seen
+    assert after.changes == q1.changes
