@@ -136,6 +136,7 @@ class EnrolConfig:
     public_host: str = ""  # what boards connect to (printed with the token)
     enrol_port: int = 8884  # the enrolment listener
     broker_pid_file: Path | None = Path("/run/mosquitto/mosquitto.pid")
+    acl_file: Path | None = None  # the broker's site ACL: rewritten after a replacement
     token_expires_s: int = DEFAULT_TOKEN_EXPIRES_S
     cert_lifetime_s: int = DEFAULT_LIFETIME_S
     grace_s: int = DEFAULT_GRACE_S
@@ -150,7 +151,7 @@ class EnrolConfig:
 _KEYS: Final = frozenset({
     "ca_dir", "password_file", "host", "port", "public_host", "enrol_port",
     "broker_pid_file", "token_expires", "cert_lifetime", "grace", "clone_scan",
-    "keepalive_s",
+    "keepalive_s", "acl_file",
 })
 
 
@@ -200,6 +201,7 @@ def parse_enrolment(
         port=integer("port", receiver_port), public_host=public,
         enrol_port=integer("enrol_port", 8884),
         broker_pid_file=path("broker_pid_file", "/run/mosquitto/mosquitto.pid"),
+        acl_file=path("acl_file", None),
         token_expires_s=dur("token_expires", DEFAULT_TOKEN_EXPIRES_S),
         cert_lifetime_s=dur("cert_lifetime", DEFAULT_LIFETIME_S),
         grace_s=dur("grace", DEFAULT_GRACE_S),
@@ -561,7 +563,15 @@ class Enrolment:
             try:
                 revoke_serials(self.cfg.ca_dir, tok.sensor_id, keep={serial},
                                reason="superseded")
-            except CAError as exc:
+                if self.cfg.acl_file is not None:
+                    # a `revoke --acl` of the old board denied the name, which is the new
+                    # board's too: rewrite the ACL from the record (central.ca.revoked_acl)
+                    from central.ca import write_acl
+                    from central.config import acl_text
+
+                    write_acl(self.cfg.ca_dir, self.cfg.acl_file, acl_text())
+                    reload_broker(self.cfg)
+            except (CAError, OSError) as exc:
                 log.warning("replacement of %s: %s", tok.sensor_id, exc)
         set_keyring_entry(self.cfg.sensors, tok.sensor_id, key_text,
                           f"enrolled {iso(now)} with token {token_id}")

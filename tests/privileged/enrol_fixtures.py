@@ -148,7 +148,8 @@ class Site:
                 f'\n[enrolment]\nca_dir = "{pki.files.dir}"\npassword_file = '
                 f'"{self.broker.passwd}"\nbroker_pid_file = "{self.broker.pid_file}"\n'
                 f'enrol_port = {self.broker.enrol_port}\ncert_lifetime = "{cert_lifetime}"\n'
-                f'grace = "{grace}"\nclone_scan = "2s"\nkeepalive_s = 5\n')
+                f'grace = "{grace}"\nclone_scan = "2s"\nkeepalive_s = 5\n'
+                f'acl_file = "{self.broker.dir / "acl"}"\n')
         self.central.start()
         self.cfg = load_enrolment(self.central.conf)
         self.store = EnrolStore(self.cfg.database)

@@ -226,6 +226,29 @@ def test_replacement_continues_the_history_and_refuses_the_old_board(site: Site)
     assert "tyo-10" not in doc["clone_alarms"]
 
 
+def test_replacing_a_stolen_board_after_revoke_acl(site: Site) -> None:
+    """revoke --acl denies the name; the replacement's enrolment rewrites the ACL."""
+    stolen = enrolled_board(site, "stolen", "tyo-11")
+    rc, _ = site.teiten("central", "revoke", "tyo-11", "--dir", str(site.pki.files.dir),
+                        "--reason", "key-compromise", "--acl", str(site.broker.dir / "acl"),
+                        "--config", str(site.central.conf), "--json")
+    assert rc == 0 and "user tyo-11" in (site.broker.dir / "acl").read_text()
+    site.broker.restart()
+    site.broker.pid_file.write_text(f"{site.broker.proc.pid}\n")  # type: ignore[union-attr]
+    assert tls_refused(site, stolen.cert, stolen.tls_key, site.broker.tls_port, "tyo-11")
+    new = enrolled_board(site, "spare", "tyo-11", "--replace")
+    assert "user tyo-11" not in (site.broker.dir / "acl").read_text()
+    time.sleep(0.5)  # the reload
+    spool = Spool(new.spool)
+    up = Uplink(config(new), spool)
+    try:
+        write(new, spool, (0x77 << 32) | 0, HOUR0)
+        wait_for(lambda: not spool.entries(), 30, "the new board's summary")
+    finally:
+        up.close()
+    assert site.central.count() == 1
+
+
 # ---------------------------------------------------------------- cloned cards
 def test_a_cloned_card_is_detected_and_reported(site: Site, tmp_path: Path) -> None:
     a = enrolled_board(site, "orig", "tyo-20")
