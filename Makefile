@@ -18,7 +18,7 @@ system-deps: .stamp-system
 	touch $@
 
 install: system-deps .stamp-venv
-.stamp-venv: pyproject.toml setup.py sensor/edges/_pcap.c sensor/fast/_fast.c central/_rollup.c
+.stamp-venv: pyproject.toml setup.py sensor/edges/_pcap.c $(wildcard sensor/fast/src/*.[ch]) central/_rollup.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

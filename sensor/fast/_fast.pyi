@@ -1,4 +1,4 @@
-"""Typed stub for sensor.fast._fast, the compiled hot path (sensor/fast/_fast.c, kernel.py)."""
+"""Typed stub for sensor.fast._fast, the compiled hot path (C in sensor/fast/src/, kernel.py)."""
 
 from collections.abc import Callable, Sequence
 from os import PathLike

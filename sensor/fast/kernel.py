@@ -181,7 +181,7 @@ class FastHourlyAggregation:
                                _limits_tuple(self._limits))
         # The arguments FastInterval.finish gives Interval.rows: with them, feed_file makes
         # the rows of an interval that closes while it counts on (a helper thread; see
-        # prebuild_main in sensor/fast/_fast.c).
+        # prebuild_main in sensor/fast/src/reader.c).
         self._k.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
 
     @property

@@ -1,0 +1,129 @@
+"""Benchmark: two builds of sensor.fast._fast side by side, interleaved (A/B; not a test).
+
+    python -m bench.bench_ab --a OLD.so [--b NEW.so] [--file F | --packets 1000000]
+                             [--rounds 20] [--reps 3] [--json]
+
+Each round runs, in separate processes and in alternating order (A B, then B A, ...), the
+in-process replay of `bench.bench_throughput` (`sensor.edges.replay.replay()`: read, BPF,
+decode, aggregate, summaries built) --reps times with build A and with build B, and
+`tcpdump -n -r F -w /dev/null` once, so that a change in the machine's load hits both builds
+alike.  The Python code is the working tree's in both; only the extension differs (each
+worker loads its .so as `sensor.fast._fast` before anything imports it).  --b defaults to
+the working tree's build.  Prints medians, minima and the ratios to tcpdump's median.
+
+To compare with the build of a commit:
+
+    git show COMMIT:sensor/fast/_fast.c > /tmp/a/_fast.c   # or its src/ files
+    (a setup.py with the same Extension, `build_ext`, then --a the .so it made)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_build(so: str) -> None:
+    """Make `so` the process's sensor.fast._fast (before sensor.fast is imported)."""
+    loader = importlib.machinery.ExtensionFileLoader("sensor.fast._fast", so)
+    spec = importlib.util.spec_from_file_location("sensor.fast._fast", so, loader=loader)
+    if spec is None:
+        raise SystemExit(f"cannot load {so}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sensor.fast._fast"] = module
+    loader.exec_module(module)
+
+
+def worker(so: str, path: str, reps: int) -> list[float]:
+    load_build(so)
+    from bench.bench_throughput import kernel_replay
+    from sensor.fast import _fast
+
+    if _fast.__file__ != so:
+        raise SystemExit(f"loaded {_fast.__file__}, not {so}")
+    return [round(kernel_replay(path)[0], 5) for _ in range(reps)]
+
+
+def default_build() -> str:
+    from sensor.fast import _fast
+
+    return str(_fast.__file__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a", help="build A (.so), e.g. the previous commit's")
+    ap.add_argument("--b", help="build B (.so); default: the working tree's")
+    ap.add_argument("--file", help="an existing capture instead of a generated one")
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=3, help="replays per process")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.file, args.reps)))
+        return 0
+    if not args.a:
+        ap.error("--a BUILD.so is required")
+    builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b or default_build())}
+    with tempfile.TemporaryDirectory() as tmp:
+        pcap = args.file
+        if not pcap:
+            pcap = str(Path(tmp) / "bench.pcap")
+            print(f"generating {args.packets:,} packets with bench.synth ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "bench.synth", "--out", pcap, "--truth",
+                            str(Path(tmp) / "truth.json"), "--packets", str(args.packets),
+                            "--quiet"], check=True, cwd=ROOT)
+            fd = os.open(pcap, os.O_RDONLY)  # written back now, not during the timed runs
+            os.fsync(fd)
+            os.close(fd)
+        times: dict[str, list[float]] = {"A": [], "B": [], "tcpdump": []}
+        for r in range(args.rounds):
+            for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.bench_ab", "--worker",
+                     builds[name], "--file", pcap, "--reps", str(args.reps)],
+                    check=True, capture_output=True, text=True, cwd=ROOT).stdout
+                times[name] += json.loads(out)
+            start = time.perf_counter()
+            subprocess.run(["tcpdump", "-n", "-r", pcap, "-w", "/dev/null"], check=True,
+                           capture_output=True)
+            times["tcpdump"].append(round(time.perf_counter() - start, 5))
+            print(f"round {r + 1}/{args.rounds}: A {statistics.median(times['A']):.4f} s, "
+                  f"B {statistics.median(times['B']):.4f} s, tcpdump "
+                  f"{statistics.median(times['tcpdump']):.4f} s (medians so far)",
+                  file=sys.stderr)
+    tcp = statistics.median(times["tcpdump"])
+    result = {
+        "builds": builds, "rounds": args.rounds, "reps": args.reps, "seconds": times,
+        "median": {k: statistics.median(v) for k, v in times.items()},
+        "min": {k: min(v) for k, v in times.items()},
+        "x_tcpdump": {k: round(tcp / statistics.median(times[k]), 3) for k in ("A", "B")},
+        "b_over_a": round(statistics.median(times["B"]) / statistics.median(times["A"]), 4),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        n = len(times["A"])
+        for k in ("A", "B"):
+            print(f"{k}: median {result['median'][k]:.4f} s, min {result['min'][k]:.4f} s "
+                  f"({n} replays), {result['x_tcpdump'][k]:.3f}x tcpdump  [{builds[k]}]")
+        print(f"tcpdump: median {tcp:.4f} s ({len(times['tcpdump'])} runs); "
+              f"B/A median {result['b_over_a']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
