@@ -561,12 +561,16 @@ class Store:
             self._add_label_rows(batch.label_rows)
 
     def _add_label_rows(self, rows: dict[tuple[str, int, bytes], list[int]]) -> None:
+        if not rows:
+            return
+        # a label removed while a rollup ran with it: its sightings go with it
+        known = {r[0] for r in self._db.execute("SELECT name FROM labels")}
         self._db.executemany(
             "INSERT INTO label_daily VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET "
             "packets = packets + excluded.packets, first_us = min(first_us, excluded.first_us),"
             " last_us = max(last_us, excluded.last_us), "
             "identified_us = min(identified_us, excluded.identified_us)",
-            [(lab, day, addr, *v) for (lab, day, addr), v in rows.items()],
+            [(lab, day, addr, *v) for (lab, day, addr), v in rows.items() if lab in known],
         )
 
     # ------------------------------------------------------------ labels (central/labels.py)
