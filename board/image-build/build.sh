@@ -28,8 +28,8 @@ fi
 log() { echo "build.sh: $*" >&2; }
 hash_of() {  # files, directories (by content) and words -> a short sha256
     { for x in "$@"; do
-        if [ -f "$x" ]; then echo "$x"; cat "$x"; elif [ -d "$x" ]; then
-            find "$x" -type f | LC_ALL=C sort | while read -r f; do echo "$f"; cat "$f"; done
+        if [ -f "$x" ]; then echo "${x#"$repo"/}"; cat "$x"; elif [ -d "$x" ]; then
+            find "$x" -type f | LC_ALL=C sort | while read -r f; do echo "${f#"$repo"/}"; cat "$f"; done
         else echo "$x"; fi
       done; } | sha256sum | cut -c1-16
 }
@@ -157,7 +157,7 @@ m = S().max_bytes >> 20; print((m + m // 4 + 64 + 3) // 4 * 4)')
     python3 "$here/manifest.py" --root "$root" --image "$out/$name.img" --version "$version" \
         --epoch "$epoch" --layout "$out/$name.layout.json" > "$out/teiten-$version.manifest.json"
     local xzs=$SECONDS
-    xz -T2 -6 -f "$out/$name.img"
+    xz -T2 -3 -f "$out/$name.img"
     log "xz in $((SECONDS - xzs)) s"
     (cd "$out" && sha256sum "$name.img.xz" "$name.bmap" "teiten-$version.manifest.json" > SHA256SUMS)
     log "image done in $((SECONDS - start)) s: $out/$name.img.xz" \

@@ -149,6 +149,11 @@ def setup(cfg: SensorConfig, *, sysctl: Sysctl | None = None) -> list[Action]:
                 "the interfaces; a USB adapter may need plugging in)"
             )
         index = found[0]
+        # The silent state before the link comes up: an interface brought up with IPv6 on
+        # sends an MLD report at once (seen on the SD image's capture NIC under qemu).
+        has_v4, has_v6 = has_address(ipr, index)
+        for key, value in plan_sysctls(cfg.topology, iface, has_v4=has_v4, has_v6=has_v6):
+            actions.append(Action(f"{key.replace('/', '.')} = {value}", sc.set(key, value)))
         link = ipr.get_links(index)[0]
         flags = int(link["flags"])
         try:
@@ -165,7 +170,6 @@ def setup(cfg: SensorConfig, *, sysctl: Sysctl | None = None) -> list[Action]:
             if exc.code == errno.EPERM:
                 raise NetSetupError(f"changing {iface}: permission denied; run as root") from None
             raise NetSetupError(f"changing {iface}: {exc}") from None
-        has_v4, has_v6 = has_address(ipr, index)
         for block in cfg.capture.darknet:
             family = 10 if ":" in block else 2
             if has_blackhole(ipr, block):
@@ -176,6 +180,4 @@ def setup(cfg: SensorConfig, *, sysctl: Sysctl | None = None) -> list[Action]:
             except NetlinkError as exc:
                 raise NetSetupError(f"adding blackhole route {block}: {exc}") from None
             actions.append(Action(f"blackhole route {block}", True))
-    for key, value in plan_sysctls(cfg.topology, iface, has_v4=has_v4, has_v6=has_v6):
-        actions.append(Action(f"{key.replace('/', '.')} = {value}", sc.set(key, value)))
     return actions
