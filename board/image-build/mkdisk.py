@@ -92,6 +92,21 @@ def touch_tree(path: Path, epoch: int) -> None:
     os.utime(path, (epoch, epoch))
 
 
+def clamp_mtimes(root: Path, epoch: int) -> int:
+    """No file newer than SOURCE_DATE_EPOCH (maintainer scripts stamp files with 'now')."""
+    clamped = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if st.st_mtime > epoch or st.st_atime > epoch:
+                os.utime(p, (epoch, epoch), follow_symlinks=False)
+                clamped += 1
+    if os.lstat(root).st_mtime > epoch:
+        os.utime(root, (epoch, epoch))
+    return clamped
+
+
 def make_fat(path: Path, size: int, label: str, content: Path | None, epoch: int) -> None:
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1", SOURCE_DATE_EPOCH=str(epoch))
     volid = ident(epoch, "vol-" + label).hex[:8]
@@ -175,6 +190,7 @@ def main() -> int:
         make_fat(work / "boot_b.img", boot_size, "BOOT_B", None, epoch)
         parts.append(("boot_a", work / "boot_a.img", boot_size, T_FAT))
         parts.append(("boot_b", work / "boot_b.img", boot_size, T_FAT))
+        print(f"mkdisk: {clamp_mtimes(args.root, epoch)} mtimes clamped to {epoch}")
         used = du_bytes(args.root)
         sys_size = align(max(int(used * 1.35), used + 256 * MIB))
         make_ext4(work / "system_a.img", sys_size, "system_a", args.root, epoch)
