@@ -335,7 +335,10 @@ def source_hashes(slots: Any, lengths: Any) -> Any:
 
 def kmv(hashes: Any) -> Any:
     """The KMV set of `hashes`: sorted, unique, the smallest KMV_K."""
-    return np.unique(hashes.astype(np.uint64))[:KMV_K]
+    h = np.sort(hashes.astype(np.uint64, copy=False))
+    if len(h) > 1:
+        h = h[np.r_[True, h[1:] != h[:-1]]]
+    return h[:KMV_K]
 
 
 def kmv_count(hashes: Any) -> tuple[int, bool]:
@@ -412,7 +415,8 @@ class ColumnBatch:
         self.batch = RollupBatch()
         self.life: dict[str, LifeTable] = {}
         self._ports: dict[tuple[int, str], list[tuple[Any, Any, Any]]] = {}
-        self.port_bytes = 0  # memory held by the port columns until `finish`
+        self.port_bytes = 0  # memory held by the port columns and hash sets until `finish`
+        self._held: dict[tuple[int, str, str], int] = {}
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -439,13 +443,23 @@ class ColumnBatch:
                 label[~v4] = self.regions.lookup_many([bytes(a) for a in slots[~v4]])
             labs = _sum_by_label(label, packets)
             hashes = source_hashes(slots, lens)
-            order = np.argsort(label, kind="stable")
+            order = np.argsort(label)
             sl = label[order]
             cuts = np.flatnonzero(sl[1:] != sl[:-1]) + 1
             for lab, part in zip(sl[np.r_[0, cuts]].tolist(), np.split(hashes[order], cuts),
                                  strict=True):
                 cc, reg = self.regions.labels[lab] if lab >= 0 else (UNKNOWN_CC, "")
-                self.batch.region_src.setdefault((day, cc, reg), []).append(part)
+                parts = self.batch.region_src.setdefault((day, cc, reg), [])
+                parts.append(part)
+                held = self._held.get((day, cc, reg), 0) + len(part)
+                if held > 2 * KMV_K:  # fold: a key holds at most 3 K hashes (96 KiB)
+                    folded = kmv(np.concatenate(parts))
+                    parts[:] = [folded]
+                    self.port_bytes += 8 * (len(folded) - held)
+                    held = len(folded)
+                else:
+                    self.port_bytes += 8 * len(part)
+                self._held[(day, cc, reg)] = held
             if self.labels is not None and len(self.labels):
                 self._label_hits(day, src, slots, lens, v4)
             self.life.setdefault(quarter, LifeTable()).add(
@@ -510,6 +524,7 @@ class ColumnBatch:
                 qrow[0] += p
                 qrow[1] += x
         self._ports.clear()
+        self._held.clear()
         self.port_bytes = 0
         for quarter, table in self.life.items():
             addr, lens, first, last, packets, fps = table.export()
