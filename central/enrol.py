@@ -39,9 +39,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from central.ca import CAError, CAFiles, issue_sensor, revoke_serials
+from central.ca import CAError, CAFiles, issue_sensor, issued_certificates, revoke_serials
 from central.fleet import parse_duration
 from central.keyring import load_keyring
 from wire.enrolment import (
@@ -306,8 +309,9 @@ class EnrolStore:
             )
 
     def token(self, token_id: str) -> Token | None:
-        r = self._db.execute(f"SELECT {_TOKEN_COLS} FROM enrol_tokens WHERE token_id = ?",
-                             (token_id,)).fetchone()
+        with self._lock:
+            r = self._db.execute(f"SELECT {_TOKEN_COLS} FROM enrol_tokens WHERE token_id = ?",
+                                 (token_id,)).fetchone()
         return None if r is None else _token(r)
 
     def tokens(self, sensor_id: str | None = None) -> list[Token]:
@@ -315,7 +319,9 @@ class EnrolStore:
         args: tuple[str, ...] = ()
         if sensor_id is not None:
             q, args = q + " WHERE sensor_id = ?", (sensor_id,)
-        return [_token(r) for r in self._db.execute(q + " ORDER BY created_us", args)]
+        with self._lock:
+            rows = self._db.execute(q + " ORDER BY created_us", args).fetchall()
+        return [_token(r) for r in rows]
 
     def refuse(self, token_id: str, reason: str) -> None:
         with self.tx() as db:
@@ -604,9 +610,39 @@ class Enrolment:
                 sensor_id, reply.status, reply.reason or serial or "")
         return reply
 
+    def _current(self, sensor_id: str, req: RenewRequest) -> str | None:
+        """Why the certificate the request presents does not entitle it (None: it does):
+        issued by this CA to this sensor, not revoked, not expired, and the proof made
+        with its key.  The broker checks the same on 8883, but its WebSockets-TLS
+        listener may ignore the CRL (docs/enrolment.md): a replaced or revoked board must
+        not get a fresh certificate there."""
+        try:
+            cert = x509.load_pem_x509_certificate(req.certificate)
+            ca = x509.load_pem_x509_certificate(self.cfg.files.ca_crt.read_bytes())
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature, OSError):
+            return "the certificate presented was not issued by this CA"
+        cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if cns != [sensor_id]:
+            return f"the certificate presented is for {cns}"
+        if cert.not_valid_after_utc < dt.datetime.now(dt.UTC):
+            return "the certificate presented has expired: enrol again with a new token"
+        serial = f"{cert.serial_number:X}"
+        entry = next((e for e in issued_certificates(self.cfg.ca_dir)
+                      if e["serial"] == serial), None)
+        if entry is None or entry["revoked_at"] is not None:
+            return f"certificate {serial} is revoked or unknown to the CA"
+        pub = cert.public_key()
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or not req.verify_proof(pub):
+            return "the proof does not verify with the certificate's key"
+        return None
+
     def _renew(self, sensor_id: str, req: RenewRequest) -> Reply:
         if req.sensor_id != sensor_id:
             return refused(req.nonce, "wrong_sensor", "the request names another sensor")
+        why = self._current(sensor_id, req)
+        if why is not None:
+            return refused(req.nonce, "revoked" if "revoked" in why else "key_mismatch", why)
         try:
             entry = load_keyring(self.cfg.sensors).get(sensor_id)
         except KeyringError as exc:
@@ -680,7 +716,15 @@ class EnrolService:
 
         sync_password_file(self.store, self.cfg)
         c = self._client
-        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        # a persistent session: requests published while the service reconnects (a broker
+        # restart, a service restart) wait in the broker for it
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 86400
+        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                        clean_start=False, properties=props)
         c.loop_start()
         next_scan = 0.0
         try:

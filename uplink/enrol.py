@@ -44,6 +44,7 @@ def enrol_over_mqtt(
     csr: bytes,
     signing_key: Ed25519PrivateKey,
     timeout: float = 30.0,
+    resend_s: float = 5.0,
 ) -> Reply:
     """Send the enrolment request; the reply, or EnrolmentError (reason, what to do)."""
     nonce = secrets.token_bytes(NONCE_BYTES)
@@ -90,9 +91,15 @@ def enrol_over_mqtt(
             raise EnrolmentError("unreachable", f"cannot connect to the enrolment listener "
                                  f"{host}:{port}: {exc}") from None
         deadline = time.monotonic() + timeout
+        resend_at = time.monotonic() + resend_s
         try:
             while time.monotonic() < deadline:
                 rc = c.loop(timeout=0.1)
+                if "pub_mid" in state and "reply" not in state and time.monotonic() > resend_at:
+                    # no answer yet (central reconnecting?): the same request again; central
+                    # answers a repeat with the same keys with the same certificate
+                    resend_at = time.monotonic() + resend_s
+                    c.publish(request_topic(token_id), payload, qos=1)
                 if "reply" in state:
                     r = state["reply"]
                     assert isinstance(r, Reply)

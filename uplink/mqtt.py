@@ -131,16 +131,19 @@ class MqttUplink:
         from sensor.edges.keys import KeyFileError
         from wire.enrolment import NONCE_BYTES, encode_renew_request
 
-        if self._client is None or self.cfg.key is None:
+        if self._client is None or self.cfg.key is None or self.cfg.cert is None:
             return
         try:
-            csr = (rotation_csr(self.cfg.key, self.cfg.sensor_id) if self.cfg.renew_rotate_key
-                   else renewal_csr(self.cfg.key, self.cfg.sensor_id)[1])
+            key, csr = renewal_csr(self.cfg.key, self.cfg.sensor_id)
+            if self.cfg.renew_rotate_key:
+                csr = rotation_csr(self.cfg.key, self.cfg.sensor_id)
+            cert = self.cfg.cert.read_bytes()
         except (KeyFileError, OSError) as exc:
             self._events.append(RenewalDone(self.clock(), False, str(exc)))
             return
         self._renew_nonce = secrets.token_bytes(NONCE_BYTES)
-        payload = encode_renew_request(self.cfg.sensor_id, self._renew_nonce, csr)
+        # signed by the current key, which the current certificate certifies
+        payload = encode_renew_request(self.cfg.sensor_id, self._renew_nonce, csr, cert, key)
         self._client.publish(cmd.topic, payload, qos=1, retain=False)
 
     def _on_renewed(self, data: bytes) -> None:

@@ -18,6 +18,10 @@ from these functions.
   that key over `PROOF_CONTEXT || u8 len || token id || u8 len || sensor id || nonce(16)
   || SHA-256(CSR PEM)`.  A token holder therefore cannot enrol a key they do not hold, and
   a reply can be matched to its request by the nonce.
+- A **renewal** carries the board's current certificate and an ECDSA (P-256, SHA-256)
+  signature by its current TLS key over `RENEW_CONTEXT || u8 len || sensor id || nonce(16)
+  || SHA-256(CSR PEM)`: central renews only for the holder of a certificate it issued and
+  has not revoked, whatever listener the request came in on.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any, Final
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -47,6 +53,8 @@ MAX_CSR_BYTES: Final = 4096
 MAX_CERT_BYTES: Final = 8192
 MAX_MESSAGE_BYTES: Final = 32768
 PROOF_CONTEXT: Final = b"teiten-enrol-v1\x00"
+RENEW_CONTEXT: Final = b"teiten-renew-v1\x00"
+MAX_PROOF_BYTES: Final = 80  # an ECDSA P-256 signature in DER is at most 72 bytes
 
 # Why a request was refused: stable keys (docs/enrolment.md says what each means).
 REASONS: Final = (
@@ -202,6 +210,11 @@ class EnrolRequest:
         return True
 
 
+def renew_proof_bytes(sensor_id: str, nonce: bytes, csr_pem: bytes) -> bytes:
+    sid = sensor_id.encode("ascii")
+    return RENEW_CONTEXT + bytes([len(sid)]) + sid + nonce + hashlib.sha256(csr_pem).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class RenewRequest:
     """A board asks for a fresh certificate over its authenticated connection."""
@@ -209,6 +222,16 @@ class RenewRequest:
     sensor_id: str
     nonce: bytes
     csr: bytes  # PEM
+    certificate: bytes  # PEM: the certificate the board holds now
+    proof: bytes  # ECDSA by that certificate's key over renew_proof_bytes(...)
+
+    def verify_proof(self, key: ec.EllipticCurvePublicKey) -> bool:
+        try:
+            key.verify(self.proof, renew_proof_bytes(self.sensor_id, self.nonce, self.csr),
+                       ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +268,15 @@ def encode_enrol_request(
     })
 
 
-def encode_renew_request(sensor_id: str, nonce: bytes, csr: bytes) -> bytes:
+def encode_renew_request(sensor_id: str, nonce: bytes, csr: bytes, certificate: bytes,
+                         tls_key: ec.EllipticCurvePrivateKey) -> bytes:
+    """`certificate` is the board's current one, `tls_key` its key (not the CSR's, when the
+    renewal rotates the key)."""
     if len(nonce) != NONCE_BYTES:
         raise ValueError("nonce must be 16 bytes")
+    proof = tls_key.sign(renew_proof_bytes(sensor_id, nonce, csr), ec.ECDSA(hashes.SHA256()))
     return _pack({"v": ENROL_VERSION, "kind": "renew", "sensor_id": sensor_id,
-                  "nonce": nonce, "csr": csr})
+                  "nonce": nonce, "csr": csr, "certificate": certificate, "proof": proof})
 
 
 def encode_reply(reply: Reply) -> bytes:
@@ -298,7 +325,8 @@ def _csr(obj: dict[str, Any]) -> bytes:
 
 
 _ENROL_KEYS: Final = frozenset({"v", "kind", "sensor_id", "nonce", "csr", "signing_key", "proof"})
-_RENEW_KEYS: Final = frozenset({"v", "kind", "sensor_id", "nonce", "csr"})
+_RENEW_KEYS: Final = frozenset(
+    {"v", "kind", "sensor_id", "nonce", "csr", "certificate", "proof"})
 _REPLY_KEYS: Final = frozenset(
     {"v", "nonce", "status", "reason", "detail", "certificate", "ca", "not_after_us"}
 )
@@ -322,7 +350,12 @@ def decode_renew_request(data: bytes) -> RenewRequest:
     obj = _unpack(data, _RENEW_KEYS)
     if obj["kind"] != "renew":
         raise EnrolFormatError("kind must be 'renew'")
-    return RenewRequest(_sid(obj), _nonce(obj), _csr(obj))
+    cert, proof = obj["certificate"], obj["proof"]
+    if not isinstance(cert, bytes) or not 0 < len(cert) <= MAX_CERT_BYTES:
+        raise EnrolFormatError("certificate must be PEM bytes of at most 8 KiB")
+    if not isinstance(proof, bytes) or not 0 < len(proof) <= MAX_PROOF_BYTES:
+        raise EnrolFormatError("proof must be an ECDSA signature (DER)")
+    return RenewRequest(_sid(obj), _nonce(obj), _csr(obj), cert, proof)
 
 
 def decode_reply(data: bytes) -> Reply:

@@ -99,6 +99,33 @@ def tls_refused(site: Site, cert: Path, key: Path, port: int, cid: str) -> bool:
     return "rc" not in state or bool(state["rc"].is_failure)
 
 
+def renew_over(site: Site, b: CardBoard, port: int, *, websockets: bool) -> Any:
+    """Send one renewal request with the board's certificate; central's reply (or None)."""
+    import secrets
+
+    from sensor.edges.enrol import renewal_csr
+    from wire.enrolment import decode_reply, encode_renew_request, renew_topic, renewed_topic
+
+    key, csr = renewal_csr(b.tls_key, b.sensor_id)
+    nonce = secrets.token_bytes(16)
+    c = new_client(b.sensor_id, websockets=websockets,
+                   tls=(site.pki.files.ca_crt, b.cert, b.tls_key))
+    if websockets:
+        c.ws_set_options(path="/mqtt")
+    got: list[Any] = []
+    c.on_message = lambda cl, u, m: got.append(decode_reply(bytes(m.payload)))
+    c.on_connect = lambda cl, u, f, rc, p: (
+        cl.subscribe(renewed_topic(b.sensor_id), qos=1),
+        cl.publish(renew_topic(b.sensor_id), encode_renew_request(
+            b.sensor_id, nonce, csr, b.cert.read_bytes(), key), qos=1))
+    c.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        c.loop(0.1)
+    c.disconnect()
+    return got[0] if got else None
+
+
 # ---------------------------------------------------------------- renewal
 def test_a_certificate_near_expiry_is_renewed_without_a_gap(make_site: Any) -> None:
     site = make_site(cert_lifetime="25s")
@@ -202,6 +229,17 @@ def test_replacement_continues_the_history_and_refuses_the_old_board(site: Site)
     up = Uplink(config(old), spool)  # refused on 8883, it falls back to WebSockets-TLS
     wait_for(lambda: not spool.entries(), 30, "the old board's envelope to be refused")
     up.close()
+    # nor can it renew its way back in over WebSockets-TLS (which may ignore the CRL)
+    # (refused at the handshake, or by central, which checks the CA's record itself)
+    reply = renew_over(site, old, site.broker.ws_port, websockets=True)
+    assert reply is None or (reply.status == "refused" and reply.reason == "revoked"), reply
+    from sensor.edges.enrol import renewal_csr
+    from wire.enrolment import encode_renew_request
+
+    key, csr = renewal_csr(old.tls_key, "tyo-10")
+    direct = site.service.enrolment.renew("tyo-10", encode_renew_request(
+        "tyo-10", bytes(16), csr, old.cert.read_bytes(), key))
+    assert direct.reason == "revoked", direct
     # the new board: a new epoch under the new key, counter from 0
     nspool = Spool(new.spool)
     up = Uplink(config(new), nspool)
@@ -235,6 +273,7 @@ def test_replacing_a_stolen_board_after_revoke_acl(site: Site) -> None:
     assert rc == 0 and "user tyo-11" in (site.broker.dir / "acl").read_text()
     site.broker.restart()
     site.broker.pid_file.write_text(f"{site.broker.proc.pid}\n")  # type: ignore[union-attr]
+    wait_for(site.service.connected.is_set, 40, "the enrolment service to reconnect")
     assert tls_refused(site, stolen.cert, stolen.tls_key, site.broker.tls_port, "tyo-11")
     new = enrolled_board(site, "spare", "tyo-11", "--replace")
     assert "user tyo-11" not in (site.broker.dir / "acl").read_text()

@@ -78,8 +78,13 @@ def test_enrol_request_round_trip_and_proof() -> None:
 
 
 def test_renew_and_reply_round_trip() -> None:
-    r = decode_renew_request(encode_renew_request("tyo-01", bytes(16), CSR))
-    assert (r.sensor_id, r.csr) == ("tyo-01", CSR)
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    r = decode_renew_request(encode_renew_request("tyo-01", bytes(16), CSR, b"CERT", key))
+    assert (r.sensor_id, r.csr, r.certificate) == ("tyo-01", CSR, b"CERT")
+    assert r.verify_proof(key.public_key())
+    assert not r.verify_proof(ec.generate_private_key(ec.SECP256R1()).public_key())
     ok = Reply(bytes(16), "issued", None, "fine", b"CERT", b"CA", 123)
     assert decode_reply(encode_reply(ok)) == ok
     no = refused(bytes(16), "token_used", "used")
