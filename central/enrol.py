@@ -755,3 +755,30 @@ def toml_snippet(issued: Issued, cfg: EnrolConfig) -> str:
         f'ca_fingerprint = "{ca_fingerprint_of(cfg.ca_dir)}"\n'
         f"port = {cfg.enrol_port}\n"
     )
+
+
+def pending_enrolments(database: str | Path, now_us: int | None = None) -> list[dict[str, Any]]:
+    """Tokens not used yet (pending, or expired unused): `teiten central sensors` lists them."""
+    now = now_us if now_us is not None else _now_us()
+    try:
+        db = sqlite3.connect(Path(database), timeout=30.0)
+        try:
+            rows = db.execute("SELECT token_id, sensor_id, created_us, expires_us, replace, "
+                              "refusals, last_refusal FROM enrol_tokens WHERE used_us IS NULL "
+                              "ORDER BY created_us").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+    return [{"sensor_id": sid, "token_id": tid, "created": iso(c), "expires": iso(e),
+             "state": "expired" if now >= e else "pending", "replace": bool(r),
+             "refusals": n, "last_refusal": last}
+            for tid, sid, c, e, r, n, last in rows]
+
+
+def print_pending(pending: list[dict[str, Any]]) -> None:
+    for p in pending:
+        what = "replacement board" if p["replace"] else "board"
+        extra = f"; {p['refusals']} refused ({p['last_refusal']})" if p["refusals"] else ""
+        print(f"ENROL  {p['sensor_id']}: {what} {p['state']}, token {p['token_id']} expires "
+              f"{p['expires']}{extra}")

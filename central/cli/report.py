@@ -242,15 +242,19 @@ def _sensors(args: argparse.Namespace) -> int:
         return _err(exc)
     silent = [r for r in rows if r.silent]
     from central.clones import alarms_by_sensor, print_alarms
+    from central.enrol import pending_enrolments, print_pending
 
     clones = alarms_by_sensor(db)  # a fresh scan: docs/enrolment.md
+    pending = pending_enrolments(db)
     if args.json:
         print(json.dumps({"silent_after_s": silent_after, "sensors": [r.to_json() for r in rows],
                           "silent": [r.sensor for r in silent],
                           "clone_alarms": {s: [a.to_json() for a in al]
-                                           for s, al in clones.items()}}, indent=2))
+                                           for s, al in clones.items()},
+                          "pending_enrolments": pending}, indent=2))
     else:
         print_fleet(rows, silent_after)
+        print_pending(pending)
         print_alarms(clones)
     return 1 if silent or clones else 0
 

@@ -423,16 +423,29 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def qr_text(data: str) -> str:
-    """The QR code of `data` for a terminal (segno, if installed), or a note."""
+    """The QR code of `data` for a terminal: with the Python package `segno` or the
+    `qrencode` program when either is installed (both optional), else a note."""
     try:
         import segno  # type: ignore[import-not-found,unused-ignore]
     except ModuleNotFoundError:
-        return "(install `segno` to print this as a QR code for a phone)"
-    import io
+        segno = None
+    if segno is not None:
+        import io
 
-    buf = io.StringIO()
-    segno.make(data, error="m").terminal(out=buf, compact=True)
-    return buf.getvalue()
+        buf = io.StringIO()
+        segno.make(data, error="m").terminal(out=buf, compact=True)
+        return buf.getvalue()
+    import shutil
+    import subprocess
+
+    tool = shutil.which("qrencode")
+    if tool is not None:
+        r = subprocess.run([tool, "-t", "UTF8", "-m", "2", "-l", "M"], input=data.encode(),
+                           capture_output=True, timeout=30, check=False)
+        if r.returncode == 0:
+            return r.stdout.decode()
+    return ("(for a QR code a phone can scan, install `segno` (pip, or Debian's "
+            "python3-segno) or Debian's `qrencode`)")
 
 
 def _enrold(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ and leaves the board without a certificate (its uplink and capture units, which 
 from __future__ import annotations
 
 import dataclasses
+import json
 import ssl
 import threading
 import time
@@ -75,6 +76,10 @@ def publish(site: Site, b: CardBoard, seqs: list[int], hour0: int = HOUR0,
 def test_board_enrols_with_a_token_then_publishes(site: Site) -> None:
     tok = site.enroll("tyo-01", "--expires", "1h")
     assert tok["sensor_id"] == "tyo-01" and "ca_fingerprint" in tok["teiten_toml"]
+    # recorded as pending at central
+    _, out = site.teiten("central", "sensors", "--config", str(site.central.conf), "--json")
+    pending = json.loads(out)["pending_enrolments"]
+    assert [(p["sensor_id"], p["state"]) for p in pending] == [("tyo-01", "pending")]
     b = site.board("a", "tyo-01", tok["teiten_toml"])
     assert b.firstboot()["network"] is True
     assert not b.cert.exists()
@@ -92,6 +97,8 @@ def test_board_enrols_with_a_token_then_publishes(site: Site) -> None:
     # enrolled again at the next boot: nothing to do, still fine
     rc, out = b.enrol()
     assert rc == 0 and out["action"] == "already"
+    _, out = site.teiten("central", "sensors", "--config", str(site.central.conf), "--json")
+    assert json.loads(out)["pending_enrolments"] == []
     # and it publishes: the receiver stores its summaries
     publish(site, b, [(7 << 32) | 1, (7 << 32) | 2])
     assert site.central.count() == 2
