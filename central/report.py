@@ -495,6 +495,12 @@ def compute_report(
     region_sources_estimated = {cc: [r_src[cc].get(d, (0, False))[1] for d in days]
                                 for cc in r_top}
 
+    for rows, src_days, flags in ((services, service_sources_daily, service_sources_estimated),
+                                  (regions, region_sources_daily, region_sources_estimated)):
+        for row in rows:
+            row.extra["sources_median"] = _median(src_days.get(row.key, []))
+            row.extra["sources_estimated_days"] = sum(flags.get(row.key, []))
+
     # labelled populations
     label_reports = []
     until_us = until * 1_000_000
@@ -669,8 +675,7 @@ def _median(xs: list[int]) -> int:
     return round(median(xs)) if xs else 0
 
 
-def _status(flags: list[bool], lang: str) -> str:
-    n = sum(flags)
+def _status(n: int, lang: str) -> str:
     return label("estimated_days", lang, n=n) if n else label("exact", lang)
 
 
@@ -718,9 +723,8 @@ def _document(data: ReportData, lang: str) -> list[_Section]:
                                          L("src_day"), L("src_status")),
                         rows=tuple((str(r.rank), r.key, r.name[lang] or "–", _n(r.packets),
                                     _pct(r.share), _prev(r.prev_rank, data, lang),
-                                    _n(_median(data.service_sources_daily.get(r.key, []))),
-                                    _status(data.service_sources_estimated.get(r.key, []),
-                                            lang))
+                                    _n(r.extra.get("sources_median", 0)),
+                                    _status(r.extra.get("sources_estimated_days", 0), lang))
                                    for r in data.services)))
     out.append(_Section("p", L("svc_sources_note")))
     if data.services_dropped:
@@ -735,9 +739,8 @@ def _document(data: ReportData, lang: str) -> list[_Section]:
                                          L("src_day"), L("src_status")),
                         rows=tuple((str(r.rank), r.key, r.name[lang], _n(r.packets),
                                     _pct(r.share), _prev(r.prev_rank, data, lang),
-                                    _n(_median(data.region_sources_daily.get(r.key, []))),
-                                    _status(data.region_sources_estimated.get(r.key, []),
-                                            lang))
+                                    _n(r.extra.get("sources_median", 0)),
+                                    _status(r.extra.get("sources_estimated_days", 0), lang))
                                    for r in data.regions)))
     out.append(_Section("p", L("reg_sources_note", k=_n(KMV_K))))
     if data.regions_dropped:

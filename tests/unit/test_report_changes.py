@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,12 @@ def test_sources_per_day_and_attribution(q1: Any) -> None:
     for key in q1.region_sources_daily:
         assert all(q1.region_sources_daily[key]) and not any(q1.region_sources_estimated[key])
     assert set(q1.service_sources_daily) == {r.key for r in q1.services}
+    md = render_markdown(q1, "ja")
+    for r in q1.services + q1.regions:  # the tables' medians are in report.json's rows
+        daily = (q1.service_sources_daily | q1.region_sources_daily)[r.key]
+        assert r.extra["sources_median"] == round(statistics.median(daily))
+        assert r.extra["sources_estimated_days"] == 0
+        assert f"| {_n(r.extra['sources_median'])} | 正確 |" in md
 
 
 NUM = re.compile(r"\d[\d,.]*\d|\d")
