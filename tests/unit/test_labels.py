@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,3 +72,26 @@ def test_lifetimes_from_the_label_date_and_from_first_seen() -> None:
     assert first.eligible == [5, 4, 4] and first.too_late == [0, 1, 1]
     assert first.gone == [2, 2, 4]  # row 5 lived 29 h: not gone after 24
     assert lab.shares == [0.25, 0.5, 0.75]
+
+
+def test_labels_commands(tmp_path: Path, capsys: Any) -> None:
+    from central.store import Store
+    from sensor.cli import main as teiten
+
+    db = tmp_path / "c.db"
+    Store(db).close()
+    csv_file = tmp_path / "l.csv"
+    csv_file.write_text("address,label,date\n1.0.16.5,asus,2025-03-01\n5.8.0.0/24,asus,"
+                        "2025-03-01\n9.9.9.9,other,2025-03-01\n")
+    assert teiten(["central", "labels", "import", str(csv_file), "--label", "asus",
+                   "--db", str(db), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["entries"] == 2 and out["other_labels_skipped"] == 1
+    assert teiten(["central", "labels", "list", "--db", str(db), "--json"]) == 0
+    assert [x["label"] for x in json.loads(capsys.readouterr().out)["labels"]] == ["asus"]
+    assert teiten(["central", "labels", "remove", "asus", "--db", str(db)]) == 0
+    assert teiten(["central", "labels", "remove", "asus", "--db", str(db)]) == 2
+    csv_file.write_text("1.2.3.4/8,asus,2025-03-01\n")
+    assert teiten(["central", "labels", "import", str(csv_file), "--label", "asus",
+                   "--db", str(db)]) == 2
+    assert "host bits" in capsys.readouterr().err
