@@ -146,7 +146,8 @@ cmd_image() {
     name="teiten-$version-rpi-arm64"
     epoch=$(git log -1 --format=%ct)
     # the data partition holds the spool at its bound (sensor.toml's default), keys, clock
-    data_mib=$(PYTHONPATH=. "${PYTHON:-$repo/.venv/bin/python}" -c 'from sensor.edges.config import SpoolConfig as S
+    # (asked of the image's own code, in its root: the default spool bound)
+    data_mib=$("$here/inchroot.sh" "$root" /opt/teiten/bin/python -c 'from sensor.edges.config import SpoolConfig as S
 m = S().max_bytes >> 20; print((m + m // 4 + 64 + 3) // 4 * 4)')
     log "image $name (data partition $data_mib MiB)"
     rm -f "$out/$name".* "$out/SHA256SUMS"
