@@ -1,7 +1,9 @@
 """The central receiver: MQTT 5 in, one SQLite transaction per message, acknowledge after.
 
 Strategy: `Ingest` is the decision (topic -> parse -> check topic id -> verify -> store ->
-what to acknowledge) and touches only the `Store`; `Receiver` is the paho edge.  The
+what to acknowledge) and touches only the `Store`; `Receiver` is the paho edge.
+`Ingest.store_envelope` is the one check-and-store function for a summary: the MQTT
+handler and the offline importer (`central/importer.py`) both call it.  The
 receiver subscribes to `teiten/v1/+/summary` (QoS 1) with a persistent session
 (clean_start false, a session expiry interval) and manual acknowledgement: the MQTT PUBACK
 for a message is sent only after its transaction committed, and so is the end-to-end ack on
