@@ -331,6 +331,10 @@ def _broker_config(args: argparse.Namespace) -> int:
         )
     )
     print(f"wrote {out / 'mosquitto.conf'} and {out / 'acl'}")
+    if enrol:
+        print(f"enrolment listener on {args.enrol_port}: {out / 'enrol.acl'}, "
+              f"{out / 'enrol.passwd'} (writable by `teiten central enrold`, readable by "
+              "mosquitto); see docs/enrolment.md")
     return 0
 
 

@@ -51,6 +51,7 @@ def _utc() -> str:
 
 
 def run_enrol(card: Any, etc: Path, *, chown: bool = True, timeout: float = 60.0) -> Outcome:
+    from sensor.core.enrol import Action, decide
     from sensor.edges.enrol import (
         CARD_RESULT,
         EnrolmentError,
@@ -76,14 +77,16 @@ def run_enrol(card: Any, etc: Path, *, chown: bool = True, timeout: float = 60.0
     up = cfg.uplink
     validity = cert_validity(Path(up.cert)) if up.cert is not None else None
     settings, _found = parse_enrol_table(tomllib.loads(text).get("enrol"))
-    if validity is not None and validity[1] > time.time():
+    d = decide(None if validity is None else validity[1], time.time(), settings is not None,
+               cfg.sensor_id)
+    if d.action in (Action.NOTHING, Action.TIDY):
+        assert validity is not None
+        if d.action is Action.TIDY:  # enrolled, but a power cut kept the token on the card
+            card.write(CARD_CONFIG, remove_token(text).encode())
         return Outcome(True, "already", None, f"certificate {up.cert} valid until "
                        f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime(validity[1]))}")
-    if settings is None:
-        why = "expired" if validity is not None else "missing"
-        return Outcome(False, "failed", "no_token", f"the certificate is {why} and teiten.toml "
-                       "has no [enrol] token: ask central for one (`teiten central enroll "
-                       f"{cfg.sensor_id}`)")
+    if d.action is Action.STUCK or settings is None:
+        return Outcome(False, "failed", d.reason, d.detail)
     paths = BoardPaths(etc=etc, chown=chown)
 
     def fail(reason: str, detail: str) -> Outcome:

@@ -13,13 +13,12 @@ Strategy: what the board decides and the files it touches; the MQTT exchange its
 - `check_certificate` / `install_certificate` accept a certificate only for this board's
   TLS key and sensor id, issued by the pinned CA, and replace the file atomically, so the
   uplink's next connection uses it and the current one carries on (renewal without a gap).
-- `remove_token` rewrites teiten.toml without the token line once it has been used.
+- What to do at a boot, and the card's text, are decided in `sensor.core.enrol` (pure).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -33,15 +32,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sensor.core.enrol import ENROL_TABLE, remove_token, result_text
 from sensor.edges.config import Finding
 from sensor.edges.durable import write_durably
 from wire.enrolment import EnrolFormatError, parse_fingerprint, parse_token
 
-ENROL_TABLE: Final = "enrol"
+__all__ = ["ENROL_TABLE", "remove_token", "result_text"]  # the card's text: sensor.core.enrol
 CARD_RESULT: Final = "teiten-enrolment.txt"
 DEFAULT_ENROL_PORT: Final = 8884
 _FIELDS: Final = frozenset({"token", "ca_fingerprint", "port", "host"})
-_TOKEN_LINE: Final = re.compile(r"^\s*token\s*=.*$", re.MULTILINE)
 
 
 class EnrolmentError(Exception):
@@ -92,21 +91,6 @@ def parse_enrol_table(table: Any) -> tuple[EnrolSettings | None, list[Finding]]:
     if found:
         return None, found
     return EnrolSettings(tid, secret, digest, int(port), host), []
-
-
-def remove_token(text: str) -> str:
-    """teiten.toml without its `token = ...` line(s) in `[enrol]` (the rest unchanged)."""
-    out: list[str] = []
-    table = ""
-    for line in text.splitlines(keepends=True):
-        s = line.strip()
-        if s.startswith("[") and not s.startswith("[["):
-            table = s.strip("[]").strip()
-        if table == ENROL_TABLE and _TOKEN_LINE.match(line):
-            out.append("# token used by the board; see teiten-enrolment.txt\n")
-            continue
-        out.append(line)
-    return "".join(out)
 
 
 # ---------------------------------------------------------------- the pinned CA
@@ -248,31 +232,6 @@ def finish_rotation(key_path: Path, cert_path: Path) -> str | None:
         return f"installed the rotated key and certificate in {key_path}, {cert_path}"
     cnext.unlink(missing_ok=True)
     return "discarded a renewed certificate for another key"
-
-
-def result_text(sensor_id: str, ok: bool, reason: str, detail: str, when: str) -> str:
-    """teiten-enrolment.txt: what happened, and what field staff do next."""
-    if ok:
-        return (f"TEITEN sensor {sensor_id}: ENROLLED at {when}.\n\n{detail}\n\n"
-                "The one-time token was removed from teiten.toml. Nothing to do.\n")
-    todo = {
-        "token_used": "this token was used already: ask central for a new one "
-                      "(`teiten central enroll SENSOR_ID`) and put it in teiten.toml",
-        "token_expired": "the token expired: ask central for a new one",
-        "token_unknown": "central does not know this token (mistyped, expired and "
-                         "removed, or used): check it, or ask for a new one",
-        "wrong_sensor": "the token is for another sensor id: check [sensor] id in "
-                        "teiten.toml, or ask for a token for this id",
-        "not_authorized": "the broker refused the token (used, expired, mistyped or "
-                          "never issued): ask central for a new one",
-        "rogue_broker": "the broker is not the one teiten.toml pins: check [uplink] host "
-                        "and [enrol] ca_fingerprint",
-        "unreachable": "check the management network and [uplink] host / [enrol] port; "
-                       "the board tries again at the next boot",
-    }.get(reason, "see the detail above; central's operators can tell more from its log")
-    return (f"TEITEN sensor {sensor_id}: enrolment FAILED at {when}: {reason}.\n\n"
-            f"{detail}\n\nWhat to do: {todo}.\n"
-            "Now: the board captures nothing and sends nothing until it is enrolled.\n")
 
 
 def key_file_ok(path: Path | None) -> bool:

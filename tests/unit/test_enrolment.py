@@ -138,3 +138,17 @@ def test_key_rotation_survives_a_crash_between_its_steps(tmp_path: Path) -> None
     _next(cert).write_bytes(other)
     assert "discarded" in (finish_rotation(key, cert) or "")
     assert cert.read_bytes() == newer and finish_rotation(key, cert) is None
+
+
+def test_what_a_boot_does() -> None:
+    from sensor.core.enrol import Action, decide
+
+    now = 1_800_000_000.0
+    assert decide(now + 10, now, False, "a").action is Action.NOTHING
+    assert decide(now + 10, now, True, "a").action is Action.TIDY  # token left by a power cut
+    assert decide(None, now, True, "a").action is Action.ENROL
+    assert decide(now - 10, now, True, "a").action is Action.ENROL  # expired: a new token
+    stuck = decide(now - 10, now, False, "a")
+    assert stuck.action is Action.STUCK and stuck.reason == "no_token"
+    assert "--replace" in stuck.detail
+    assert "--replace" not in decide(None, now, False, "a").detail
