@@ -45,7 +45,8 @@ from bench.bench_regions import make_table
 from central.keyring import load_keyring
 from central.receiver import Ingest
 from central.report import compute_report, write_report
-from central.rollup import quarter_bounds, roll_up_pending
+from central.rollup import quarter_bounds
+from central.rollup_job import roll_up_pending
 from central.store import Store
 from wire.envelope import ZSTD_LEVEL, compress_summary, parse_envelope, seal_payload
 from wire.keys import public_key_text

@@ -150,7 +150,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 def rollup(store: Any, *, quiet: bool = True) -> int:
     """Roll up pending summaries with the stored regions; returns how many."""
     from central.regions import RegionTable
-    from central.rollup import roll_up_pending
+    from central.rollup_job import roll_up_pending
 
     pending = store.count_pending_rollup()
     if not pending:
@@ -366,7 +366,7 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _labels_import(args: argparse.Namespace) -> int:
     from central.labels import LabelFormatError, LabelSet, parse_label_csv
-    from central.rollup import backfill_labels
+    from central.rollup_job import backfill_labels
 
     tty = sys.stderr.isatty() and not args.json
     try:

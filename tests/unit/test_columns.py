@@ -14,7 +14,7 @@ import pytest
 from central._rollup import LifeTable, parse_rows
 from central.columns import columns_from_summary, decode_columns
 from central.regions import Delegation, RegionTable
-from central.rollup import roll_up_pending
+from central.rollup_job import roll_up_pending
 from central.store import Store
 from wire.summary import (
     DestinationRow,

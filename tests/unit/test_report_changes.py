@@ -30,7 +30,8 @@ from central.report import (
     render_markdown,
     write_report,
 )
-from central.rollup import DAY, backfill_labels
+from central.rollup import DAY
+from central.rollup_job import backfill_labels
 from central.store import Store
 from tests.central_dataset import copy_db
 from tests.fleet_dataset import fleet_dataset

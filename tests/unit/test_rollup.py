@@ -28,9 +28,9 @@ from central.rollup import (
     previous_quarter,
     quarter_bounds,
     quarter_of,
-    roll_up_pending,
     rollup_summary,
 )
+from central.rollup_job import roll_up_pending
 from central.store import SCHEMA_VERSION, Store, StoreError
 from sensor.cli import main as teiten
 from wire.summary import PortRow, SourceRow, Summary, encode_summary
