@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := build-essential nftables libpcap-dev python3-dev python3-venv tcpdump mosquitto mosquitto-clients \
-	iproute2 strace zmap masscan tcpreplay util-linux openssl chromium fonts-ipafont-gothic systemd
+	iproute2 strace zmap masscan tcpreplay util-linux openssl chromium fonts-ipafont-gothic systemd \
+	mmdebstrap dosfstools mtools fdisk e2fsprogs xz-utils openssh-server openssh-client
 
 .PHONY: demo test install system-deps lint typecheck unit privileged bench clean units-check
 
@@ -15,6 +16,8 @@ system-deps: .stamp-system
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
 	# the packaged broker must not hold ports the tests and the demo use; they start their own
 	-systemctl disable --now mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
+	# nor may the packaged sshd: the HIL ssh stand-in runs its own inside a namespace
+	-systemctl disable --now ssh >/dev/null 2>&1 || service ssh stop >/dev/null 2>&1 || true
 	touch $@
 
 install: system-deps .stamp-venv
@@ -52,6 +55,8 @@ bench: install
 
 # the SD image (board/image-build/): make image, make image-boot-test, make image-rootfs-test
 -include board/image-build/image.mk
+# hardware-in-the-loop (hil/): make hil, make hil-qemu, make hil-bench (docs/hil.md)
+-include hil/hil.mk
 
 clean:
 	rm -rf $(VENV) build *.egg-info .stamp-* demo-out
