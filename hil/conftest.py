@@ -49,6 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--capture-port", default="", help="ssh: the test host's interface cabled "
                 "to the Pi's capture port (moved into the scanner namespace for the run)")
     g.addoption("--board-interface", default="eth1", help="ssh: the Pi's capture interface")
+    g.addoption("--board-mgmt-interface", default="eth0", help="ssh: the Pi's management "
+                "interface (process mode opens SSH from --central-host on it)")
     g.addoption("--central-host", default="", help="ssh: the test host's address as the Pi "
                 "sees it (the broker listens there)")
     g.addoption("--broker-port", default="8883", help="ssh: the broker's port on the test host")
@@ -126,7 +128,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _opts(config: pytest.Config) -> dict[str, Any]:
-    names = ("capture_port", "board_interface", "central_host", "broker_port",
+    names = ("capture_port", "board_interface", "board_mgmt_interface", "central_host",
+             "broker_port",
              "power_cycle_cmd", "ssh_key", "ssh_python", "ssh_dir", "ssh_units")
     return {n: config.getoption(n) for n in names}
 

@@ -43,7 +43,8 @@ def describe(frames: list[bytes]) -> list[tuple[str, str]]:
             nh = f[20]
             if nh == 58 and f[54] in _IPV6_HOUSEKEEPING:
                 continue
-            if nh == 0 and f[22:24] == b"\xfe\x80":  # MLD report (hop-by-hop, link-local)
+            # MLD report (hop-by-hop, from the link-local or, before it is ready, from ::)
+            if nh == 0 and (f[22:24] == b"\xfe\x80" or f[22:38] == bytes(16)):
                 continue
             if nh == 58 and f[54] == 136:
                 out.append(("na", str(ipaddress.IPv6Address(f[62:78]))))
@@ -113,7 +114,7 @@ def test_routed_exact_counts_silence_empty_bucket_and_sigterm(routed_board: Boar
     ss = wait_counted(b, "tcp/7777", 25)
     assert_counts(totals(ss), add_truths(truth, more))
     assert ss[-1].summary.health["partial"] is True
-    assert "sealed bucket" in b.sensor_log()
+    assert t.units or "sealed bucket" in b.sensor_log()  # the units log without -v
     after = t.unit_state("sensor")
     assert not after.active
     assert t.units or (after.stopping and after.watchdog >= 3), after

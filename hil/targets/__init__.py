@@ -32,7 +32,8 @@ def make_target(spec: str, opts: dict[str, Any]) -> Target:
                          board_dir=opts.get("ssh_dir") or "/var/tmp/thil-board",
                          central_host=opts.get("central_host") or "",
                          units=bool(opts.get("ssh_units")),
-                         broker_port=int(opts.get("broker_port") or 8883))
+                         broker_port=int(opts.get("broker_port") or 8883),
+                         mgmt_interface=opts.get("board_mgmt_interface") or "eth0")
     if spec.startswith("qemu:"):
         from hil.targets.qemu import QemuTarget
 

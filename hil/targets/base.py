@@ -259,7 +259,12 @@ class Target(ABC):
         p = self.paths
         self.sh(f"export PATH={PATH}; cd {p.root} && {self.teiten()} firewall --config "
                 f"{p.config} --out {p.root}/nftables.conf && nft -f {p.root}/nftables.conf "
-                f"&& {self.teiten()} netsetup --config {p.config}", timeout=120)
+                f"{self.after_firewall()}&& {self.teiten()} netsetup --config {p.config}",
+                timeout=120)
+
+    def after_firewall(self) -> str:
+        """Shell run right after the ruleset is loaded (the ssh target opens SSH)."""
+        return ""
 
     def _setpriv(self, caps: bool, user: str) -> str:
         cmd = f"setpriv --reuid {user} --regid {USER} --init-groups"

@@ -45,13 +45,15 @@ class SshTarget(Target):
                  power_cycle_cmd: str = "", key: str = "", python: str = "python3",
                  board_dir: str = "/var/tmp/thil-board", central_host: str = "",
                  deploy_source: bool = True, units: bool = False,
-                 ssh_prefix: list[str] | None = None, broker_port: int = 8883) -> None:
+                 ssh_prefix: list[str] | None = None, broker_port: int = 8883,
+                 mgmt_interface: str = "eth0") -> None:
         super().__init__(spec)
         u = urlparse(spec)
         if u.scheme != "ssh" or not u.hostname:
             raise ValueError(f"--target {spec}: expected ssh://USER@HOST[:PORT]")
         self.user, self.host, self.port = u.username or "root", u.hostname, u.port or 22
         self.capture_port = capture_port
+        self.mgmt_interface = mgmt_interface
         self.power_cycle_cmd = power_cycle_cmd
         self.key = key
         self.python = python
@@ -130,8 +132,24 @@ class SshTarget(Target):
         from hil.targets.netns import wire_capture
 
         dev = self.paths.interface
-        self.sh(f"export PATH={PATH}; ip addr flush dev {dev}; ip link set {dev} up")
+        have = self.out(f"ip -br addr show dev {dev}")
+        if self._topology == "routed" and SENSOR_V4 in have:
+            return  # still wired (the stand-in keeps its namespace across a power cut)
+        if self._topology == "routed":
+            self.sh(f"export PATH={PATH}; ip addr flush dev {dev}")
+        self.sh(f"export PATH={PATH}; ip link set {dev} up")
         wire_capture(self, self._topology, SENSOR_V4, SENSOR_V6, dev)
+
+    def after_firewall(self) -> str:
+        """The ruleset drops every new inbound connection: open SSH from the test host on
+        the management interface, as first boot does on the image from [board] ssh_from
+        (sensor.edges.firstboot.render_ssh_rules), or the harness locks itself out."""
+        from sensor.edges.firstboot import BoardSettings, render_ssh_rules
+
+        rules = render_ssh_rules(BoardSettings(hostname="hil", interface=self.mgmt_interface,
+                                               ssh=True, ssh_from=(f"{self.uplink_host}/32",)))
+        cmds = [line for line in rules.splitlines() if line and not line.startswith("#")]
+        return "".join(f"&& nft {shlex.quote(c)} " for c in cmds)
 
     def deploy(self, config: str, secrets: dict[str, bytes]) -> None:
         super().deploy(config, secrets)
