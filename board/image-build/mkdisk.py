@@ -72,8 +72,9 @@ def ident(epoch: int, name: str) -> uuid.UUID:
 
 
 def run(*cmd: str, env: dict[str, str] | None = None, stdout: int | None = None,
-        input: str | None = None) -> None:
-    subprocess.run(cmd, check=True, env=env, stdout=stdout, input=input, text=input is not None)
+        stderr: int | None = None, input: str | None = None) -> None:
+    subprocess.run(cmd, check=True, env=env, stdout=stdout, stderr=stderr, input=input,
+                   text=input is not None)
 
 
 def align(n: int) -> int:
@@ -128,6 +129,22 @@ def make_ext4(path: Path, size: int, label: str, content: Path, epoch: int) -> N
         "-E", f"hash_seed={seed},root_owner=0:0,lazy_itable_init=0,nodiscard",
         "-O", "^metadata_csum_seed", "-d", str(content), "-b", "4096", str(path),
         str(size // 1024) + "k", env=env, stdout=subprocess.DEVNULL)
+    fix_ctimes(path, content, epoch)
+
+
+def fix_ctimes(path: Path, root: Path, epoch: int) -> None:
+    """mke2fs -d copies each file's ctime, which is when it was made on this host: set
+    every inode's to SOURCE_DATE_EPOCH (debugfs, offline) so two builds match."""
+    lines = [f"sif / ctime @{epoch}"]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            rel = "/" + os.path.relpath(os.path.join(dirpath, name), root)
+            lines.append(f'sif "{rel}" ctime @{epoch}')
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        run("debugfs", "-w", "-f", fh.name, str(path), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
 
 
 def write_at(image: Path, part: Path, offset: int) -> None:
