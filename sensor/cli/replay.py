@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
-import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sensor.core.aggregate import HOUR, Limits
 from sensor.edges.durable import write_durably
@@ -19,6 +19,9 @@ from wire.summary import (
     iso_utc,
     summary_to_json,
 )
+
+if TYPE_CHECKING:
+    from sensor.edges.replay import EncodedSummary
 
 DEFAULT_DARKNET = "198.51.100.0/24,2001:db8:dead::/48"
 SENSOR_ID_HELP = "sensor id: lower-case letters, digits and '-', at most 63 characters"
@@ -75,12 +78,14 @@ def parse_darknet(text: str) -> list[str]:
     return blocks
 
 
-def summary_filename(summary: Summary) -> str:
+def summary_filename(summary: Summary | EncodedSummary) -> str:
     stamp = iso_utc(summary.hour_start * 1_000_000)[:19].replace("-", "").replace(":", "")
     return f"{summary.sensor_id}-{stamp}Z.summary"
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    # Here, not at the top: the dispatcher imports this module for every command (it
+    # registers `replay` and `show`), and only replay needs libpcap and the replay driver.
     from sensor.edges.pcap import CaptureFileError
     from sensor.edges.replay import Progress, ReplayStats, replay
     from wire.ids import validate_sensor_id
@@ -129,13 +134,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if sink is not None:
             sink.seal_and_spool(summary, data)
 
+    def emit_encoded(summary: EncodedSummary) -> None:  # no --key: the bytes are all it needs
+        assert out is not None  # checked above: --out or --key
+        path = out / summary_filename(summary)
+        write_durably(path, summary.data)
+        written.append(str(path))
+
     failure = None
     stats = ReplayStats()  # filled as the replay goes: its warnings survive an error
+    # What start-up made lives as long as the process: the cyclic GC need not walk it again
+    # each time the replay's millions of new objects (summary rows) trigger a collection.
+    gc.freeze()
     try:
+        # Without signing only the bytes are written: the compiled path then encodes each
+        # hour straight from the kernel's tables, with no Python object per row.
         replay(
-            args.pcaps, darknet=darknet, sensor_id=args.sensor_id, emit=emit, limits=limits,
-            bucket_seconds=args.bucket_seconds, progress=Progress(), reference=args.reference,
-            stats=stats,
+            args.pcaps, darknet=darknet, sensor_id=args.sensor_id,
+            emit=emit if sink is not None else emit_encoded, encoded=sink is None,
+            limits=limits, bucket_seconds=args.bucket_seconds, progress=Progress(),
+            reference=args.reference, stats=stats,
         )
     except CaptureFileError as exc:
         failure = str(exc)
@@ -157,6 +174,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "error": failure,
     }
     if args.json:
+        import json  # only for --json (start-up time: a plain replay does without it)
+
         print(json.dumps(result, indent=2))
     else:
         for path in written:
@@ -199,6 +218,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return _error(f"show: {args.file}: {exc}")
     view = summary_to_json(summary)
     if args.json:
+        import json  # only for --json (start-up time: `teiten replay` does without it)
+
         json.dump(view, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0

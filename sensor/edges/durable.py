@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 
 
@@ -42,8 +41,9 @@ def write_durably(
     """
     final = Path(path)
     # A random part: a board's PIDs repeat after a reboot, and a stale temporary file left
-    # by a power cut must never block the next write (O_EXCL).
-    tmp = final.with_name(tmp_name or f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # by a power cut must never block the next write (O_EXCL).  os.urandom, which is what
+    # secrets.token_hex reads (importing secrets loads hashlib and OpenSSL: 5 ms of start-up).
+    tmp = final.with_name(tmp_name or f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:

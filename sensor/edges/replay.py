@@ -35,8 +35,9 @@ from sensor.edges.pcap import (
     not_a_capture,
     open_file,
 )
-from sensor.fast.kernel import FastHourlyAggregation, _fast
+from sensor.fast.kernel import FastHourlyAggregation, FastInterval, _fast
 from sensor.fast.kernel import available as fast_available
+from sensor.fast.pack import encode_interval, encode_summary
 from wire.summary import Summary
 
 BATCH = 4096
@@ -112,6 +113,15 @@ def capture_filter(path: str, darknet: Sequence[str]) -> CaptureFilter:
     return CaptureFilter(linktype, bpf, unsupported + " (those the darknet filter passes)")
 
 
+class EncodedSummary(NamedTuple):
+    """A finished hour as its canonical bytes (`wire.summary.encode_summary`'s), for
+    `replay(..., encoded=True)`."""
+
+    sensor_id: str
+    hour_start: int
+    data: bytes
+
+
 class _Finishable(Protocol):
     def finish(
         self, *, sensor_id: str, darknet: Iterable[str], complete: bool,
@@ -127,25 +137,36 @@ class _Closed(Protocol):
 
 
 class SummarySink:
-    """Finishes closed intervals (reference or compiled) into summaries for `emit`."""
+    """Finishes closed intervals (reference or compiled) into summaries for `emit`: Summary
+    objects, or with `encoded` their bytes (EncodedSummary).  An interval of the compiled
+    kernel is then encoded straight from its tables (`sensor.fast.encode_interval`: no
+    rows made in Python); the reference's through its Summary."""
 
     def __init__(
-        self, emit: Callable[[Summary], None], stats: ReplayStats, sensor_id: str,
-        darknet: Sequence[str],
+        self, emit: Callable[[Any], None], stats: ReplayStats, sensor_id: str,
+        darknet: Sequence[str], *, encoded: bool = False,
     ) -> None:
         self.emit = emit
         self.stats = stats
         self.sensor_id = sensor_id
         self.darknet = darknet
+        self.encoded = encoded
 
     def __call__(self, closed: Iterable[_Closed]) -> None:
         for interval in closed:
-            self.emit(
-                interval.aggregator.finish(
-                    sensor_id=self.sensor_id, darknet=self.darknet,
-                    complete=interval.complete, health=REPLAY_HEALTH,
-                )
-            )
+            agg = interval.aggregator
+            if not self.encoded:
+                self.emit(agg.finish(sensor_id=self.sensor_id, darknet=self.darknet,
+                                     complete=interval.complete, health=REPLAY_HEALTH))
+            elif isinstance(agg, FastInterval):
+                self.emit(EncodedSummary(self.sensor_id, agg.hour_start, encode_interval(
+                    agg, sensor_id=self.sensor_id, darknet=self.darknet,
+                    complete=interval.complete, health=REPLAY_HEALTH)))
+            else:
+                summary = agg.finish(sensor_id=self.sensor_id, darknet=self.darknet,
+                                     complete=interval.complete, health=REPLAY_HEALTH)
+                self.emit(EncodedSummary(self.sensor_id, summary.hour_start,
+                                         encode_summary(summary)))
             self.stats.summaries += 1
 
 
@@ -157,29 +178,33 @@ def replay(
     *,
     darknet: Sequence[str],
     sensor_id: str,
-    emit: Callable[[Summary], None],
+    emit: Callable[[Any], None],
     limits: Limits | None = None,
     bucket_seconds: int = HOUR,
     progress: Progress | None = None,
     reference: bool = False,
     stats: ReplayStats | None = None,
+    encoded: bool = False,
 ) -> ReplayStats:
     """Replay `paths` and call `emit` with each finished hourly summary, oldest first.
 
     Uses the compiled path (sensor.fast) when it is built, unless `reference` asks for
     the pure-Python decode + aggregate below; both give the same summaries, byte for byte.
-    Raises CaptureFileError after emitting everything read before the error; `stats`, when
-    given, is filled in as the replay goes (so it holds the warnings even then).
+    With `encoded`, `emit` gets each summary's canonical bytes (EncodedSummary) instead of
+    the Summary: for a caller that only writes them, the compiled path then makes no row
+    objects at all.  Raises CaptureFileError after emitting everything read before the
+    error; `stats`, when given, is filled in as the replay goes (so it holds the warnings
+    even then).
     """
     if stats is None:
         stats = ReplayStats()
     if not reference and fast_available():
         return _replay_compiled(
             paths, darknet=darknet, sensor_id=sensor_id, emit=emit, limits=limits,
-            bucket_seconds=bucket_seconds, progress=progress, stats=stats,
+            bucket_seconds=bucket_seconds, progress=progress, stats=stats, encoded=encoded,
         )
     aggregation = HourlyAggregation(bucket_seconds, limits)
-    finish = SummarySink(emit, stats, sensor_id, darknet)
+    finish = SummarySink(emit, stats, sensor_id, darknet, encoded=encoded)
     try:
         for path in paths:
             linktype, bpf, warning = capture_filter(path, darknet)
@@ -208,7 +233,7 @@ def replay(
     return stats
 
 
-__all__ = ["CaptureFileError", "PacketRecord", "ReplayStats", "replay"]
+__all__ = ["CaptureFileError", "EncodedSummary", "PacketRecord", "ReplayStats", "replay"]
 
 
 def _replay_compiled(
@@ -216,18 +241,19 @@ def _replay_compiled(
     *,
     darknet: Sequence[str],
     sensor_id: str,
-    emit: Callable[[Summary], None],
+    emit: Callable[[Any], None],
     limits: Limits | None = None,
     bucket_seconds: int = HOUR,
     progress: Progress | None = None,
     stats: ReplayStats | None = None,
+    encoded: bool = False,
 ) -> ReplayStats:
     """`replay` on the compiled path: same arguments, summaries and errors."""
     if _fast is None:  # callers check fast.available() first
         raise RuntimeError("sensor.fast._fast is not built")
     if stats is None:
         stats = ReplayStats()
-    finish = SummarySink(emit, stats, sensor_id, darknet)
+    finish = SummarySink(emit, stats, sensor_id, darknet, encoded=encoded)
     aggregation: FastHourlyAggregation | None = None
     try:
         for path in paths:
@@ -237,7 +263,10 @@ def _replay_compiled(
                 stats.warnings.append(warning)
             stats.files += 1
             if aggregation is None:
-                aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits)
+                # What an hour that closes while the file is read needs is made ahead, on
+                # the helper thread: its rows for finish(), or its packed tables.
+                aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits,
+                                                    ahead="pack" if encoded else "rows")
             aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
             try:
                 reader = _fast.FileReader(path)

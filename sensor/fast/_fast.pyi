@@ -31,6 +31,9 @@ class Interval:
         self, port: type, icmp: type, source: type, destination: type,
         estimate: Callable[[bytes], int], /
     ) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]: ...
+    def pack(
+        self, estimate: Callable[[bytes], int], /
+    ) -> tuple[bytes, bytes, bytes, bytes] | None: ...
 
 @final
 class Kernel:
@@ -59,6 +62,7 @@ class Kernel:
         self, port_row: type, icmp_row: type, source_row: type, destination_row: type,
         estimate: Any, /,
     ) -> None: ...
+    def set_pack(self, estimate: Callable[[bytes], int], /) -> None: ...
 
 def decode(
     linktype: int, frame: bytes, wire_len: int = 0, /

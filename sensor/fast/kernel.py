@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from sensor.core.aggregate import (
     HOUR,
@@ -100,11 +100,45 @@ class FastInterval:
         complete: bool = True,
         health: Mapping[str, Any] | None = None,
     ) -> Summary:
-        t = self._iv.export(False)
         # Rows are made in C (same values as the reference's finish; estimates by _estimate).
         ports, icmp_codes, sources, destinations = self._iv.rows(
             PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate
         )
+        return self._summary(sensor_id, darknet, complete, health, ports=ports,
+                             icmp_codes=icmp_codes, sources=sources, destinations=destinations)
+
+    def finish_packed(
+        self,
+        *,
+        sensor_id: str,
+        darknet: Iterable[str] = (),
+        complete: bool = True,
+        health: Mapping[str, Any] | None = None,
+    ) -> tuple[Summary, dict[str, bytes]] | None:
+        """`finish()` without its four big tables, and those tables packed in C.
+
+        Returns (the summary with empty ports, icmp_codes, sources and destinations, those
+        four as the msgpack bytes `sensor.fast._fast.pack_table` makes of finish()'s rows),
+        or None when the kernel cannot pack them (then use finish()).  No Python object is
+        made per row: `sensor.fast.pack.encode_interval` writes a summary file from this.
+        """
+        packed = self._iv.pack(_estimate)
+        if packed is None:
+            return None
+        head = self._summary(sensor_id, darknet, complete, health, ports=(), icmp_codes=(),
+                             sources=(), destinations=())
+        return head, dict(zip(("ports", "icmp_codes", "sources", "destinations"), packed,
+                              strict=True))
+
+    def _summary(
+        self,
+        sensor_id: str,
+        darknet: Iterable[str],
+        complete: bool,
+        health: Mapping[str, Any] | None,
+        **rows: Any,
+    ) -> Summary:
+        t = self._iv.export(False)
         overflow = t["sources_overflow"]
         registers = t["overflow_registers"]
         overflow_distinct = _estimate(registers) if overflow and registers is not None else 0
@@ -130,10 +164,7 @@ class FastInterval:
             sources_distinct_estimated=overflow > 0,
             sources_overflow=overflow,
             destinations_overflow=t["destinations_overflow"],
-            ports=ports,
-            icmp_codes=icmp_codes,
-            sources=sources,
-            destinations=destinations,
+            **rows,
             tcp_flags=nonzero(tcp_flags),
             ttl=nonzero(ttls),
             sizes=nonzero(sizes, SIZE_BUCKETS),
@@ -167,6 +198,8 @@ class FastHourlyAggregation:
         bucket_seconds: int = HOUR,
         limits: Limits | None = None,
         open_intervals: int = 2,
+        *,
+        ahead: Literal["rows", "pack"] | None = "rows",
     ) -> None:
         if _fast is None:
             raise RuntimeError("sensor.fast._fast is not built; run `pip install -e .` or use the "
@@ -182,7 +215,12 @@ class FastHourlyAggregation:
         # The arguments FastInterval.finish gives Interval.rows: with them, feed_file makes
         # the rows of an interval that closes while it counts on (a helper thread; see
         # prebuild_main in sensor/fast/src/reader.c).
-        self._k.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
+        # With ahead="pack" (a caller that encodes with finish_packed) the helper packs the
+        # interval's tables instead, for Interval.pack; with None it does nothing.
+        if ahead == "rows":
+            self._k.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
+        elif ahead == "pack":
+            self._k.set_pack(_estimate)
 
     @property
     def limits(self) -> Limits:

@@ -372,7 +372,8 @@ typedef struct interval {
     int complete;                /* set when closed */
     struct interval *next_closed; /* the router's list of closed intervals */
     /* Rows made ahead by feed_file's helper thread (see prebuild_main) for rows() called
-     * with the same five arguments (`prebuilt_args`, a tuple); both NULL when none. */
+     * with the same five arguments (`prebuilt_args`, a tuple), or tables packed ahead for
+     * pack(estimate) (`prebuilt_args` the 1-tuple (estimate,)); both NULL when none. */
     PyObject *prebuilt, *prebuilt_args;
 } interval_t;
 
@@ -499,7 +500,7 @@ typedef struct {
     PyObject_HEAD
     router_t rt;
     int busy;
-    PyObject *rowargs; /* set_rows: rows() arguments for feed_file's helper, or NULL */
+    PyObject *rowargs; /* set_rows' five arguments or set_pack's (estimate,): feed_file's helper */
 } KernelObject;
 
 extern FAST_INTERNAL PyTypeObject ReaderType;
@@ -508,7 +509,9 @@ FAST_INTERNAL int kernel_enter(KernelObject *self); /* 0, or -1 with an exceptio
 FAST_INTERNAL PyObject *kernel_result(KernelObject *self, PyObject *first);
 FAST_INTERNAL PyObject *Kernel_feed_file(KernelObject *self, PyObject *args);
 
-/* packer.c */
+/* packer.c: pack_table(kind, rows); pack_interval: an interval's big tables packed without
+ * rows, (ports, icmp_codes, sources, destinations) as bytes, or None: use rows(). */
 FAST_INTERNAL PyObject *fast_pack_table(PyObject *m, PyObject *args);
+FAST_INTERNAL PyObject *pack_interval(const interval_t *iv, PyObject *estimate);
 
 #endif

@@ -390,7 +390,26 @@ static PyObject *Interval_get_packets(IntervalObject *self, void *Py_UNUSED(c))
     return PyLong_FromUnsignedLongLong(self->iv->packets);
 }
 
+/* pack(estimate) -> (ports, icmp_codes, sources, destinations), each the msgpack bytes
+ * pack_table makes of the rows rows() builds, packed straight from the C tables (packer.c),
+ * or None when an estimate is not a 64-bit int (then use rows() and pack_table). */
+static PyObject *Interval_pack(IntervalObject *self, PyObject *estimate)
+{
+    interval_t *iv = self->iv;
+    PyObject *a = iv->prebuilt_args;
+    if (iv->prebuilt != NULL && a != NULL && PyTuple_Check(a) && PyTuple_GET_SIZE(a) == 1 &&
+        PyTuple_GET_ITEM(a, 0) == estimate) { /* packed ahead (Kernel.set_pack): handed over once */
+        PyObject *packed = iv->prebuilt;
+        iv->prebuilt = NULL;
+        Py_CLEAR(iv->prebuilt_args);
+        return packed;
+    }
+    return pack_interval(iv, estimate);
+}
+
 static PyMethodDef Interval_methods[] = {
+    {"pack", (PyCFunction)Interval_pack, METH_O,
+     "pack(estimate) -> the four big tables as msgpack bytes (no rows made), or None"},
     {"export", (PyCFunction)Interval_export, METH_VARARGS,
      "export(tables=True) -> the interval's counters (and raw tables) as a dict"},
     {"rows", (PyCFunction)Interval_rows, METH_VARARGS,

@@ -275,6 +275,20 @@ static PyObject *Kernel_set_rows(KernelObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* set_pack(estimate): feed_file's helper packs the tables of intervals that close while it
+ * counts on (Interval.pack(estimate) hands them over) instead of making rows; set_rows(None)
+ * turns it off.  Kept as the 1-tuple (estimate,) where set_rows keeps its five arguments. */
+static PyObject *Kernel_set_pack(KernelObject *self, PyObject *estimate)
+{
+    if (kernel_enter(self) < 0)
+        return NULL;
+    PyObject *args = PyTuple_Pack(1, estimate);
+    if (args == NULL)
+        return NULL;
+    Py_XSETREF(self->rowargs, args);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Kernel_get_pending_bad(KernelObject *self, void *Py_UNUSED(c))
 {
     return PyLong_FromUnsignedLongLong(self->rt.bad_pending);
@@ -288,6 +302,8 @@ static PyGetSetDef Kernel_getset[] = {
 static PyMethodDef Kernel_methods[] = {
     {"set_rows", (PyCFunction)Kernel_set_rows, METH_VARARGS,
      "set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, estimate) or set_rows(None)"},
+    {"set_pack", (PyCFunction)Kernel_set_pack, METH_O,
+     "set_pack(estimate): feed_file's helper packs closed intervals' tables (Interval.pack)"},
     {"set_horizon", (PyCFunction)Kernel_set_horizon, METH_VARARGS,
      "set_horizon(ts_us): count frames timed before ts_us instead of routing them"},
     {"take_before", (PyCFunction)Kernel_take_before, METH_NOARGS,

@@ -3,9 +3,11 @@
  *
  * Strategy: sensor/fast/pack.py writes the summary document key by key as the reference
  * does, and asks this file for the seven big tables.  Each table's rows (the NamedTuples
- * interval.c made, or any rows of the same shape) are sorted on encode_summary's keys by a
- * stable qsort over copied keys, then written item by item in msgpack-python's own choice
- * of formats; anything unexpected returns None, and the Python encoder takes that table.
+ * interval.c made, or any rows of the same shape) are sorted on encode_summary's keys (copied
+ * out as integers, the row's position the last key: a stable sort) by a merge sort with the
+ * comparison inline, then written item by item in msgpack-python's own choice of formats
+ * by inline writers; anything unexpected returns None, and the Python encoder takes that
+ * table.
  */
 #include "fast.h"
 
@@ -21,32 +23,38 @@ typedef struct {
     int bad;
 } wbuf_t;
 
-static void wput(wbuf_t *w, const void *p, size_t len)
+/* Room for len more bytes: 0, or -1 (and the buffer marked bad) when there is no memory. */
+static int wgrow(wbuf_t *w, size_t len)
 {
-    if (w->bad)
-        return;
-    if (w->n + len > w->cap) {
-        size_t ncap = w->cap ? w->cap : 4096;
-        while (ncap < w->n + len)
-            ncap *= 2;
-        char *nb = realloc(w->b, ncap);
-        if (nb == NULL) {
-            w->bad = 2;
-            return;
-        }
-        w->b = nb;
-        w->cap = ncap;
+    size_t ncap = w->cap ? w->cap : 4096;
+    while (ncap < w->n + len)
+        ncap *= 2;
+    char *nb = realloc(w->b, ncap);
+    if (nb == NULL) {
+        w->bad = 2;
+        return -1;
     }
+    w->b = nb;
+    w->cap = ncap;
+    return 0;
+}
+
+/* The writers are inline: each call site then writes its fixed-size item without a loop
+ * (pack_table writes a few million items per summary). */
+static inline ALWAYS_INLINE void wput(wbuf_t *w, const void *p, size_t len)
+{
+    if (w->bad || (w->n + len > w->cap && wgrow(w, len) < 0))
+        return;
     memcpy(w->b + w->n, p, len);
     w->n += len;
 }
 
-static void wbyte(wbuf_t *w, uint8_t tag)
+static inline ALWAYS_INLINE void wbyte(wbuf_t *w, uint8_t tag)
 {
     wput(w, &tag, 1);
 }
 
-static void wbe(wbuf_t *w, uint8_t tag, uint64_t v, int bytes)
+static inline ALWAYS_INLINE void wbe(wbuf_t *w, uint8_t tag, uint64_t v, int bytes)
 {
     uint8_t b[9];
     b[0] = tag;
@@ -55,7 +63,7 @@ static void wbe(wbuf_t *w, uint8_t tag, uint64_t v, int bytes)
     wput(w, b, (size_t)bytes + 1);
 }
 
-static void wuint(wbuf_t *w, uint64_t d)
+static inline ALWAYS_INLINE void wuint(wbuf_t *w, uint64_t d)
 {
     if (d < 128)
         wbyte(w, (uint8_t)d);
@@ -69,7 +77,7 @@ static void wuint(wbuf_t *w, uint64_t d)
         wbe(w, 0xcf, d, 8);
 }
 
-static void wint(wbuf_t *w, int64_t d)
+static inline ALWAYS_INLINE void wint(wbuf_t *w, int64_t d)
 {
     if (d >= 0) {
         wuint(w, (uint64_t)d);
@@ -86,7 +94,7 @@ static void wint(wbuf_t *w, int64_t d)
     }
 }
 
-static void warray(wbuf_t *w, size_t n)
+static inline ALWAYS_INLINE void warray(wbuf_t *w, size_t n)
 {
     if (n < 16)
         wbyte(w, (uint8_t)(0x90 | n));
@@ -153,31 +161,77 @@ static void wobj(wbuf_t *w, PyObject *o)
     }
 }
 
+/* A row's sort key as three unsigned words and its position (the last word of the key, so
+ * that equal keys keep their order, as sorted() does).  Integer keys are stored with their
+ * sign bit flipped (signed order as unsigned order); an address (sources, destinations:
+ * sorted by length, then bytes) as its length, then its bytes big-endian and zero-padded
+ * to 16 (equal lengths pad alike, so the words compare as memcmp compares the bytes). */
 typedef struct {
-    int64_t k[3];
-    uint8_t addr[16]; /* a copy: comparing through the bytes objects missed the cache */
-    Py_ssize_t alen;
-    Py_ssize_t index;
-    PyObject *row;
-} sortrow_t;
+    uint64_t k[3];
+    uint64_t index;
+} sortkey_t;
 
-static int sort_kind; /* 0 ints, 1 address; set before qsort under the GIL */
+#define SIGN_FLIP 0x8000000000000000ULL
 
-static int cmp_rows(const void *pa, const void *pb)
+static inline int key_less(const sortkey_t *a, const sortkey_t *b)
 {
-    const sortrow_t *a = pa, *b = pb;
-    if (sort_kind == 1) {
-        if (a->alen != b->alen)
-            return a->alen < b->alen ? -1 : 1;
-        int c = memcmp(a->addr, b->addr, (size_t)a->alen); /* alen <= 16 */
-        if (c)
-            return c < 0 ? -1 : 1;
-    } else {
-        for (int i = 0; i < 3; i++)
-            if (a->k[i] != b->k[i])
-                return a->k[i] < b->k[i] ? -1 : 1;
+    if (a->k[0] != b->k[0])
+        return a->k[0] < b->k[0];
+    if (a->k[1] != b->k[1])
+        return a->k[1] < b->k[1];
+    if (a->k[2] != b->k[2])
+        return a->k[2] < b->k[2];
+    return a->index < b->index;
+}
+
+/* Sort a[0..n) (tmp: room for n) with a bottom-up merge sort, the comparison inline (qsort's
+ * callback per comparison was most of pack_table's time).  Keys are unique (the index is
+ * part of them), so the order is sorted()'s.  Returns the sorted array: a or tmp. */
+static sortkey_t *sort_keys(sortkey_t *a, sortkey_t *tmp, size_t n)
+{
+    const size_t RUN = 16; /* insertion-sorted runs first */
+    for (size_t lo = 0; lo < n; lo += RUN) {
+        size_t hi = lo + RUN < n ? lo + RUN : n;
+        for (size_t i = lo + 1; i < hi; i++) {
+            sortkey_t x = a[i];
+            size_t j = i;
+            while (j > lo && key_less(&x, &a[j - 1])) {
+                a[j] = a[j - 1];
+                j--;
+            }
+            a[j] = x;
+        }
     }
-    return a->index < b->index ? -1 : a->index > b->index; /* stable, as sorted() */
+    sortkey_t *src = a, *dst = tmp;
+    for (size_t width = RUN; width < n; width *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * width) {
+            size_t mid = lo + width < n ? lo + width : n;
+            size_t hi = lo + 2 * width < n ? lo + 2 * width : n;
+            size_t i = lo, j = mid, o = lo;
+            if (mid == hi || !key_less(&src[mid], &src[mid - 1])) { /* already in order */
+                memcpy(&dst[lo], &src[lo], (hi - lo) * sizeof *src);
+                continue;
+            }
+            while (i < mid && j < hi)
+                dst[o++] = key_less(&src[j], &src[i]) ? src[j++] : src[i++];
+            while (i < mid)
+                dst[o++] = src[i++];
+            while (j < hi)
+                dst[o++] = src[j++];
+        }
+        sortkey_t *s = src;
+        src = dst;
+        dst = s;
+    }
+    return src;
+}
+
+static inline uint64_t be64_padded(const uint8_t *p, Py_ssize_t len) /* len bytes, then zeros */
+{
+    uint8_t b[8] = {0};
+    memcpy(b, p, (size_t)(len < 0 ? 0 : len > 8 ? 8 : len));
+    return (uint64_t)b[0] << 56 | (uint64_t)b[1] << 48 | (uint64_t)b[2] << 40 | (uint64_t)b[3] << 32 |
+           (uint64_t)b[4] << 24 | (uint64_t)b[5] << 16 | (uint64_t)b[6] << 8 | (uint64_t)b[7];
 }
 
 static int key_int(PyObject *o, int64_t *out)
@@ -220,17 +274,17 @@ PyObject *fast_pack_table(PyObject *Py_UNUSED(m), PyObject *args)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    sortrow_t *sr = malloc(sizeof(sortrow_t) * (size_t)(n ? n : 1));
+    sortkey_t *keys = malloc(sizeof(sortkey_t) * 2 * (size_t)(n ? n : 1)); /* and the merge's room */
     wbuf_t w = {NULL, 0, 0, 0};
-    if (sr == NULL) {
+    if (keys == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < n && !w.bad; i++) {
         PyObject *r = items[i];
-        sr[i].row = r;
-        sr[i].index = i;
-        sr[i].k[0] = sr[i].k[1] = sr[i].k[2] = 0;
+        sortkey_t *sk = &keys[i];
+        int64_t v[3] = {0, 0, 0};
+        sk->index = (uint64_t)i;
         if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != width) {
             w.bad = 1;
             break;
@@ -241,42 +295,52 @@ PyObject *fast_pack_table(PyObject *Py_UNUSED(m), PyObject *args)
                 w.bad = 1; /* the Python encoder takes it */
                 break;
             }
-            sr[i].alen = PyBytes_GET_SIZE(a);
-            memcpy(sr[i].addr, PyBytes_AS_STRING(a), (size_t)sr[i].alen);
-        } else if (k == 0) {
+            Py_ssize_t alen = PyBytes_GET_SIZE(a);
+            const uint8_t *ab = (const uint8_t *)PyBytes_AS_STRING(a);
+            sk->k[0] = (uint64_t)alen;
+            sk->k[1] = be64_padded(ab, alen);
+            sk->k[2] = be64_padded(ab + (alen > 8 ? 8 : alen), alen - 8);
+            continue;
+        }
+        if (k == 0) {
             PyObject *port = PyTuple_GET_ITEM(r, 1);
-            if (key_int(PyTuple_GET_ITEM(r, 0), &sr[i].k[0]) < 0 ||
-                (port == Py_None ? (sr[i].k[1] = -1, 0) : key_int(port, &sr[i].k[1])) < 0)
+            if (key_int(PyTuple_GET_ITEM(r, 0), &v[0]) < 0 ||
+                (port == Py_None ? (v[1] = -1, 0) : key_int(port, &v[1])) < 0)
                 w.bad = 1;
         } else {
             int nk = k == 1 ? 3 : 2;
             for (int j = 0; j < nk; j++)
-                if (key_int(PyTuple_GET_ITEM(r, j), &sr[i].k[j]) < 0)
+                if (key_int(PyTuple_GET_ITEM(r, j), &v[j]) < 0)
                     w.bad = 1;
         }
+        for (int j = 0; j < 3; j++)
+            sk->k[j] = (uint64_t)v[j] ^ SIGN_FLIP;
     }
     if (!w.bad) {
-        sort_kind = (k == 2 || k == 3) ? 1 : 0;
-        qsort(sr, (size_t)n, sizeof(sortrow_t), cmp_rows);
+        const sortkey_t *sorted = sort_keys(keys, keys + n, (size_t)n);
+        if (n > 0)
+            wgrow(&w, (size_t)n * (size_t)(1 + 3 * width)); /* a first guess; wput grows it */
         warray(&w, (size_t)n);
         /* In sorted order the row tuples and their items are scattered over the heap (they
          * were made in insertion order): fetch them a few rows ahead. */
         for (Py_ssize_t i = 0; i < n && !w.bad; i++) {
             if (i + 32 < n) { /* a row tuple spans two cache lines */
-                __builtin_prefetch(sr[i + 32].row, 0, 3);
-                __builtin_prefetch((const char *)sr[i + 32].row + 64, 0, 3);
+                PyObject *far = items[sorted[i + 32].index];
+                __builtin_prefetch(far, 0, 3);
+                __builtin_prefetch((const char *)far + 64, 0, 3);
             }
             if (i + 12 < n) {
-                PyObject *ahead = sr[i + 12].row;
+                PyObject *ahead = items[sorted[i + 12].index];
                 for (int j = 0; j < width; j++)
                     __builtin_prefetch(PyTuple_GET_ITEM(ahead, j), 0, 3);
             }
+            PyObject *row = items[sorted[i].index];
             warray(&w, (size_t)width);
             for (int j = 0; j < width; j++)
-                wobj(&w, PyTuple_GET_ITEM(sr[i].row, j));
+                wobj(&w, PyTuple_GET_ITEM(row, j));
         }
     }
-    free(sr);
+    free(keys);
     Py_DECREF(seq);
     PyObject *out;
     if (w.bad == 2)
@@ -288,4 +352,283 @@ PyObject *fast_pack_table(PyObject *Py_UNUSED(m), PyObject *args)
         out = PyBytes_FromStringAndSize(w.b ? w.b : "", (Py_ssize_t)w.n);
     free(w.b);
     return out;
+}
+
+/* ------------------------------------------------------------------ an interval's tables, packed */
+
+/* Sort v[0..n) (tmp: room for n) on their high 32 bits, equal ones kept in order: an LSD
+ * radix sort, 8 bits a pass (a pass whose digit is the same for all is skipped).  The
+ * interval's tables sort on 32-bit keys (a port or ICMP key, an IPv4 address) with the
+ * entry's index in the low bits.  Returns the sorted array: v or tmp. */
+static uint64_t *radix_sort_hi32(uint64_t *v, uint64_t *tmp, size_t n)
+{
+    size_t count[4][256];
+    memset(count, 0, sizeof count);
+    for (size_t i = 0; i < n; i++)
+        for (int d = 0; d < 4; d++)
+            count[d][(v[i] >> (32 + 8 * d)) & 0xFF]++;
+    uint64_t *src = v, *dst = tmp;
+    for (int d = 0; d < 4; d++) {
+        size_t *c = count[d], sum = 0;
+        if (n == 0 || c[(src[0] >> (32 + 8 * d)) & 0xFF] == n)
+            continue;
+        for (int b = 0; b < 256; b++) {
+            size_t k = c[b];
+            c[b] = sum;
+            sum += k;
+        }
+        for (size_t i = 0; i < n; i++)
+            dst[c[(src[i] >> (32 + 8 * d)) & 0xFF]++] = src[i];
+        uint64_t *s = src;
+        src = dst;
+        dst = s;
+    }
+    return src;
+}
+
+/* pack_interval: the four big tables of an interval's summary (ports, icmp_codes, sources,
+ * destinations) packed straight from its C tables, byte for byte what pack_table makes of
+ * the rows rows() builds (interval.c: make_rows), without a Python object per row.  The
+ * items are the ones make_rows puts in a row, written as wobj writes those objects:
+ * counters as unsigned ints, first/last seen and estimates as signed ones, addresses as bin.
+ * Sketched counts come from estimate(registers) (the reference's sketch code), as in
+ * rows(). */
+
+/* estimate(the 2**p registers at reg) into *out: 0; -1 with an exception; 1 when it did not
+ * return an int that fits 64 bits (pack_interval then gives up: rows() and pack_table take
+ * the tables, with the Python encoder's rules). */
+static int estimate_of(PyObject *estimate, const uint8_t *reg, int p, int64_t *out)
+{
+    PyObject *b = PyBytes_FromStringAndSize((const char *)reg, (Py_ssize_t)1 << p);
+    if (b == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(estimate, b);
+    Py_DECREF(b);
+    if (r == NULL)
+        return -1;
+    int rc = key_int(r, out) < 0 ? 1 : 0;
+    Py_DECREF(r);
+    return rc;
+}
+
+/* An address as addr_bytes (interval.c) makes it: IPv4 4 bytes; an IPv6 source 16, an IPv6
+ * destination (its /64) 8.  Returns the length; key: its sort key (length, then bytes). */
+static inline int addr_be(const fk_t *k, int dest, uint8_t *b, sortkey_t *key)
+{
+    if (k->tag == 0) {
+        uint32_t v = (uint32_t)k->lo;
+        b[0] = v >> 24, b[1] = v >> 16, b[2] = v >> 8, b[3] = (uint8_t)v;
+        key->k[0] = 4, key->k[1] = (uint64_t)v << 32, key->k[2] = 0;
+        return 4;
+    }
+    uint64_t words[2] = {dest ? k->lo : k->hi, k->lo};
+    for (int w = 0; w < 2; w++)
+        for (int i = 0; i < 8; i++)
+            b[w * 8 + i] = (uint8_t)(words[w] >> (56 - 8 * i));
+    key->k[0] = dest ? 8 : 16, key->k[1] = words[0], key->k[2] = dest ? 0 : words[1];
+    return dest ? 8 : 16;
+}
+
+static inline void wbin(wbuf_t *w, const uint8_t *b, int n) /* n < 256 */
+{
+    wbe(w, 0xc4, (uint64_t)n, 1);
+    wput(w, b, (size_t)n);
+}
+
+/* A source row's column c as col_obj (interval.c) counts it: exact, or an estimate. */
+static inline int col_estimated(const row_t *row, int c)
+{
+    return row->state[c] > SLOTS && row->state[c] != ST_SET;
+}
+
+static inline uint64_t col_exact(const row_t *row, int c)
+{
+    return row->state[c] <= SLOTS ? row->state[c] : row->col[c].set.n;
+}
+
+static PyObject *wbuf_take(wbuf_t *w)
+{
+    PyObject *out = w->bad ? PyErr_NoMemory() : PyBytes_FromStringAndSize(w->b ? w->b : "", (Py_ssize_t)w->n);
+    free(w->b);
+    *w = (wbuf_t){NULL, 0, 0, 0};
+    return out;
+}
+
+/* The order of an address table (sources, destinations): IPv4 entries (4 bytes) by
+ * address, then the others (16 or 8 bytes) by their bytes, as (length, bytes) sorts them.
+ * Writes the entries' indexes in that order into order[0..n); keys and v: room for n. */
+static void address_order(const map_t *m, int dest, uint32_t *order, sortkey_t *keys, uint64_t *v)
+{
+    uint32_t n = m->n, n4 = 0, nw = 0;
+    uint8_t ab[16];
+    for (uint32_t i = 0; i < n; i++) {
+        if (m->keys[i].tag == 0) {
+            v[n4++] = (uint64_t)(uint32_t)m->keys[i].lo << 32 | i;
+        } else {
+            addr_be(&m->keys[i], dest, ab, &keys[nw]);
+            keys[nw++].index = i;
+        }
+    }
+    const uint64_t *s4 = radix_sort_hi32(v, v + n4, n4); /* v has room for 2n */
+    for (uint32_t j = 0; j < n4; j++)
+        order[j] = (uint32_t)s4[j];
+    const sortkey_t *sw = sort_keys(keys, keys + nw, nw); /* keys has room for 2n */
+    for (uint32_t j = 0; j < nw; j++)
+        order[n4 + j] = (uint32_t)sw[j].index;
+}
+
+/* In sorted order the entries are read all over the interval's tables (far larger than the
+ * caches): each loop fetches the entry it will write AHEAD entries later. */
+#define AHEAD 12
+
+PyObject *pack_interval(const interval_t *iv, PyObject *estimate)
+{
+    uint32_t np = iv->ports.n, ni = iv->icmp.n, ns = iv->src.n, nd = iv->dst.n;
+    size_t most = np > ni ? np : ni;
+    most = most > ns ? most : ns;
+    most = most > nd ? most : nd;
+    most = most ? most : 1;
+    sortkey_t *keys = malloc(sizeof(sortkey_t) * 2 * most);
+    uint64_t *v = malloc(sizeof(uint64_t) * 2 * most);
+    uint32_t *order = malloc(sizeof(uint32_t) * most);
+    int64_t *est = malloc(sizeof(int64_t) * ((size_t)np + 2 * (size_t)ns + 1)); /* ports, then rows */
+    PyObject *tables[4] = {NULL, NULL, NULL, NULL};
+    wbuf_t w = {NULL, 0, 0, 0};
+    uint8_t ab[16];
+    sortkey_t unused;
+    int rc = 0;
+    if (keys == NULL || v == NULL || order == NULL || est == NULL) {
+        PyErr_NoMemory();
+        rc = -1;
+        goto done;
+    }
+    /* The estimates first (Python calls), for the rows that hold a sketch. */
+    for (uint32_t i = 0; i < np && rc == 0; i++)
+        if (iv->port[i].sketch)
+            rc = estimate_of(estimate, iv->port[i].sketch, iv->port[i].sketch_p, &est[i]);
+    for (uint32_t i = 0; i < ns && rc == 0; i++)
+        for (int c = 0; c < 2 && rc == 0; c++)
+            if (col_estimated(&iv->row[i], c))
+                rc = estimate_of(estimate, iv->row[i].col[c].ext,
+                                 iv->row[i].state[c] == ST_POOLED ? (int)iv->lim.src_small_p
+                                                                  : (int)iv->lim.src_big_p,
+                                 &est[np + 2 * (size_t)i + c]);
+    if (rc != 0)
+        goto done;
+
+    /* ports: (proto, port or None, packets, bytes, backscatter, sources, sources_estimated),
+     * sorted by (proto, port), i.e. by the key proto << 17 | (port + 1). */
+    for (uint32_t i = 0; i < np; i++)
+        v[i] = (uint64_t)(uint32_t)iv->ports.keys[i].lo << 32 | i;
+    const uint64_t *s = radix_sort_hi32(v, v + np, np);
+    warray(&w, np);
+    for (uint32_t j = 0; j < np; j++) {
+        uint32_t i = (uint32_t)s[j], key = (uint32_t)(s[j] >> 32);
+        const port_t *pt = &iv->port[i];
+        if (j + AHEAD < np) {
+            const port_t *next = &iv->port[(uint32_t)s[j + AHEAD]];
+            __builtin_prefetch(next, 0, 3);
+            __builtin_prefetch((const char *)(next + 1) - 1, 0, 3);
+        }
+        int port = (int)(key & 0x1FFFF) - 1;
+        warray(&w, 7);
+        wuint(&w, key >> 17);
+        if (port < 0)
+            wbyte(&w, 0xc0);
+        else
+            wuint(&w, (uint64_t)port);
+        wuint(&w, pt->packets);
+        wuint(&w, pt->bytes);
+        wuint(&w, pt->bs);
+        if (pt->sketch)
+            wint(&w, est[i]);
+        else
+            wuint(&w, port_exact_n(pt));
+        wbyte(&w, pt->sketch ? 0xc3 : 0xc2);
+    }
+    if ((tables[0] = wbuf_take(&w)) == NULL)
+        goto fail;
+
+    /* icmp_codes: (proto, type, code, packets), sorted by the key proto << 16 | type << 8 | code. */
+    for (uint32_t i = 0; i < ni; i++)
+        v[i] = (uint64_t)(uint32_t)iv->icmp.keys[i].lo << 32 | i;
+    s = radix_sort_hi32(v, v + ni, ni);
+    warray(&w, ni);
+    for (uint32_t j = 0; j < ni; j++) {
+        uint32_t k = (uint32_t)(s[j] >> 32);
+        warray(&w, 4);
+        wuint(&w, k >> 16);
+        wuint(&w, (k >> 8) & 0xFF);
+        wuint(&w, k & 0xFF);
+        wuint(&w, iv->icmp_n[(uint32_t)s[j]]);
+    }
+    if ((tables[1] = wbuf_take(&w)) == NULL)
+        goto fail;
+
+    /* sources: (address, packets, bytes, first_us, last_us, ports, destinations, ttl,
+     * fingerprints, estimated), sorted by address. */
+    address_order(&iv->src, 0, order, keys, v);
+    warray(&w, ns);
+    for (uint32_t j = 0; j < ns; j++) {
+        uint32_t i = order[j];
+        const row_t *r = &iv->row[i];
+        if (j + AHEAD < ns) {
+            uint32_t a = order[j + AHEAD];
+            const row_t *next = &iv->row[a]; /* 120 bytes: up to three lines */
+            __builtin_prefetch(next, 0, 3);
+            __builtin_prefetch((const char *)next + 64, 0, 3);
+            __builtin_prefetch((const char *)(next + 1) - 1, 0, 3);
+            __builtin_prefetch(&iv->src.keys[a], 0, 3);
+        }
+        warray(&w, 10);
+        wbin(&w, ab, addr_be(&iv->src.keys[i], 0, ab, &unused));
+        wuint(&w, r->packets);
+        wuint(&w, r->bytes);
+        wint(&w, r->first);
+        wint(&w, r->last);
+        for (int c = 0; c < 2; c++) {
+            if (col_estimated(r, c))
+                wint(&w, est[np + 2 * (size_t)i + c]);
+            else
+                wuint(&w, col_exact(r, c));
+        }
+        wuint(&w, r->ttl);
+        wuint(&w, r->fp);
+        wuint(&w, (uint64_t)(col_estimated(r, 0) | col_estimated(r, 1) << 1)); /* EST_PORTS | EST_DESTINATIONS */
+    }
+    if ((tables[2] = wbuf_take(&w)) == NULL)
+        goto fail;
+
+    /* destinations: (address, packets), sorted by address. */
+    address_order(&iv->dst, 1, order, keys, v);
+    warray(&w, nd);
+    for (uint32_t j = 0; j < nd; j++) {
+        uint32_t i = order[j];
+        if (j + AHEAD < nd) {
+            __builtin_prefetch(&iv->dst.keys[order[j + AHEAD]], 0, 3);
+            __builtin_prefetch(&iv->dst_n[order[j + AHEAD]], 0, 3);
+        }
+        warray(&w, 2);
+        wbin(&w, ab, addr_be(&iv->dst.keys[i], 1, ab, &unused));
+        wuint(&w, iv->dst_n[i]);
+    }
+    if ((tables[3] = wbuf_take(&w)) == NULL)
+        goto fail;
+    goto done;
+fail:
+    rc = -1;
+done:
+    free(keys);
+    free(v);
+    free(order);
+    free(est);
+    free(w.b);
+    if (rc != 0) {
+        for (int i = 0; i < 4; i++)
+            Py_XDECREF(tables[i]);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(NNNN)", tables[0], tables[1], tables[2], tables[3]);
 }

@@ -340,7 +340,8 @@ static void *pipe_reader(void *arg)
  * which takes the GIL (released by the counting thread, which needs none) and makes the
  * closed intervals' rows with the arguments given to Kernel.set_rows, while the counting
  * goes on with the next interval; feed_file returns once the helper is done (or when it
- * would have returned anyway), and Interval.rows hands the rows over.  Closed intervals
+ * would have returned anyway), and Interval.rows hands the rows over.  After set_pack it
+ * packs the intervals' tables instead (pack_interval), for Interval.pack.  Closed intervals
  * are never written by the counting thread, so the helper reads them without locks.  A
  * failure in the helper (MemoryError) only means no rows are made ahead: rows() makes them
  * and raises as it would have. */
@@ -364,9 +365,12 @@ static void *prebuild_main(void *arg)
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 #endif
     PyGILState_STATE g = PyGILState_Ensure();
+    int pack = PyTuple_GET_SIZE(pb->args) == 1; /* set_pack: (estimate,) */
     for (int i = 0; i < pb->n; i++) {
-        PyObject *rows = make_rows(pb->iv[i], pb->args);
-        if (rows == NULL) {
+        PyObject *rows = pack ? pack_interval(pb->iv[i], PyTuple_GET_ITEM(pb->args, 0))
+                              : make_rows(pb->iv[i], pb->args);
+        if (rows == NULL || rows == Py_None) {
+            Py_XDECREF(rows);
             PyErr_Clear();
             continue;
         }

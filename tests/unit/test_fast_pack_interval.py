@@ -1,0 +1,125 @@
+"""Tables packed straight from the kernel (Interval.pack, encode_interval) are the bytes the
+rows give (sensor/fast/src/packer.c: pack_interval), and `replay(..., encoded=True)` writes
+what `replay()` + encode_summary write, on both paths.
+
+`teiten replay --out` (no --key) takes this path: the summary files it writes are checked
+against the reference's here, with the limits that turn every exact set into a sketch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sensor.core.aggregate import Limits
+from sensor.core.bpf import darknet_filter
+from sensor.core.sketch import _estimate
+from sensor.edges.replay import EncodedSummary, replay
+from sensor.fast import encode_interval, encode_summary
+from sensor.fast import kernel as fastpath
+from wire.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
+from wire.summary import encode_summary as encode_summary_reference
+
+pytestmark = pytest.mark.skipif(not fastpath.available(), reason="sensor.fast._fast is not built")
+
+DARKNET = ["198.51.100.0/24", "2001:db8:dead::/48"]
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = Limits(
+    max_sources=300, max_destinations=40, source_exact_budget=400, source_exact_limit=6,
+    source_big_p=8, source_max_big=4, source_small_p=5, port_exact_budget=500,
+    port_exact_limit=20, port_big_p=9, port_max_big=3, port_small_p=4, overflow_sketch_p=10,
+)
+KINDS = ("ports", "icmp_codes", "sources", "destinations")
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("pack")
+    pcap = tmp / "cap.pcap"
+    subprocess.run(
+        [sys.executable, "-m", "bench.synth", "--out", str(pcap), "--truth",
+         str(tmp / "truth.json"), "--quiet", "--packets", "20000", "--hours", "3", "--seed", "21"],
+        check=True, cwd=ROOT,
+    )
+    return pcap
+
+
+def closed_intervals(pcap: Path, limits: Limits | None, ahead: Any) -> list[Any]:
+    agg = fastpath.FastHourlyAggregation(1, limits=limits, ahead=ahead)
+    assert fastpath._fast is not None
+    reader = fastpath._fast.FileReader(str(pcap), pipeline=True)
+    reader.setfilter(darknet_filter(DARKNET, vlan=True))
+    closed = []
+    while True:
+        n, c = agg.feed_file(reader)
+        closed += c
+        if n < 0:
+            break
+    return closed + agg.flush()
+
+
+@pytest.mark.parametrize("limits", [None, SMALL], ids=["default", "small"])
+@pytest.mark.parametrize("ahead", [None, "pack"])
+def test_packed_tables_are_the_rows_packed(capture: Path, limits: Limits | None,
+                                           ahead: Any) -> None:
+    assert fastpath._fast is not None
+    closed = closed_intervals(capture, limits, ahead)
+    assert len(closed) >= 3
+    made_ahead = [c.aggregator._iv.prebuilt for c in closed]
+    # the helper needs the pipeline, i.e. a second core; the first hour closes mid-file
+    assert any(made_ahead) == (ahead == "pack" and (os.cpu_count() or 1) > 1)
+    for c in closed:
+        iv = c.aggregator._iv
+        packed = iv.pack(_estimate)
+        assert not iv.prebuilt  # handed over once
+        assert packed is not None
+        rows = iv.rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
+        assert list(packed) == [fastpath._fast.pack_table(k, r) for k, r in zip(KINDS, rows,
+                                                                               strict=True)]
+        assert iv.pack(_estimate) == packed  # packed again from the same tables
+        kw: dict[str, Any] = {"sensor_id": "pk", "darknet": DARKNET, "complete": c.complete,
+                              "health": {"source": "test"}}
+        summary = c.aggregator.finish(**kw)
+        assert encode_interval(c.aggregator, **kw) == encode_summary_reference(summary)
+    if limits is SMALL:  # the sketches were there to pack
+        assert any(r.estimated for c in closed
+                   for r in c.aggregator.finish(sensor_id="pk").sources)
+
+
+def test_estimate_that_is_not_an_int_gives_none_and_encode_interval_falls_back(
+        capture: Path) -> None:
+    c = closed_intervals(capture, SMALL, None)[0]
+    assert c.aggregator._iv.pack(lambda registers: 1.5) is None
+    assert encode_interval(c.aggregator, sensor_id="pk") == encode_summary_reference(
+        c.aggregator.finish(sensor_id="pk"))
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["compiled", "reference"])
+@pytest.mark.parametrize("limits", [None, SMALL], ids=["default", "small"])
+def test_replay_encoded_writes_what_replay_writes(capture: Path, reference: bool,
+                                                  limits: Limits | None) -> None:
+    plain: list[bytes] = []
+    encoded: list[EncodedSummary] = []
+    replay([str(capture)], darknet=DARKNET, sensor_id="pk", limits=limits,
+           emit=lambda s: plain.append(encode_summary(s)), reference=reference)
+    replay([str(capture)], darknet=DARKNET, sensor_id="pk", limits=limits,
+           emit=encoded.append, reference=reference, encoded=True)
+    assert [e.data for e in encoded] == plain
+    assert [e.sensor_id for e in encoded] == ["pk"] * len(plain)
+    assert [e.hour_start for e in encoded] == sorted(e.hour_start for e in encoded)
+
+
+def test_cli_summary_files_are_the_references(capture: Path, tmp_path: Path) -> None:
+    for flag, out in (([], "fast"), (["--reference"], "ref")):
+        subprocess.run([sys.executable, "-m", "sensor.cli", "replay", str(capture), "--out",
+                        str(tmp_path / out), "--max-sources", "300", *flag],
+                       check=True, capture_output=True, cwd=ROOT)
+    fast = sorted((tmp_path / "fast").iterdir())
+    assert fast and [f.name for f in fast] == sorted(f.name for f in (tmp_path / "ref").iterdir())
+    for f in fast:
+        assert f.read_bytes() == (tmp_path / "ref" / f.name).read_bytes()
