@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_throughput import kernel_replay, update_section
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -47,8 +49,7 @@ def load_build(so: str) -> None:
 
 def worker(so: str, path: str, reps: int) -> list[float]:
     load_build(so)
-    from bench.bench_throughput import kernel_replay
-    from sensor.fast import _fast
+    from sensor.fast import _fast  # only now: `so` must be the _fast it finds
 
     if _fast.__file__ != so:
         raise SystemExit(f"loaded {_fast.__file__}, not {so}")
@@ -56,7 +57,7 @@ def worker(so: str, path: str, reps: int) -> list[float]:
 
 
 def default_build() -> str:
-    from sensor.fast import _fast
+    from sensor.fast import _fast  # in the parent only: workers load their own build first
 
     return str(_fast.__file__)
 
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--reps", type=int, default=3, help="replays per process")
+    ap.add_argument("--label-a", default="A", help="what build A is, for the results file")
+    ap.add_argument("--label-b", default="B", help="what build B is")
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results.md"),
+                    help="results file whose A/B section this run replaces ('' for none)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.a:
         ap.error("--a BUILD.so is required")
     builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b or default_build())}
+    machine_and_load = f"{os.cpu_count()} vCPU, load average at start {os.getloadavg()[0]:.2f}"
     with tempfile.TemporaryDirectory() as tmp:
         pcap = args.file
         if not pcap:
@@ -113,15 +119,30 @@ def main(argv: list[str] | None = None) -> int:
         "x_tcpdump": {k: round(tcp / statistics.median(times[k]), 3) for k in ("A", "B")},
         "b_over_a": round(statistics.median(times["B"]) / statistics.median(times["A"]), 4),
     }
+    n = len(times["A"])
+    labels = {"A": args.label_a, "B": args.label_b}
+    lines = [f"{args.rounds} rounds (A and B in alternating order, {args.reps} replays per "
+             f"process, then tcpdump once); {machine_and_load}; "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| build | median s | first quartile s | min s | × tcpdump (medians) |",
+             "|---|---:|---:|---:|---:|"]
+    def q1(v: list[float]) -> float:
+        return statistics.quantiles(v, n=4, method="inclusive")[0] if len(v) > 1 else v[0]
+
+    for k in ("A", "B"):
+        lines.append(f"| {k}: {labels[k]} | {result['median'][k]:.4f} | {q1(times[k]):.4f} | "
+                     f"{result['min'][k]:.4f} | {result['x_tcpdump'][k]:.3f} |")
+    lines += [f"| tcpdump -n -r F -w /dev/null | {tcp:.4f} | {q1(times['tcpdump']):.4f} | "
+              f"{result['min']['tcpdump']:.4f} | 1.000 |", "",
+              f"B/A (medians): {result['b_over_a']:.4f}; {n} replays of each build.", "",
+              "```", json.dumps(times), "```"]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        n = len(times["A"])
-        for k in ("A", "B"):
-            print(f"{k}: median {result['median'][k]:.4f} s, min {result['min'][k]:.4f} s "
-                  f"({n} replays), {result['x_tcpdump'][k]:.3f}x tcpdump  [{builds[k]}]")
-        print(f"tcpdump: median {tcp:.4f} s ({len(times['tcpdump'])} runs); "
-              f"B/A median {result['b_over_a']:.4f}")
+        print("\n".join(lines))
+    if args.results:
+        update_section(Path(args.results), "In-process replay, two builds of _fast interleaved "
+                       "(`python -m bench.bench_ab`)", lines)
     return 0
 
 

@@ -27,7 +27,8 @@ The table is printed and written, with a description of the machine, to --result
 `--e2e` measures only what a user sees: `teiten replay F --darknet ... --out DIR` (the
 installed script, interpreter start-up included) and `python -m sensor.cli replay ...`,
 each interleaved with `tcpdump -n -r F -w /dev/null`, --runs times, and prints medians,
-minima and the ratios to tcpdump's median (nothing is written to --results).
+minima and the ratios to tcpdump's median; they replace their own section of --results
+(a full run keeps that section, and bench.bench_ab's, below its table).
 """
 
 from __future__ import annotations
@@ -318,6 +319,10 @@ def live_rates(pcap: str, rates: list[int], seconds: int, tmp: Path) -> list[dic
 # ---------------------------------------------------------------- end to end (--e2e)
 
 
+def size_of(pcap: str) -> str:
+    return f"{os.path.getsize(pcap) / 2**20:,.0f} MiB"
+
+
 def e2e(pcap: str, runs: int, tmp: Path) -> dict[str, Any]:
     """`teiten replay` as a user runs it, interleaved with tcpdump: seconds per run."""
     script = Path(sys.executable).with_name("teiten")
@@ -355,6 +360,25 @@ def e2e(pcap: str, runs: int, tmp: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the table
+
+
+def sections(text: str) -> dict[str, str]:
+    """The `## ` sections of a results file (the runs of --e2e and bench.bench_ab), by
+    heading; a full run rewrites the table above them and keeps them."""
+    found: dict[str, str] = {}
+    parts = ("\n" + text).split("\n## ")[1:]
+    for part in parts:
+        found[part.splitlines()[0]] = "## " + part.rstrip("\n") + "\n"
+    return found
+
+
+def update_section(results: Path, heading: str, lines: list[str]) -> None:
+    """Write (or replace) the section `## heading` of the results file."""
+    text = results.read_text() if results.exists() else ""
+    head = ("\n" + text).split("\n## ")[0].lstrip("\n")
+    kept = sections(text)
+    kept[heading] = "\n".join([f"## {heading}", "", *lines]).rstrip("\n") + "\n"
+    results.write_text(head.rstrip("\n") + "\n" + "".join(f"\n{b}" for b in kept.values()))
 
 
 def machine() -> str:
@@ -435,14 +459,22 @@ def main(argv: list[str] | None = None) -> int:
                 os.close(fd)
         if args.e2e:
             r = e2e(pcap, args.runs, tmp)
+            lines = [f"{r['frames']:,} frames ({size_of(pcap)}); {args.runs} runs of each, "
+                     f"interleaved; {described}; "
+                     f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+                     f"| {'command':<40} | median s | min s | × tcpdump |",
+                     f"|{'-' * 42}|---------:|------:|----------:|"]
+            for k in r["seconds"]:
+                lines.append(f"| {k:<40} | {r['median'][k]:.4f} | {r['min'][k]:.4f} | "
+                             f"{r['x_tcpdump'][k]:.3f} |")
+            lines += ["", "```", json.dumps(r["seconds"]), "```"]
             if args.json:
                 print(json.dumps(r, indent=2))
             else:
-                print(f"{r['frames']:,} frames; median of {args.runs} interleaved runs")
-                for k in r["seconds"]:
-                    print(f"{k:<30} median {r['median'][k]:.4f} s  min {r['min'][k]:.4f} s  "
-                          f"{r['frames'] / r['median'][k]:>12,.0f} frames/s  "
-                          f"{r['x_tcpdump'][k]:.3f}x tcpdump")
+                print("\n".join(lines))
+            update_section(Path(args.results), "End to end: `teiten replay` next to tcpdump "
+                           "(`python -m bench.bench_throughput --e2e`)", lines)
+            log(f"written to {args.results}")
             return 0
         size = os.path.getsize(pcap)
         frames = int(subprocess.run(["tcpdump", "-n", "-r", pcap, "--count"],
@@ -543,7 +575,9 @@ def main(argv: list[str] | None = None) -> int:
             "Raw seconds per run:", "", "```", json.dumps(result["seconds"]), "```", ""]
     if live:
         text += ["Live runs:", "", "```", *(json.dumps(r) for r in live), "```", ""]
-    Path(args.results).write_text("\n".join(text))
+    results = Path(args.results)
+    kept = sections(results.read_text()) if results.exists() else {}
+    results.write_text("\n".join(text) + "".join(f"\n{body}" for body in kept.values()))
     log(f"written to {args.results}")
     return 0
 

@@ -370,6 +370,7 @@ typedef struct interval {
     uint64_t oom_dropped, oom_inexact;
     int oom;
     int complete;                /* set when closed */
+    int flushed;                 /* closed by flush: its tables are freed by a thread of their own */
     struct interval *next_closed; /* the router's list of closed intervals */
     /* Rows made ahead by feed_file's helper thread (see prebuild_main) for rows() called
      * with the same five arguments (`prebuilt_args`, a tuple), or tables packed ahead for
