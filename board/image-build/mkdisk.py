@@ -133,13 +133,15 @@ def make_ext4(path: Path, size: int, label: str, content: Path, epoch: int) -> N
 
 
 def fix_ctimes(path: Path, root: Path, epoch: int) -> None:
-    """mke2fs -d copies each file's ctime, which is when it was made on this host: set
-    every inode's to SOURCE_DATE_EPOCH (debugfs, offline) so two builds match."""
-    lines = [f"sif / ctime @{epoch}"]
+    """mke2fs -d copies each file's ctime (when it was made on this host) and atime (when
+    it was last read, e.g. by mke2fs itself): set both to SOURCE_DATE_EPOCH in every inode
+    (debugfs, offline) so two builds match."""
+    lines = [f"sif / ctime @{epoch}", f"sif / atime @{epoch}"]
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             rel = "/" + os.path.relpath(os.path.join(dirpath, name), root)
             lines.append(f'sif "{rel}" ctime @{epoch}')
+            lines.append(f'sif "{rel}" atime @{epoch}')
     with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as fh:
         fh.write("\n".join(lines) + "\n")
         fh.flush()
