@@ -78,6 +78,12 @@ class NetnsTarget(Target):
     def describe(self) -> str:
         return "git " + git_commit()
 
+    def down(self) -> None:
+        # every process of the board (the notify listener too): deleting a namespace
+        # does not end what runs in it
+        if self.ns:
+            self.power_cut()
+
 
 def wire_capture(t: Target, topology: str, v4: str, v6: str, dev: str = "cap0") -> None:
     """The board's capture interface before netsetup, per topology (what the cable and the
