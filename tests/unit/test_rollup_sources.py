@@ -12,7 +12,8 @@ import numpy as np
 
 from central.labels import LabelEntry, LabelSet
 from central.regions import Delegation, RegionTable
-from central.rollup import KMV_K, kmv, kmv_count, roll_up_pending, source_hashes
+from central.rollup import KMV_K, kmv, kmv_count, source_hashes
+from central.rollup_job import roll_up_pending
 from central.store import Store
 from wire.summary import PortRow, SourceRow, Summary, encode_summary
 
