@@ -3,7 +3,7 @@
     python -m bench.bench_throughput [--packets 1000000] [--runs 5] [--file F]
                                      [--live-seconds 60] [--live-rates 200000,...] [--no-live]
                                      [--results bench/results.md] [--json]
-    python -m bench.bench_throughput --e2e [--runs 20] [--file F]   # the CLI rows only
+    python -m bench.bench_throughput --e2e [--runs 20] [--file F] [--e2e-old TREE]
 
 Rows, each as packets/s and as a ratio to tcpdump, measured side by side on the same
 generated capture in the same run (warm cache, median of --runs, runs interleaved):
@@ -71,9 +71,9 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def wall(cmd: list[str], env: dict[str, str] | None = None) -> float:
+def wall(cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env=env)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd, env=env)
     return time.perf_counter() - start
 
 
@@ -323,8 +323,12 @@ def size_of(pcap: str) -> str:
     return f"{os.path.getsize(pcap) / 2**20:,.0f} MiB"
 
 
-def e2e(pcap: str, runs: int, tmp: Path) -> dict[str, Any]:
-    """`teiten replay` as a user runs it, interleaved with tcpdump: seconds per run."""
+def e2e(pcap: str, runs: int, tmp: Path, old: str | None = None) -> dict[str, Any]:
+    """`teiten replay` as a user runs it, interleaved with tcpdump: seconds per run.
+
+    `old`: a tree of an earlier commit with its extensions built (`git archive COMMIT
+    sensor wire | tar -x -C TREE`, then its .so files), timed as `python -m sensor.cli`
+    from there too, for a before/after in the same run."""
     script = Path(sys.executable).with_name("teiten")
     darknet = ",".join(DARKNET)
     cases = {
@@ -344,12 +348,18 @@ def e2e(pcap: str, runs: int, tmp: Path) -> dict[str, Any]:
     name = "teiten" if "teiten" in cases else "python -m sensor.cli"
     cases[f"{name}, bytecode cached"] = [*cases[name][:-1], str(tmp / "c")]
     envs[f"{name}, bytecode cached"] = cached
+    cwds = {k: ROOT for k in cases}
+    if old:
+        key = f"python -m sensor.cli, {old}"
+        cases[key] = [*cases["python -m sensor.cli"][:-1], str(tmp / "d")]
+        envs[key] = {**os.environ, "PYTHONPATH": old}
+        cwds[key] = Path(old)
     for k, cmd in cases.items():  # warm the page cache (and write the bytecode cache)
-        wall(cmd, envs[k])
+        wall(cmd, envs[k], cwds[k])
     times: dict[str, list[float]] = {k: [] for k in cases}
     for i in range(runs):
         for name in list(cases)[i % len(cases):] + list(cases)[:i % len(cases)]:
-            times[name].append(round(wall(cases[name], envs[name]), 4))
+            times[name].append(round(wall(cases[name], envs[name], cwds[name]), 4))
     frames = int(subprocess.run(["tcpdump", "-n", "-r", pcap, "--count"], capture_output=True,
                                 text=True, check=True).stdout.split()[0])
     tcp = statistics.median(times["tcpdump"])
@@ -425,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--e2e", action="store_true",
                     help="only `teiten replay` end to end next to tcpdump (see above)")
+    ap.add_argument("--e2e-old", metavar="TREE",
+                    help="with --e2e: also time `python -m sensor.cli` from TREE (see e2e())")
     ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
     ap.add_argument("--live-worker", help=argparse.SUPPRESS)
     ap.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -458,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 os.close(fd)
         if args.e2e:
-            r = e2e(pcap, args.runs, tmp)
+            r = e2e(pcap, args.runs, tmp, args.e2e_old)
             lines = [f"{r['frames']:,} frames ({size_of(pcap)}); {args.runs} runs of each, "
                      f"interleaved; {described}; "
                      f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
