@@ -143,7 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     failure = None
     stats = ReplayStats()  # filled as the replay goes: its warnings survive an error
     # What start-up made lives as long as the process: the cyclic GC need not walk it again
-    # each time the replay's millions of new objects (summary rows) trigger a collection.
+    # each time new objects (with --key, the summaries' rows) trigger a collection.
     gc.freeze()
     try:
         # Without signing only the bytes are written: the compiled path then encodes each
