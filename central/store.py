@@ -670,22 +670,7 @@ class Store:
         sensors: list[str] | None = None,
     ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
         """{(proto, port): {day: (source-hours, estimated hours)}} for [day_lo, day_hi)."""
-        cond, args = self._in("sensor_id", sensors)
-        sums: dict[tuple[int, int], dict[int, list[int]]] = {k: {} for k in keys}
-        wanted = np.array(sorted(port_key(*k) for k in keys), dtype=np.int64)
-        for d, n, data in self._db.execute(
-            f"SELECT day, ports, data FROM daily_port_src WHERE day >= ? AND day < ?{cond}",
-            (day_lo, day_hi, *args),
-        ):
-            pk_keys, src, est = unpack_port_day(n, bytes(data))
-            at = np.minimum(np.searchsorted(pk_keys, wanted), max(len(pk_keys) - 1, 0))
-            for key, i in zip(wanted.tolist(), at.tolist(), strict=True):
-                if len(pk_keys) and int(pk_keys[i]) == key:
-                    row = sums[port_of_key(key)].setdefault(int(d), [0, 0])
-                    row[0] += int(src[i])
-                    row[1] += int(est[i])
-        return {k: {d: (v[0], v[1]) for d, v in sorted(days.items())}
-                for k, days in sums.items()}
+        return self._sum_port_days("daily_port_src", keys, day_lo, day_hi, sensors)
 
     def region_sources_daily(
         self, ccs: list[str], day_lo: int, day_hi: int
@@ -788,19 +773,31 @@ class Store:
                 (proto, port, day_lo, day_hi, *args),
             ):
                 sums[(proto, port)][int(d)] = [int(p), int(b)]
+        return self._sum_port_days("daily_port_cols", keys, day_lo, day_hi, sensors, sums)
+
+    def _sum_port_days(
+        self, table: Literal["daily_port_cols", "daily_port_src"],
+        keys: list[tuple[int, int]], day_lo: int, day_hi: int, sensors: list[str] | None,
+        sums: dict[tuple[int, int], dict[int, list[int]]] | None = None,
+    ) -> dict[tuple[int, int], dict[int, tuple[int, int]]]:
+        """{(proto, port): {day: (a, b)}}, days in order: the two columns of `table`'s
+        packed port-days in [day_lo, day_hi) summed per key, added to what `sums`
+        ({(proto, port): {day: [a, b]}}) already holds (port_daily's pre-schema-3 rows)."""
+        cond, args = self._in("sensor_id", sensors)
+        if sums is None:
+            sums = {k: {} for k in keys}
         wanted = np.array(sorted(port_key(*k) for k in keys), dtype=np.int64)
         for d, n, data in self._db.execute(
-            "SELECT day, ports, data FROM daily_port_cols "
-            f"WHERE day >= ? AND day < ?{cond}",
+            f"SELECT day, ports, data FROM {table} WHERE day >= ? AND day < ?{cond}",
             (day_lo, day_hi, *args),
         ):
-            pk_keys, pk, bs = unpack_port_day(n, bytes(data))
+            pk_keys, col_a, col_b = unpack_port_day(n, bytes(data))
             at = np.minimum(np.searchsorted(pk_keys, wanted), max(len(pk_keys) - 1, 0))
             for key, i in zip(wanted.tolist(), at.tolist(), strict=True):
                 if len(pk_keys) and int(pk_keys[i]) == key:
                     row = sums[port_of_key(key)].setdefault(int(d), [0, 0])
-                    row[0] += int(pk[i])
-                    row[1] += int(bs[i])
+                    row[0] += int(col_a[i])
+                    row[1] += int(col_b[i])
         return {k: {d: (v[0], v[1]) for d, v in sorted(days.items())}
                 for k, days in sums.items()}
 
