@@ -125,6 +125,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "power_cuts" in item.name:
             limit += cuts * (300.0 if slow else 30.0)
         item.add_marker(pytest.mark.timeout(limit))
+    # The power-cut test is by far the longest (a boot per cut): run it last, so that a
+    # failure anywhere else shows within the first part of a long run.
+    items.sort(key=lambda item: "power_cuts" in item.name)
 
 
 def _opts(config: pytest.Config) -> dict[str, Any]:
