@@ -123,3 +123,35 @@ def test_cli_summary_files_are_the_references(capture: Path, tmp_path: Path) -> 
     assert fast and [f.name for f in fast] == sorted(f.name for f in (tmp_path / "ref").iterdir())
     for f in fast:
         assert f.read_bytes() == (tmp_path / "ref" / f.name).read_bytes()
+
+
+# Enough sources in one hour that the sources table is packed on a second thread
+# (packer.c: PARALLEL_SOURCES), with exact sets and with sketches.
+PARALLEL_SOURCES = 8192
+SKETCHY = Limits(source_exact_budget=3000, source_exact_limit=4, port_exact_budget=3000,
+                 port_exact_limit=8)
+
+
+@pytest.mark.parametrize("limits", [None, SKETCHY], ids=["default", "sketchy"])
+def test_big_sources_table_packed_on_a_second_thread_is_the_rows_packed(
+        tmp_path: Path, limits: Limits | None) -> None:
+    assert fastpath._fast is not None
+    pcap = tmp_path / "big.pcap"
+    subprocess.run(
+        [sys.executable, "-m", "bench.synth", "--out", str(pcap), "--truth",
+         str(tmp_path / "truth.json"), "--quiet", "--packets", "90000", "--hours", "1",
+         "--seed", "5"],
+        check=True, cwd=ROOT,
+    )
+    closed = closed_intervals(pcap, limits, None)
+    big = [c for c in closed if len(c.aggregator.finish(sensor_id="pk").sources)
+           >= PARALLEL_SOURCES]
+    assert big, "the capture must give an hour with a big sources table"
+    for c in big:
+        iv = c.aggregator._iv
+        rows = iv.rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
+        want = [fastpath._fast.pack_table(k, r) for k, r in zip(KINDS, rows, strict=True)]
+        for _ in range(3):  # the thread's part joins in the same place every time
+            assert list(iv.pack(_estimate)) == want
+    if limits is SKETCHY:
+        assert any(r.estimated for c in big for r in c.aggregator.finish(sensor_id="pk").sources)

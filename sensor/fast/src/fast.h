@@ -513,6 +513,6 @@ FAST_INTERNAL PyObject *Kernel_feed_file(KernelObject *self, PyObject *args);
 /* packer.c: pack_table(kind, rows); pack_interval: an interval's big tables packed without
  * rows, (ports, icmp_codes, sources, destinations) as bytes, or None: use rows(). */
 FAST_INTERNAL PyObject *fast_pack_table(PyObject *m, PyObject *args);
-FAST_INTERNAL PyObject *pack_interval(const interval_t *iv, PyObject *estimate);
+FAST_INTERNAL PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel);
 
 #endif

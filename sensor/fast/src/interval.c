@@ -404,7 +404,9 @@ static PyObject *Interval_pack(IntervalObject *self, PyObject *estimate)
         Py_CLEAR(iv->prebuilt_args);
         return packed;
     }
-    return pack_interval(iv, estimate);
+    /* Called when the caller waits for it (the last hour of a replay, a closing hour of the
+     * daemon): its sources table may take a second core. */
+    return pack_interval(iv, estimate, 1);
 }
 
 static PyMethodDef Interval_methods[] = {

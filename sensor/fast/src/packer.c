@@ -10,6 +10,8 @@
  * table.
  */
 #include "fast.h"
+#include <pthread.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------ canonical tables, packed */
 
@@ -481,7 +483,69 @@ static void address_order(const map_t *m, int dest, uint32_t *order, sortkey_t *
  * caches): each loop fetches the entry it will write AHEAD entries later. */
 #define AHEAD 12
 
-PyObject *pack_interval(const interval_t *iv, PyObject *estimate)
+/* The sources table into w: (address, packets, bytes, first_us, last_us, ports,
+ * destinations, ttl, fingerprints, estimated), sorted by address.  No Python object: it
+ * may run on a thread of its own (pack_interval).  est: the estimates, ports first (np),
+ * then two per row; order, keys, v: room for ns, 2 ns and 2 ns. */
+static void pack_sources(const interval_t *iv, const int64_t *est, uint32_t np, uint32_t *order,
+                         sortkey_t *keys, uint64_t *v, wbuf_t *w)
+{
+    uint32_t ns = iv->src.n;
+    uint8_t ab[16];
+    sortkey_t unused;
+    address_order(&iv->src, 0, order, keys, v);
+    warray(w, ns);
+    for (uint32_t j = 0; j < ns; j++) {
+        uint32_t i = order[j];
+        const row_t *r = &iv->row[i];
+        if (j + AHEAD < ns) {
+            uint32_t a = order[j + AHEAD];
+            const row_t *next = &iv->row[a]; /* 120 bytes: up to three lines */
+            __builtin_prefetch(next, 0, 3);
+            __builtin_prefetch((const char *)next + 64, 0, 3);
+            __builtin_prefetch((const char *)(next + 1) - 1, 0, 3);
+            __builtin_prefetch(&iv->src.keys[a], 0, 3);
+        }
+        warray(w, 10);
+        wbin(w, ab, addr_be(&iv->src.keys[i], 0, ab, &unused));
+        wuint(w, r->packets);
+        wuint(w, r->bytes);
+        wint(w, r->first);
+        wint(w, r->last);
+        for (int c = 0; c < 2; c++) {
+            if (col_estimated(r, c))
+                wint(w, est[np + 2 * (size_t)i + c]);
+            else
+                wuint(w, col_exact(r, c));
+        }
+        wuint(w, r->ttl);
+        wuint(w, r->fp);
+        wuint(w, (uint64_t)(col_estimated(r, 0) | col_estimated(r, 1) << 1)); /* EST_PORTS | EST_DESTINATIONS */
+    }
+}
+
+/* pack_sources on a thread of its own, with its own scratch arrays. */
+typedef struct {
+    const interval_t *iv;
+    const int64_t *est;
+    uint32_t np;
+    uint32_t *order;
+    sortkey_t *keys;
+    uint64_t *v;
+    wbuf_t w;
+} sources_job_t;
+
+static void *sources_main(void *arg)
+{
+    sources_job_t *job = arg;
+    pack_sources(job->iv, job->est, job->np, job->order, job->keys, job->v, &job->w);
+    return NULL;
+}
+
+/* Below this many sources a second thread costs more than it saves. */
+#define PARALLEL_SOURCES 8192
+
+PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel)
 {
     uint32_t np = iv->ports.n, ni = iv->icmp.n, ns = iv->src.n, nd = iv->dst.n;
     size_t most = np > ni ? np : ni;
@@ -493,7 +557,10 @@ PyObject *pack_interval(const interval_t *iv, PyObject *estimate)
     uint32_t *order = malloc(sizeof(uint32_t) * most);
     int64_t *est = malloc(sizeof(int64_t) * ((size_t)np + 2 * (size_t)ns + 1)); /* ports, then rows */
     PyObject *tables[4] = {NULL, NULL, NULL, NULL};
-    wbuf_t w = {NULL, 0, 0, 0};
+    wbuf_t w = {NULL, 0, 0, 0}, w2 = {NULL, 0, 0, 0};
+    sources_job_t job = {iv, est, np, NULL, NULL, NULL, {NULL, 0, 0, 0}};
+    pthread_t job_thread;
+    int job_started = 0;
     uint8_t ab[16];
     sortkey_t unused;
     int rc = 0;
@@ -515,6 +582,13 @@ PyObject *pack_interval(const interval_t *iv, PyObject *estimate)
                                  &est[np + 2 * (size_t)i + c]);
     if (rc != 0)
         goto done;
+    if (parallel && ns >= PARALLEL_SOURCES && sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+        job.order = malloc(sizeof(uint32_t) * ns);
+        job.keys = malloc(sizeof(sortkey_t) * 2 * (size_t)ns);
+        job.v = malloc(sizeof(uint64_t) * 2 * (size_t)ns);
+        job_started = job.order && job.keys && job.v &&
+                      pthread_create(&job_thread, NULL, sources_main, &job) == 0;
+    }
 
     /* ports: (proto, port or None, packets, bytes, backscatter, sources, sources_estimated),
      * sorted by (proto, port), i.e. by the key proto << 17 | (port + 1). */
@@ -565,40 +639,6 @@ PyObject *pack_interval(const interval_t *iv, PyObject *estimate)
     if ((tables[1] = wbuf_take(&w)) == NULL)
         goto fail;
 
-    /* sources: (address, packets, bytes, first_us, last_us, ports, destinations, ttl,
-     * fingerprints, estimated), sorted by address. */
-    address_order(&iv->src, 0, order, keys, v);
-    warray(&w, ns);
-    for (uint32_t j = 0; j < ns; j++) {
-        uint32_t i = order[j];
-        const row_t *r = &iv->row[i];
-        if (j + AHEAD < ns) {
-            uint32_t a = order[j + AHEAD];
-            const row_t *next = &iv->row[a]; /* 120 bytes: up to three lines */
-            __builtin_prefetch(next, 0, 3);
-            __builtin_prefetch((const char *)next + 64, 0, 3);
-            __builtin_prefetch((const char *)(next + 1) - 1, 0, 3);
-            __builtin_prefetch(&iv->src.keys[a], 0, 3);
-        }
-        warray(&w, 10);
-        wbin(&w, ab, addr_be(&iv->src.keys[i], 0, ab, &unused));
-        wuint(&w, r->packets);
-        wuint(&w, r->bytes);
-        wint(&w, r->first);
-        wint(&w, r->last);
-        for (int c = 0; c < 2; c++) {
-            if (col_estimated(r, c))
-                wint(&w, est[np + 2 * (size_t)i + c]);
-            else
-                wuint(&w, col_exact(r, c));
-        }
-        wuint(&w, r->ttl);
-        wuint(&w, r->fp);
-        wuint(&w, (uint64_t)(col_estimated(r, 0) | col_estimated(r, 1) << 1)); /* EST_PORTS | EST_DESTINATIONS */
-    }
-    if ((tables[2] = wbuf_take(&w)) == NULL)
-        goto fail;
-
     /* destinations: (address, packets), sorted by address. */
     address_order(&iv->dst, 1, order, keys, v);
     warray(&w, nd);
@@ -614,10 +654,30 @@ PyObject *pack_interval(const interval_t *iv, PyObject *estimate)
     }
     if ((tables[3] = wbuf_take(&w)) == NULL)
         goto fail;
+    /* sources: on a second thread when the caller has the machine to itself (the last
+     * interval, after the input ended) and the table is big; else here. */
+    if (job_started) {
+        pthread_join(job_thread, NULL);
+        job_started = 0;
+        w2 = job.w;
+        job.w = (wbuf_t){NULL, 0, 0, 0};
+    } else {
+        pack_sources(iv, est, np, order, keys, v, &w2);
+    }
+    if ((tables[2] = wbuf_take(&w2)) == NULL)
+        goto fail;
+
     goto done;
 fail:
     rc = -1;
 done:
+    if (job_started) /* a failure above: the thread still reads est and the tables */
+        pthread_join(job_thread, NULL);
+    free(job.order);
+    free(job.keys);
+    free(job.v);
+    free(job.w.b);
+    free(w2.b);
     free(keys);
     free(v);
     free(order);

@@ -367,7 +367,7 @@ static void *prebuild_main(void *arg)
     PyGILState_STATE g = PyGILState_Ensure();
     int pack = PyTuple_GET_SIZE(pb->args) == 1; /* set_pack: (estimate,) */
     for (int i = 0; i < pb->n; i++) {
-        PyObject *rows = pack ? pack_interval(pb->iv[i], PyTuple_GET_ITEM(pb->args, 0))
+        PyObject *rows = pack ? pack_interval(pb->iv[i], PyTuple_GET_ITEM(pb->args, 0), 0)
                               : make_rows(pb->iv[i], pb->args);
         if (rows == NULL || rows == Py_None) {
             Py_XDECREF(rows);
