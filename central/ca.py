@@ -352,7 +352,7 @@ def write_server_chain(directory: str | os.PathLike[str]) -> Path:
     listener, so a board can pin the CA by fingerprint before it sends its token."""
     files = CAFiles(Path(directory))
     data = files.server_crt.read_bytes().rstrip(b"\n") + b"\n" + files.ca_crt.read_bytes()
-    _atomic_write(files.server_chain, data, 0o644)
+    atomic_write(files.server_chain, data, 0o644)
     return files.server_chain
 
 
@@ -365,7 +365,9 @@ def ca_fingerprint_of(directory: str | os.PathLike[str]) -> str:
 
 
 # ---------------------------------------------------------------- issued record and CRL
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data`, mode `mode`, so that a crash leaves the old file or the
+    new one: a temporary file in the same directory, fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
@@ -406,7 +408,7 @@ def _read_index(files: CAFiles) -> dict[str, Any]:
 
 
 def _write_index(files: CAFiles, doc: dict[str, Any]) -> None:
-    _atomic_write(files.issued, (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
+    atomic_write(files.issued, (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
 
 
 def _serial(n: int) -> str:
@@ -474,7 +476,7 @@ def _write_crl(
             r = r.add_extension(x509.CRLReason(reason), critical=False)
         b = b.add_revoked_certificate(r.build())
     crl = b.sign(ca_key, hashes.SHA256())
-    _atomic_write(files.crl, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    atomic_write(files.crl, crl.public_bytes(serialization.Encoding.PEM), 0o644)
     return crl
 
 
@@ -650,7 +652,7 @@ def revoked_acl(directory: str | os.PathLike[str]) -> str:
 
 def write_acl(directory: str | os.PathLike[str], path: Path, base: str) -> None:
     """Write the broker ACL: `base` (central/mosquitto/acl) and the revoked sensors' denials."""
-    _atomic_write(path, (base + revoked_acl(directory)).encode(), 0o644)
+    atomic_write(path, (base + revoked_acl(directory)).encode(), 0o644)
 
 
 def mark_revoked_in_keyring(path: Path, sensor_id: str) -> bool:
@@ -690,5 +692,5 @@ def mark_revoked_in_keyring(path: Path, sensor_id: str) -> bool:
         tmp.unlink()
     if entry is None or not entry.revoked:
         return False
-    _atomic_write(path, new.encode(), path.stat().st_mode & 0o777)
+    atomic_write(path, new.encode(), path.stat().st_mode & 0o777)
     return True

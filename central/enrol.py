@@ -44,7 +44,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from central.ca import CAError, CAFiles, issue_sensor, issued_certificates, revoke_serials
+from central.ca import (
+    CAError,
+    CAFiles,
+    atomic_write,
+    issue_sensor,
+    issued_certificates,
+    revoke_serials,
+)
 from central.fleet import parse_duration
 from central.keyring import load_keyring
 from wire.enrolment import (
@@ -377,22 +384,14 @@ def passwd_line(token_id: str, secret: str, salt: bytes | None = None) -> str:
             f"{base64.b64encode(digest).decode()}")
 
 
-def _atomic(path: Path, data: bytes, mode: int) -> bool:
-    """Replace `path` with `data` (fsync, rename); False when it already held them."""
+def _write_if_changed(path: Path, data: bytes, mode: int) -> bool:
+    """Replace `path` with `data` (central.ca.atomic_write); False when it already held them."""
     try:
         if path.read_bytes() == data:
             return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode)
     return True
 
 
@@ -410,7 +409,7 @@ def sync_password_file(store: EnrolStore, cfg: EnrolConfig, now_us: int | None =
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         # readable by the broker (it drops to user mosquitto); it holds hashes only
-        changed = _atomic(cfg.password_file, data, 0o644)
+        changed = _write_if_changed(cfg.password_file, data, 0o644)
     finally:
         os.close(fd)
     if changed:
@@ -465,7 +464,7 @@ def set_keyring_entry(path: Path, sensor_id: str, public_key: str, note: str) ->
     if entry is None or public_key_text(entry.public_key) != public_key or entry.revoked:
         raise EnrolError(f"cannot add {sensor_id} to {path}: the result does not hold its key")
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    _atomic(path, new.encode(), mode)
+    _write_if_changed(path, new.encode(), mode)
 
 
 # ---------------------------------------------------------------- decisions
