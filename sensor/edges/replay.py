@@ -18,6 +18,8 @@ the reference and the compiled path:
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -236,6 +238,20 @@ def replay(
 __all__ = ["CaptureFileError", "EncodedSummary", "PacketRecord", "ReplayStats", "replay"]
 
 
+# The first hour of a replay has no hour before it to size its tables from: they start
+# with room for one entry per KiB of capture (a darknet hour of SYNs holds about one new
+# source per 1.4 KiB), at most FIRST_HOUR_ROOM, instead of growing from 16 by rehashing.
+FIRST_HOUR_ROOM: Final = 65_536
+
+
+def first_hour_room(paths: Sequence[str]) -> int:
+    total = 0
+    for path in paths:
+        with contextlib.suppress(OSError):  # reported when the file is opened
+            total += os.stat(path).st_size
+    return min(total // 1024, FIRST_HOUR_ROOM)
+
+
 def _replay_compiled(
     paths: Sequence[str],
     *,
@@ -267,6 +283,7 @@ def _replay_compiled(
                 # the helper thread: its rows for finish(), or its packed tables.
                 aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits,
                                                     ahead="pack" if encoded else "rows")
+                aggregation.set_size_hint(first_hour_room(paths))
             aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
             try:
                 reader = _fast.FileReader(path)

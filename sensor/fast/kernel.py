@@ -244,6 +244,13 @@ class FastHourlyAggregation:
         until an interval opens."""
         return int(self._k.pending_bad_timestamps)
 
+    def set_size_hint(self, entries: int) -> None:
+        """Start the next new interval's tables with room for `entries` ports, sources and
+        destinations each (capped by the limits), not 16: a caller that knows the input is
+        big (a replay, from the file's size) saves the rehashes of tables growing."""
+        n = max(0, min(int(entries), 0xFFFFFFFF))
+        self._k.set_size_hint(n, n, n)
+
     def set_linktype(self, linktype: int) -> None:
         """Decode what follows as frames of `linktype` (the state carries on)."""
         self._k.set_linktype(linktype)

@@ -155,3 +155,40 @@ def test_big_sources_table_packed_on_a_second_thread_is_the_rows_packed(
             assert list(iv.pack(_estimate)) == want
     if limits is SKETCHY:
         assert any(r.estimated for c in big for r in c.aggregator.finish(sensor_id="pk").sources)
+
+
+@pytest.mark.parametrize("limits", [None, SMALL], ids=["default", "small"])
+@pytest.mark.parametrize("room", [0, 16, 5000, 1 << 20])
+def test_size_hint_changes_room_not_counts(capture: Path, limits: Limits | None,
+                                           room: int) -> None:
+    """FastHourlyAggregation.set_size_hint sizes the first interval's tables (a replay: from
+    the file's size); the summaries are the same whatever the room, the limits still cap."""
+    def summaries(hint: int | None) -> list[bytes]:
+        assert fastpath._fast is not None
+        agg = fastpath.FastHourlyAggregation(1, limits=limits, ahead=None)
+        if hint is not None:
+            agg.set_size_hint(hint)
+        reader = fastpath._fast.FileReader(str(capture), pipeline=True)
+        reader.setfilter(darknet_filter(DARKNET, vlan=True))
+        closed = []
+        while True:
+            n, c = agg.feed_file(reader)
+            closed += c
+            if n < 0:
+                break
+        return [encode_interval(c.aggregator, sensor_id="pk") for c in closed + agg.flush()]
+
+    assert summaries(room) == summaries(None)
+
+
+def test_first_hour_room_follows_the_files_size(tmp_path: Path) -> None:
+    from sensor.edges.replay import FIRST_HOUR_ROOM, first_hour_room
+
+    small, big = tmp_path / "small.pcap", tmp_path / "big.pcap"
+    small.write_bytes(b"\0" * 10 * 1024)
+    with big.open("wb") as fh:
+        fh.truncate(1 << 30)  # sparse
+    assert first_hour_room([str(small)]) == 10
+    assert first_hour_room([str(small), str(small)]) == 20
+    assert first_hour_room([str(big)]) == FIRST_HOUR_ROOM
+    assert first_hour_room([str(tmp_path / "missing.pcap")]) == 0

@@ -235,6 +235,20 @@ static PyObject *Kernel_set_limits(KernelObject *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* set_size_hint(ports, sources, destinations): the entries the next interval that opens
+ * makes room for at once (each capped by the limits, as an hour's successor is), instead
+ * of growing from 16 by rehashing; later intervals are sized from the one before them.
+ * Room is allocated lazily (map_reserve), so a guess too large costs address space. */
+static PyObject *Kernel_set_size_hint(KernelObject *self, PyObject *args)
+{
+    unsigned int ports, sources, destinations;
+    if (!PyArg_ParseTuple(args, "III:set_size_hint", &ports, &sources, &destinations) ||
+        kernel_enter(self) < 0)
+        return NULL;
+    self->rt.hint = (sizes_t){ports, sources, destinations};
+    Py_RETURN_NONE;
+}
+
 /* set_horizon(ts_us): frames timed before ts_us are no longer routed (their buckets are sealed);
  * they are counted, and take_before() returns and resets that count. */
 static PyObject *Kernel_set_horizon(KernelObject *self, PyObject *args)
@@ -310,6 +324,8 @@ static PyMethodDef Kernel_methods[] = {
      "take_before() -> frames counted before the horizon since the last call"},
     {"set_limits", (PyCFunction)Kernel_set_limits, METH_O,
      "set_limits(limits): intervals opened from now on use these limits"},
+    {"set_size_hint", (PyCFunction)Kernel_set_size_hint, METH_VARARGS,
+     "set_size_hint(ports, sources, destinations): room the next new interval starts with"},
     {"set_linktype", (PyCFunction)Kernel_set_linktype, METH_VARARGS,
      "set_linktype(linktype): decode what follows as frames of this link type"},
     {"feed_file", (PyCFunction)Kernel_feed_file, METH_VARARGS,
