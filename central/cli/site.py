@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,21 +126,17 @@ def _err(msg: object) -> int:
     return 2
 
 
-def _receive(args: argparse.Namespace) -> int:
-    from central.config import CentralConfigError, load_central
-    from central.receiver import open_receiver
-    from central.store import StoreError
-    from wire.keys import KeyringError
-
+def _log_to_stderr(verbose: bool) -> None:
+    """The long-running commands' (receive, enrold) log lines, INFO with -v."""
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    try:
-        cfg = load_central(args.config)
-        receiver, store = open_receiver(cfg)
-    except (CentralConfigError, StoreError, KeyringError, FileNotFoundError) as exc:
-        return _err(exc)
+
+
+def _run_until_signalled(run: Callable[[threading.Event], None], close: Callable[[], None]
+                         ) -> int:
+    """`run(stop)` until SIGTERM or SIGINT sets `stop`, then `close()`, even if it raised."""
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
@@ -148,10 +145,25 @@ def _receive(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        receiver.run(stop)
+        run(stop)
     finally:
-        store.close()
+        close()
     return 0
+
+
+def _receive(args: argparse.Namespace) -> int:
+    from central.config import CentralConfigError, load_central
+    from central.receiver import open_receiver
+    from central.store import StoreError
+    from wire.keys import KeyringError
+
+    _log_to_stderr(args.verbose)
+    try:
+        cfg = load_central(args.config)
+        receiver, store = open_receiver(cfg)
+    except (CentralConfigError, StoreError, KeyringError, FileNotFoundError) as exc:
+        return _err(exc)
+    return _run_until_signalled(receiver.run, store.close)
 
 
 def _ca_init(args: argparse.Namespace) -> int:
@@ -455,10 +467,7 @@ def qr_text(data: str) -> str:
 def _enrold(args: argparse.Namespace) -> int:
     from central.enrol import EnrolError, EnrolService, EnrolStore, load_enrolment
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    _log_to_stderr(args.verbose)
     try:
         cfg = load_enrolment(args.config)
         for p in (cfg.files.ca_crt, cfg.files.enrol_crt, cfg.files.enrol_key):
@@ -468,15 +477,4 @@ def _enrold(args: argparse.Namespace) -> int:
         store = EnrolStore(cfg.database)
     except (EnrolError, ValueError, OSError) as exc:
         return _err(exc)
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        EnrolService(cfg, store).run(stop)
-    finally:
-        store.close()
-    return 0
+    return _run_until_signalled(lambda stop: EnrolService(cfg, store).run(stop), store.close)
