@@ -16,11 +16,11 @@
 
 static const uint32_t SIZE_BUCKETS[N_SIZES] = {0, 40, 60, 80, 128, 256, 512, 1024, 1500};
 
-static uint32_t reserve_size(uint32_t n, int64_t cap)
+static uint32_t reserve_size(uint32_t hint, int64_t cap)
 {
-    n += n / 4; /* the next hour may be a little busier, but never past the cap */
+    uint64_t n = hint + (uint64_t)hint / 4; /* the next hour may be a little busier, but never past the cap */
     if (cap >= 0 && (int64_t)n > cap)
-        n = (uint32_t)cap;
+        n = (uint64_t)cap;
     uint32_t c = 16;
     while (c < n && c < (1u << 24))
         c <<= 1;

@@ -404,8 +404,9 @@ static PyObject *Interval_pack(IntervalObject *self, PyObject *estimate)
         Py_CLEAR(iv->prebuilt_args);
         return packed;
     }
-    /* Called when the caller waits for it (the last hour of a replay, a closing hour of the
-     * daemon): its sources table may take a second core. */
+    /* The caller waits for it (encode_interval: the hours of a replay not packed ahead,
+     * the last one among them, after the input ended): its sources table may take a
+     * second core. */
     return pack_interval(iv, estimate, 1);
 }
 

@@ -9,7 +9,11 @@
  * by inline writers; anything unexpected returns None, and the Python encoder takes that
  * table.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#endif
 #include "fast.h"
+#include <sched.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -542,6 +546,18 @@ static void *sources_main(void *arg)
     return NULL;
 }
 
+/* The CPUs this process may run on (its affinity mask: a container or taskset may allow
+ * fewer than are online). */
+static int usable_cpus(void)
+{
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        return CPU_COUNT(&set);
+#endif
+    return (int)sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 /* Below this many sources a second thread costs more than it saves. */
 #define PARALLEL_SOURCES 8192
 
@@ -582,7 +598,7 @@ PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel)
                                  &est[np + 2 * (size_t)i + c]);
     if (rc != 0)
         goto done;
-    if (parallel && ns >= PARALLEL_SOURCES && sysconf(_SC_NPROCESSORS_ONLN) > 1) {
+    if (parallel && ns >= PARALLEL_SOURCES && usable_cpus() > 1) {
         job.order = malloc(sizeof(uint32_t) * ns);
         job.keys = malloc(sizeof(sortkey_t) * 2 * (size_t)ns);
         job.v = malloc(sizeof(uint64_t) * 2 * (size_t)ns);
