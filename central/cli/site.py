@@ -9,6 +9,7 @@ receiver's stacks.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
@@ -126,6 +127,21 @@ def _err(msg: object) -> int:
     return 2
 
 
+def _ca_errors(handler: Callable[[argparse.Namespace], int]
+               ) -> Callable[[argparse.Namespace], int]:
+    """A CA command: the CA's refusal (central.ca.CAError) is its error message, exit 2."""
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from central.ca import CAError  # here, not at the top: start-up time (see above)
+
+        try:
+            return handler(args)
+        except CAError as exc:
+            return _err(exc)
+
+    return run
+
+
 def _log_to_stderr(verbose: bool) -> None:
     """The long-running commands' (receive, enrold) log lines, INFO with -v."""
     logging.basicConfig(
@@ -166,13 +182,11 @@ def _receive(args: argparse.Namespace) -> int:
     return _run_until_signalled(receiver.run, store.close)
 
 
+@_ca_errors
 def _ca_init(args: argparse.Namespace) -> int:
-    from central.ca import CAError, init_ca
+    from central.ca import init_ca
 
-    try:
-        f = init_ca(args.dir, hosts=args.host)
-    except CAError as exc:
-        return _err(exc)
+    f = init_ca(args.dir, hosts=args.host)
     out = {
         "ca_certificate": str(f.ca_crt),
         "ca_key": str(f.ca_key),
@@ -192,13 +206,11 @@ def _ca_init(args: argparse.Namespace) -> int:
     return 0
 
 
+@_ca_errors
 def _ca_crl(args: argparse.Namespace) -> int:
-    from central.ca import CAError, refresh_crl
+    from central.ca import refresh_crl
 
-    try:
-        info = refresh_crl(args.dir, days=args.days)
-    except CAError as exc:
-        return _err(exc)
+    info = refresh_crl(args.dir, days=args.days)
     out = {
         "crl": str(info.path),
         "crl_number": info.number,
@@ -216,8 +228,9 @@ def _ca_crl(args: argparse.Namespace) -> int:
     return 0
 
 
+@_ca_errors
 def _revoke(args: argparse.Namespace) -> int:
-    from central.ca import CAError, mark_revoked_in_keyring, revoke, write_acl
+    from central.ca import mark_revoked_in_keyring, revoke, write_acl
     from central.config import CentralConfigError, acl_text, load_central
 
     sensors_toml: Path | None = None
@@ -234,7 +247,7 @@ def _revoke(args: argparse.Namespace) -> int:
         r = revoke(args.dir, args.sensor_id, reason=args.reason, certificates=pems, days=args.days)
         if args.acl:
             write_acl(args.dir, Path(args.acl), acl_text())
-    except (CAError, OSError) as exc:
+    except OSError as exc:
         return _err(exc)
     keyring = None
     if sensors_toml is not None:
@@ -284,17 +297,15 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+@_ca_errors
 def _issue(args: argparse.Namespace) -> int:
-    from central.ca import CAError, issue_sensor
+    from central.ca import issue_sensor
 
     try:
         csr = Path(args.csr).read_bytes()
     except OSError as exc:
         return _err(f"cannot read {args.csr}: {exc.strerror}")
-    try:
-        pem = issue_sensor(args.dir, args.sensor_id, csr, days=args.days)
-    except CAError as exc:
-        return _err(exc)
+    pem = issue_sensor(args.dir, args.sensor_id, csr, days=args.days)
     out = Path(args.out or f"{args.sensor_id}.crt")
     out.write_bytes(pem)
     print(f"wrote {out}: copy it to the board as the [uplink] cert")
@@ -385,13 +396,14 @@ def print_overview(ov: dict[str, Any]) -> None:
         )
 
 
+@_ca_errors
 def _ca_enrol_client(args: argparse.Namespace) -> int:
-    from central.ca import CAError, ca_fingerprint_of, ensure_enrol_client, write_server_chain
+    from central.ca import ca_fingerprint_of, ensure_enrol_client, write_server_chain
 
     try:
         files = ensure_enrol_client(args.dir)
         chain = write_server_chain(args.dir)
-    except (CAError, OSError) as exc:
+    except OSError as exc:
         return _err(exc)
     print(f"enrolment service: {files.enrol_crt}, {files.enrol_key}; broker chain: {chain}")
     print(f"CA fingerprint (for teiten.toml): {ca_fingerprint_of(args.dir)}")
