@@ -131,6 +131,9 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        # Started means "mosquitto version ... running" logged: the listen sockets come
+        # first, and a SIGHUP sent between the two killed it (no handler installed yet).
+        started = self.log_text().count(" running") if self.log.exists() else 0
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf)], stdout=logf, stderr=subprocess.STDOUT
@@ -139,7 +142,9 @@ class Broker:
         try:
             wait_port(self.tls_port)
             wait_port(self.ws_port)
-        except TimeoutError:
+            wait_for(lambda: self.log_text().count(" running") > started, 10,
+                     "mosquitto's 'running' line")
+        except (TimeoutError, AssertionError):
             self.stop()
             raise RuntimeError(
                 "mosquitto did not start:\n" + self.log.read_text()[-3000:]
