@@ -37,20 +37,28 @@ SMALL = Limits(
 KINDS = ("ports", "icmp_codes", "sources", "destinations")
 
 
-@pytest.fixture(scope="module")
-def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("pack")
-    pcap = tmp / "cap.pcap"
+def synth(tmp: Path, name: str, packets: int, hours: int, seed: int) -> Path:
+    """A capture from bench.synth (its truth file beside it)."""
+    pcap = tmp / f"{name}.pcap"
     subprocess.run(
         [sys.executable, "-m", "bench.synth", "--out", str(pcap), "--truth",
-         str(tmp / "truth.json"), "--quiet", "--packets", "20000", "--hours", "3", "--seed", "21"],
+         str(tmp / f"{name}.json"), "--quiet", "--packets", str(packets), "--hours",
+         str(hours), "--seed", str(seed)],
         check=True, cwd=ROOT,
     )
     return pcap
 
 
-def closed_intervals(pcap: Path, limits: Limits | None, ahead: Any) -> list[Any]:
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth(tmp_path_factory.mktemp("pack"), "cap", 20000, 3, 21)
+
+
+def closed_intervals(pcap: Path, limits: Limits | None, ahead: Any,
+                     room: int | None = None) -> list[Any]:
     agg = fastpath.FastHourlyAggregation(1, limits=limits, ahead=ahead)
+    if room is not None:
+        agg.set_size_hint(room)
     assert fastpath._fast is not None
     reader = fastpath._fast.FileReader(str(pcap), pipeline=True)
     reader.setfilter(darknet_filter(DARKNET, vlan=True))
@@ -136,14 +144,7 @@ SKETCHY = Limits(source_exact_budget=3000, source_exact_limit=4, port_exact_budg
 def test_big_sources_table_packed_on_a_second_thread_is_the_rows_packed(
         tmp_path: Path, limits: Limits | None) -> None:
     assert fastpath._fast is not None
-    pcap = tmp_path / "big.pcap"
-    subprocess.run(
-        [sys.executable, "-m", "bench.synth", "--out", str(pcap), "--truth",
-         str(tmp_path / "truth.json"), "--quiet", "--packets", "90000", "--hours", "1",
-         "--seed", "5"],
-        check=True, cwd=ROOT,
-    )
-    closed = closed_intervals(pcap, limits, None)
+    closed = closed_intervals(synth(tmp_path, "big", 90000, 1, 5), limits, None)
     big = [c for c in closed if len(c.aggregator.finish(sensor_id="pk").sources)
            >= PARALLEL_SOURCES]
     assert big, "the capture must give an hour with a big sources table"
@@ -164,19 +165,8 @@ def test_size_hint_changes_room_not_counts(capture: Path, limits: Limits | None,
     """FastHourlyAggregation.set_size_hint sizes the first interval's tables (a replay: from
     the file's size); the summaries are the same whatever the room, the limits still cap."""
     def summaries(hint: int | None) -> list[bytes]:
-        assert fastpath._fast is not None
-        agg = fastpath.FastHourlyAggregation(1, limits=limits, ahead=None)
-        if hint is not None:
-            agg.set_size_hint(hint)
-        reader = fastpath._fast.FileReader(str(capture), pipeline=True)
-        reader.setfilter(darknet_filter(DARKNET, vlan=True))
-        closed = []
-        while True:
-            n, c = agg.feed_file(reader)
-            closed += c
-            if n < 0:
-                break
-        return [encode_interval(c.aggregator, sensor_id="pk") for c in closed + agg.flush()]
+        return [encode_interval(c.aggregator, sensor_id="pk")
+                for c in closed_intervals(capture, limits, None, hint)]
 
     assert summaries(room) == summaries(None)
 
