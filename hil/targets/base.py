@@ -401,6 +401,22 @@ class Target(ABC):
                 st.cap_eff = int(f["CapEff"].strip(), 16)
         return st
 
+    def capture_sockets(self, name: str = "sensor") -> set[int]:
+        """The inodes of the packet (AF_PACKET) sockets the program holds open: a capture
+        that was reopened holds a new one.  Read from /proc, so it needs no log line (the
+        units log at WARNING, a reload's success at INFO)."""
+        pid = self.unit_state(name).pid
+        if not pid:
+            return set()
+        out = self.out(
+            f"for f in /proc/{pid}/fd/*; do readlink $f; done 2>/dev/null; echo --; "
+            "cat /proc/net/packet", check=False)
+        fds, _, table = out.partition("--")
+        held = {int(w[8:-1]) for w in fds.split() if w.startswith("socket:[")}
+        packet = {int(row.split()[8]) for row in table.strip().splitlines()[1:]
+                  if len(row.split()) > 8 and row.split()[8].isdigit()}
+        return held & packet
+
     def user_id(self, user: str) -> int:
         return int(self.out(f"id -u {user}").strip())
 
