@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, params in cases:
         print(f"{name}: aggregating...", file=sys.stderr)
         t0 = time.monotonic()
-        summary = build_summary(progress=True, **params)  # type: ignore[arg-type]
+        summary = build_summary(progress=True, **params)
         print(f"  built in {time.monotonic() - t0:.1f} s; measuring", file=sys.stderr)
         results.append(measure(name, summary, key, keyring))
     per_week = results[0]["envelope_bytes"] * 24 * 7

@@ -21,6 +21,7 @@ import resource
 import sys
 import time
 import tracemalloc
+from typing import Any
 
 from sensor.core.aggregate import HourAggregator, Limits
 from sensor.core.records import PacketRecord
@@ -62,7 +63,7 @@ def flood_records(n: int):  # type: ignore[no-untyped-def]
                            dport=rng.getrandbits(16), tcp_flags=0x02, tcp_seq=rng.getrandbits(32))
 
 
-def measure(name: str, records, limits: Limits, trace: bool) -> dict[str, float | int | str]:  # type: ignore[no-untyped-def]
+def measure(name: str, records, limits: Limits, trace: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     gc.collect()
     rss0 = rss_mib()
     if trace:  # exact Python-heap accounting, at several times the run time

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sensor.core.bpf import darknet_filter
 from sensor.edges import _pcap
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for _, fn in cases:  # warm the page cache and imports
             fn()
-        results = []
+        results: list[dict[str, Any]] = []
         for name, fn in cases:
             secs, cpu, n = timed(fn, args.runs)
             n = total if n < 0 else n

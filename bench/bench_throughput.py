@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,7 @@ def heap_in_use_mib() -> float:
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = MallInfo2
     mi = libc.mallinfo2()
-    return round((mi.uordblks + mi.hblkhd) / 2**20, 1)
+    return round(float(mi.uordblks + mi.hblkhd) / 2**20, 1)
 
 
 def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         sh("gcc", "-O2", "-o", str(dispatch), str(tmp / "dispatch.c"), "-lpcap")
 
         out_dir = tmp / "out"
-        cases = {
+        cases: dict[str, Callable[[], float]] = {
             "tcpdump": lambda: wall(["tcpdump", "-n", "-r", pcap, "-w", "/dev/null"]),
             "dispatch": lambda: wall([str(dispatch), pcap]),
             "kernel": lambda: kernel_replay(pcap)[0],

@@ -279,9 +279,9 @@ class Lab:
         for name in list(self.procs):
             with contextlib.suppress(Exception):
                 self._kill(name)
-        for name in [*self.extra_ns, *({self.scanner_ns, self.central_ns} - {None})]:
-            assert name is not None
-            sh("ip", "netns", "del", name, check=False)
+        for ns in [*self.extra_ns, *({self.scanner_ns, self.central_ns} - {None})]:
+            assert ns is not None
+            sh("ip", "netns", "del", ns, check=False)
         if os.environ.get("TEITEN_HIL_KEEP"):
             print(f"lab files kept in {self.dir}", file=sys.stderr)
         else:

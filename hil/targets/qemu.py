@@ -99,7 +99,8 @@ class QemuTarget(SshTarget):
         self.work.mkdir()
         self.control = str(lab.dir / "ssh-%C")
         tap = f"thil{lab.n}q"
-        bt.NS, bt.TAP = lab.scanner_ns, tap
+        # the boot test's board namespace and tap become this lab's
+        vars(bt).update(NS=lab.scanner_ns, TAP=tap)
         self.ssh_prefix = ["ip", "netns", "exec", lab.scanner_ns]
         lab.scan("ip", "tuntap", "add", "dev", tap, "mode", "tap")
         lab.scanner_if = tap
