@@ -15,6 +15,11 @@ To compare with the build of a commit:
 
     git show COMMIT:sensor/fast/_fast.c > /tmp/a/_fast.c   # or its src/ files
     (a setup.py with the same Extension, `build_ext`, then --a the .so it made)
+
+When the Python side changed too (the working tree's Python then cannot drive the old
+extension), compare whole trees instead: --a-tree TREE runs A from TREE's own `sensor/` and
+`wire/` with their built extensions (`git worktree add TREE COMMIT`, then
+`python setup.py build_ext --inplace` there); B is the working tree, or --b-tree.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_throughput import kernel_replay, update_section
+from bench.bench_throughput import DARKNET, kernel_replay, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +61,41 @@ def worker(so: str, path: str, reps: int) -> list[float]:
     return [round(kernel_replay(path)[0], 5) for _ in range(reps)]
 
 
+# A whole tree's in-process replay, run with `python -c` so that neither tree's bench/ is
+# used: argv is TREE, capture, reps, darknet blocks (comma-separated).
+TREE_WORKER = """
+import json, sys, time
+tree, path, reps, darknet = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
+sys.path.insert(0, tree)
+import sensor
+from sensor.edges.replay import replay
+if not sensor.__file__.startswith(tree):
+    raise SystemExit(f"loaded {sensor.__file__}, not the tree {tree}")
+seconds = []
+for _ in range(reps):
+    out = []
+    start = time.perf_counter()
+    replay([path], darknet=darknet, sensor_id="bench", emit=out.append)
+    seconds.append(round(time.perf_counter() - start, 5))
+print(json.dumps(seconds))
+"""
+
+
+def run_worker(build: tuple[str, str], pcap: str, reps: int) -> list[float]:
+    """One worker process's replay times for build (kind "so" or "tree", path)."""
+    kind, path = build
+    if kind == "tree":
+        cmd = [sys.executable, "-c", TREE_WORKER, path, pcap, str(reps), ",".join(DARKNET)]
+        cwd = path
+    else:
+        cmd = [sys.executable, "-m", "bench.bench_ab", "--worker", path, "--file", pcap,
+               "--reps", str(reps)]
+        cwd = str(ROOT)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd).stdout
+    times: list[float] = json.loads(out)
+    return times
+
+
 def default_build() -> str:
     from sensor.fast import _fast  # in the parent only: workers load their own build first
 
@@ -66,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--a", help="build A (.so), e.g. the previous commit's")
     ap.add_argument("--b", help="build B (.so); default: the working tree's")
+    ap.add_argument("--a-tree", help="build A as a whole tree (its Python and its .so)")
+    ap.add_argument("--b-tree", help="build B as a whole tree")
     ap.add_argument("--file", help="an existing capture instead of a generated one")
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=20)
@@ -80,9 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.file, args.reps)))
         return 0
-    if not args.a:
-        ap.error("--a BUILD.so is required")
-    builds = {"A": os.path.abspath(args.a), "B": os.path.abspath(args.b or default_build())}
+    if not args.a and not args.a_tree:
+        ap.error("--a BUILD.so or --a-tree TREE is required")
+    builds = {
+        "A": ("tree", os.path.abspath(args.a_tree)) if args.a_tree
+        else ("so", os.path.abspath(args.a)),
+        "B": ("tree", os.path.abspath(args.b_tree)) if args.b_tree
+        else ("so", os.path.abspath(args.b or default_build())),
+    }
     machine_and_load = f"{os.cpu_count()} vCPU, load average at start {os.getloadavg()[0]:.2f}"
     with tempfile.TemporaryDirectory() as tmp:
         pcap = args.file
@@ -95,14 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             fd = os.open(pcap, os.O_RDONLY)  # written back now, not during the timed runs
             os.fsync(fd)
             os.close(fd)
+        for build in builds.values():  # warm the page cache and each tree's lazy imports
+            run_worker(build, pcap, 1)
         times: dict[str, list[float]] = {"A": [], "B": [], "tcpdump": []}
         for r in range(args.rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                out = subprocess.run(
-                    [sys.executable, "-m", "bench.bench_ab", "--worker",
-                     builds[name], "--file", pcap, "--reps", str(args.reps)],
-                    check=True, capture_output=True, text=True, cwd=ROOT).stdout
-                times[name] += json.loads(out)
+                times[name] += run_worker(builds[name], pcap, args.reps)
             start = time.perf_counter()
             subprocess.run(["tcpdump", "-n", "-r", pcap, "-w", "/dev/null"], check=True,
                            capture_output=True)
@@ -113,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
     tcp = statistics.median(times["tcpdump"])
     result = {
-        "builds": builds, "rounds": args.rounds, "reps": args.reps, "seconds": times,
+        "builds": {k: f"{kind} {path}" for k, (kind, path) in builds.items()},
+        "rounds": args.rounds, "reps": args.reps, "seconds": times,
         "median": {k: statistics.median(v) for k, v in times.items()},
         "min": {k: min(v) for k, v in times.items()},
         "x_tcpdump": {k: round(tcp / statistics.median(times[k]), 3) for k in ("A", "B")},
