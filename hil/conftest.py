@@ -92,6 +92,10 @@ def pytest_configure(config: pytest.Config) -> None:
     _RESULTS["enabled"] = _runs_hil(config)
     if not _RESULTS["enabled"]:
         return
+    from hil.targets.netns import git_commit
+
+    # the checkout the run starts from: a long run outlives later commits in the same tree
+    _RESULTS["commit"] = git_commit()
     d = _results_dir(config)
     _RESULTS["dir"] = d
     if not getattr(config.option, "xmlpath", None):
@@ -222,8 +226,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def render_report(config: pytest.Config) -> str:
-    from hil.targets.netns import git_commit
-
     outcomes: list[tuple[str, str, float]] = _RESULTS["outcomes"]
     by_target: dict[str, list[tuple[str, str, float]]] = {}
     for o in outcomes:
@@ -232,7 +234,7 @@ def render_report(config: pytest.Config) -> str:
     lines = ["# Teiten HIL run", "",
              f"- when: {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(_RESULTS['start']))}"
              f", {took:.0f} s",
-             f"- checkout: git {git_commit()}",
+             f"- checkout: git {_RESULTS['commit']}",
              f"- targets: {', '.join(targets(config))}", "",
              "| target | software | passed | failed | lossless rate (pps) | CPU per packet "
              "| power cuts survived | power cut by |",
