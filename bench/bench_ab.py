@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_throughput import DARKNET, kernel_replay, update_section
+from bench.bench_throughput import kernel_replay, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,37 +61,24 @@ def worker(so: str, path: str, reps: int) -> list[float]:
     return [round(kernel_replay(path)[0], 5) for _ in range(reps)]
 
 
-# A whole tree's in-process replay, run with `python -c` so that neither tree's bench/ is
-# used: argv is TREE, capture, reps, darknet blocks (comma-separated).
-TREE_WORKER = """
-import json, sys, time
-tree, path, reps, darknet = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].split(",")
-sys.path.insert(0, tree)
-import sensor
-from sensor.edges.replay import replay
-if not sensor.__file__.startswith(tree):
-    raise SystemExit(f"loaded {sensor.__file__}, not the tree {tree}")
-seconds = []
-for _ in range(reps):
-    out = []
-    start = time.perf_counter()
-    replay([path], darknet=darknet, sensor_id="bench", emit=out.append)
-    seconds.append(round(time.perf_counter() - start, 5))
-print(json.dumps(seconds))
-"""
+def worker_tree(tree: str, path: str, reps: int) -> list[float]:
+    """The in-process replay of a whole tree: its sensor/ and wire/, found before the
+    working tree's (nothing here has imported them yet; bench/ stays the working tree's)."""
+    sys.path.insert(0, tree)
+    import sensor
+
+    if not str(sensor.__file__).startswith(tree):
+        raise SystemExit(f"loaded {sensor.__file__}, not the tree {tree}")
+    return [round(kernel_replay(path)[0], 5) for _ in range(reps)]
 
 
 def run_worker(build: tuple[str, str], pcap: str, reps: int) -> list[float]:
     """One worker process's replay times for build (kind "so" or "tree", path)."""
     kind, path = build
-    if kind == "tree":
-        cmd = [sys.executable, "-c", TREE_WORKER, path, pcap, str(reps), ",".join(DARKNET)]
-        cwd = path
-    else:
-        cmd = [sys.executable, "-m", "bench.bench_ab", "--worker", path, "--file", pcap,
-               "--reps", str(reps)]
-        cwd = str(ROOT)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd).stdout
+    flag = "--worker-tree" if kind == "tree" else "--worker"
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_ab", flag, path, "--file", pcap, "--reps", str(reps)],
+        check=True, capture_output=True, text=True, cwd=ROOT).stdout
     times: list[float] = json.loads(out)
     return times
 
@@ -118,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="results file whose A/B section this run replaces ('' for none)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-tree", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.file, args.reps)))
+        return 0
+    if args.worker_tree:
+        print(json.dumps(worker_tree(args.worker_tree, args.file, args.reps)))
         return 0
     if not args.a and not args.a_tree:
         ap.error("--a BUILD.so or --a-tree TREE is required")
