@@ -424,8 +424,12 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk, const hin
     } else {
         fp = fingerprint_bits(r);
     }
-    if (pi < 0)
+    if (pi < 0) {
         pi = map_insert(&iv->ports, &pk, ph);
+        /* Already zero: written whole so that no read of it maps the zero page first (an
+         * entry may straddle a page boundary; see st_calloc). */
+        memset(&iv->port[pi], 0, sizeof iv->port[pi]);
+    }
     port_t *pt = &iv->port[pi];
     pt->packets++;
     pt->bytes += ip_len;
@@ -448,6 +452,7 @@ static void agg_add(interval_t *iv, const pkt_t *r, const pkeys_t *kk, const hin
     if (new_row) {
         ri = map_insert(&iv->src, &sk, sh);
         row_t *nr = &iv->row[ri];
+        memset(nr, 0, sizeof *nr); /* already zero: written whole, as a new port entry */
         nr->first = nr->last = r->ts;
         nr->ttl = (uint8_t)r->ttl;
     } else if (ri < 0) {

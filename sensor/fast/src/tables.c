@@ -35,7 +35,28 @@ static void *st_malloc(size_t n)
     return st_should_fail() ? NULL : malloc(n);
 }
 
+/* Zeroed memory, written now.  calloc's fresh pages are mapped to the shared zero page on
+ * the first read, and the first write then copies it and flushes the old mapping from
+ * every core that runs one of the process's threads (an interprocessor interrupt per page):
+ * hash slots, sets and sketches are always read before they are written. */
 void *st_calloc(size_t n, size_t size)
+{
+    if (st_should_fail())
+        return NULL;
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes))
+        return NULL;
+    void *p = malloc(bytes);
+    if (p != NULL) {
+        __asm__ volatile("" : : "r"(p) : "memory"); /* else GCC makes malloc+memset a calloc */
+        memset(p, 0, bytes);
+    }
+    return p;
+}
+
+/* Zeroed memory whose pages are touched only when used (calloc): for arrays that are
+ * written before they are read, and may be reserved larger than they grow. */
+static void *st_calloc_lazy(size_t n, size_t size)
 {
     return st_should_fail() ? NULL : calloc(n, size);
 }
@@ -106,10 +127,10 @@ int map_reserve(map_t *m, uint32_t cap, void **vals, const size_t *vsize, int nv
 {
     if (cap < 16 || m->cap || m->slot)
         return 0;
-    if ((m->keys = st_calloc(cap, sizeof(fk_t))) == NULL)
+    if ((m->keys = st_calloc_lazy(cap, sizeof(fk_t))) == NULL)
         return -1;
     for (int j = 0; j < nvals; j++)
-        if ((vals[j] = st_calloc(cap, vsize[j])) == NULL)
+        if ((vals[j] = st_calloc_lazy(cap, vsize[j])) == NULL)
             return -1;
     if ((m->slot = st_calloc((size_t)cap * 2, sizeof(uint64_t))) == NULL)
         return -1;
