@@ -113,8 +113,9 @@ def main() -> int:
         print(f"{'scenario':<8} {'packets':>10} {'rows':>8} {'overflow':>9} {'state MiB':>10} "
               f"{'peak MiB':>9} {'RSS+ MiB':>9} {'add/s':>9}")
         for r in results:
+            state, peak = ("-" if v is None else v for v in (r["state_mib"], r["peak_mib"]))
             print(f"{r['scenario']:<8} {r['packets']:>10,} {r['sources_rows']:>8,} "
-                  f"{r['sources_overflow']:>9,} {r['state_mib']:>10} {r['peak_mib']:>9} "
+                  f"{r['sources_overflow']:>9,} {state:>10} {peak:>9} "
                   f"{r['rss_growth_mib']:>9} {r['add_per_s']:>9,}")
         print("bound: 128 MiB per hour of state (issue 2); RSS+ is the process's growth, "
               "an upper bound on the state")
