@@ -24,7 +24,9 @@ install: system-deps .stamp-venv
 .stamp-venv: pyproject.toml setup.py sensor/edges/_pcap.c $(wildcard sensor/fast/src/*.[ch]) central/_rollup.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	# compat: the checkout on sys.path by a .pth line, not setuptools' import hook, which
+	# every command paid for at start-up (about 15 ms: pathlib, importlib.util, re...)
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
 	# the project's bytecode, as pip writes it when it installs a wheel: an editable install
 	# writes none, and where PYTHONDONTWRITEBYTECODE is set every `teiten` command would
 	# compile its modules from source at each start (about 20 ms of `teiten replay`)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
+import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sensor.core.aggregate import HOUR, Limits
@@ -103,9 +103,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         validate_sensor_id(args.sensor_id)
     except ValueError as exc:
         return _error(str(exc))
-    out = Path(args.out) if args.out else None
+    out: str | None = args.out or None  # os.path here and in durable: no pathlib at start-up
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as exc:
+            return _error(f"replay: cannot make --out {out}: {exc.strerror or exc}")
     sink = None
     # The spool and signing stack (cryptography) is imported only when it is used.
     spool_errors: tuple[type[Exception], ...] = ()
@@ -128,17 +131,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def emit(summary: Summary) -> None:
         data = encode_summary(summary)
         if out is not None:
-            path = out / summary_filename(summary)
+            path = os.path.join(out, summary_filename(summary))
             write_durably(path, data)
-            written.append(str(path))
+            written.append(path)
         if sink is not None:
             sink.seal_and_spool(summary, data)
 
     def emit_encoded(summary: EncodedSummary) -> None:  # no --key: the bytes are all it needs
         assert out is not None  # checked above: --out or --key
-        path = out / summary_filename(summary)
+        path = os.path.join(out, summary_filename(summary))
         write_durably(path, summary.data)
-        written.append(str(path))
+        written.append(path)
 
     failure = None
     stats = ReplayStats()  # filled as the replay goes: its warnings survive an error

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -39,11 +38,14 @@ def write_durably(
     appears under its name: for files another user must read).
     OSError propagates (ENOSPC, EIO...); the temporary file is removed before it does.
     """
-    final = Path(path)
+    # os.path, not pathlib: `teiten replay` writes through here and imports nothing else
+    # that needs pathlib (about 2 ms of start-up with urllib.parse and fnmatch).
+    final = os.fspath(path)
+    parent, name = os.path.split(final)
     # A random part: a board's PIDs repeat after a reboot, and a stale temporary file left
     # by a power cut must never block the next write (O_EXCL).  os.urandom, which is what
     # secrets.token_hex reads (importing secrets loads hashlib and OpenSSL: 5 ms of start-up).
-    tmp = final.with_name(tmp_name or f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    tmp = os.path.join(parent, tmp_name or f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -58,4 +60,4 @@ def write_durably(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(final.parent)
+    fsync_dir(parent or ".")

@@ -47,6 +47,10 @@ except ImportError:  # not built: the reference path is used
     _fast = None  # type: ignore[assignment]
 
 FILE_CHUNK: Final = 1 << 18  # frames per feed_file call (progress and Ctrl-C granularity)
+# A size hint's room for destinations: a darknet's busy addresses are far fewer than its
+# sources, and a table that outgrows this rehashes a few times, cheaply; a reservation as
+# large as the sources' would be slots written and never used.
+DESTINATIONS_ROOM: Final = 4096
 
 
 def available() -> bool:
@@ -245,11 +249,17 @@ class FastHourlyAggregation:
         return int(self._k.pending_bad_timestamps)
 
     def set_size_hint(self, entries: int) -> None:
-        """Start the next new interval's tables with room for `entries` ports, sources and
-        destinations each (capped by the limits), not 16: a caller that knows the input is
-        big (a replay, from the file's size) saves the rehashes of tables growing."""
+        """Start the next new interval's tables with room for `entries` ports and sources
+        (and destinations, up to DESTINATIONS_ROOM; all capped by the limits), not 16: a
+        caller that knows the input is big (a replay, from the file's size) saves the
+        rehashes of tables growing.  Later intervals are sized from the hour before them."""
         n = max(0, min(int(entries), 0xFFFFFFFF))
-        self._k.set_size_hint(n, n, n)
+        self._k.set_size_hint(n, n, min(n, DESTINATIONS_ROOM))
+
+    def set_prefault(self, on: bool) -> None:
+        """Have a helper thread map in the pages of new intervals' entry arrays ahead of the
+        count (a file replay, whose counting thread is its critical path)."""
+        self._k.set_prefault(bool(on))
 
     def set_linktype(self, linktype: int) -> None:
         """Decode what follows as frames of `linktype` (the state carries on)."""

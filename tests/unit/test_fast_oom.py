@@ -234,8 +234,14 @@ def test_replay_from_a_file_under_failure(tmp_path: Path, pipeline: bool) -> Non
         counted = sum(s.packets + s.malformed_total + int(s.health.get("late_packets", 0))
                       + int(s.health.get("kernel_oom_dropped", 0)) for s in summaries)
         assert counted == frames > 5000
-        if n <= 400:
+        # The failures show in the health: frames dropped while the first hour's tables
+        # grow; after 400 allocations the later hours' tables were reserved at their opening
+        # (sized from the hour before), so what fails is a distinct set: counted, inexact.
+        if n <= 40:
             assert any("kernel_oom_dropped" in s.health for s in summaries)
+        if n <= 400:
+            assert any("kernel_oom_dropped" in s.health or "kernel_oom_inexact" in s.health
+                       for s in summaries)
 
 
 def test_daemon_survives_and_reports(tmp_path: Any) -> None:

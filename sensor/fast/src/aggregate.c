@@ -27,7 +27,7 @@ static uint32_t reserve_size(uint32_t hint, int64_t cap)
     return c;
 }
 
-static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_t *hint)
+static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_t *hint, int prefault)
 {
     interval_t *iv = st_calloc(1, sizeof *iv);
     if (iv == NULL)
@@ -37,17 +37,18 @@ static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_
         size_t vs[1];
         int rc = 0;
         v[0] = NULL, vs[0] = sizeof(port_t);
-        rc |= map_reserve(&iv->ports, reserve_size(hint->ports, -1), v, vs, 1);
+        rc |= map_reserve(&iv->ports, reserve_size(hint->ports, -1), hint->ports, prefault, v, vs, 1);
         iv->port = v[0];
         v[0] = NULL, vs[0] = sizeof(row_t);
-        rc |= map_reserve(&iv->src, reserve_size(hint->src, lim->max_sources), v, vs, 1);
+        rc |= map_reserve(&iv->src, reserve_size(hint->src, lim->max_sources), hint->src, prefault, v, vs, 1);
         iv->row = v[0];
         v[0] = NULL, vs[0] = sizeof(uint64_t);
-        rc |= map_reserve(&iv->dst, reserve_size(hint->dst, lim->max_destinations), v, vs, 1);
+        rc |= map_reserve(&iv->dst, reserve_size(hint->dst, lim->max_destinations), hint->dst, prefault, v, vs,
+                          1);
         iv->dst_n = v[0];
         if (rc) { /* too big now: start small, the tables grow as they need */
             interval_free(iv);
-            return interval_new(start, lim, NULL);
+            return interval_new(start, lim, NULL, 0);
         }
     }
     iv->start = start;
@@ -499,6 +500,7 @@ static inline int64_t floordiv(int64_t a, int64_t b)
 static void push_closed(router_t *rt, interval_t *iv, int complete)
 {
     rt->hint = (sizes_t){iv->ports.n, iv->src.n, iv->dst.n};
+    rt->have_closed = 1;
     iv->complete = complete;
     iv->next_closed = NULL;
     if (rt->closed_tail)
@@ -547,7 +549,16 @@ static interval_t *route(router_t *rt, int64_t ts)
             return NULL;
         }
     }
-    interval_t *iv = rt->n_open < MAX_OPEN ? interval_new(start, &rt->lim, &rt->hint) : NULL;
+    /* Sized from the last closed interval; before any has closed (an hour opens while
+     * the one before it is still open for late packets), from the newest open one, a whole
+     * hour by now: the first's size hint (set_size_hint, a guess from the file) is only
+     * for the first. */
+    sizes_t hint = rt->hint;
+    if (!rt->have_closed)
+        for (int i = 0; i < rt->n_open; i++)
+            if (rt->open[i]->start == newest)
+                hint = (sizes_t){rt->open[i]->ports.n, rt->open[i]->src.n, rt->open[i]->dst.n};
+    interval_t *iv = rt->n_open < MAX_OPEN ? interval_new(start, &rt->lim, &hint, rt->prefault) : NULL;
     if (iv == NULL) { /* no memory for a new interval: the frame is dropped, and counted */
         if (rt->n_open)
             rt->open[oldest_index(rt, 0, 1)]->oom_dropped++;

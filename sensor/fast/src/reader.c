@@ -13,6 +13,9 @@
 #include "fast.h"
 #include <pthread.h>
 #include <stdio.h>
+#ifdef __GLIBC__
+#include <stdio_ext.h>
+#endif
 #ifdef __linux__
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -80,6 +83,11 @@ static pcap_t *open_capture(const char *path, char *errbuf, char **iobuf)
     *iobuf = NULL;
     FILE *f = strcmp(path, "-") == 0 ? NULL : fopen(path, "rb");
     if (f != NULL) {
+#ifdef __GLIBC__
+        /* One thread at a time reads it (the FileReader's busy flag): no lock per fread.
+         * libpcap makes two freads a record, and with threads running glibc locks each. */
+        __fsetlocking(f, FSETLOCKING_BYCALLER);
+#endif
         char *buf = malloc(READ_BUFFER); /* glibc ignores the size without a buffer */
         if (buf != NULL && setvbuf(f, buf, _IOFBF, READ_BUFFER) == 0) {
             pcap_t *p = pcap_fopen_offline_with_tstamp_precision(f, PCAP_TSTAMP_PRECISION_MICRO, errbuf);
