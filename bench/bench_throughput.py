@@ -485,9 +485,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(r, indent=2))
             else:
                 print("\n".join(lines))
-            update_section(Path(args.results), "End to end: `teiten replay` next to tcpdump "
-                           "(`python -m bench.bench_throughput --e2e`)", lines)
-            log(f"written to {args.results}")
+            if args.results:  # '' for none
+                update_section(Path(args.results), "End to end: `teiten replay` next to "
+                               "tcpdump (`python -m bench.bench_throughput --e2e`)", lines)
+                log(f"written to {args.results}")
             return 0
         size = os.path.getsize(pcap)
         frames = int(subprocess.run(["tcpdump", "-n", "-r", pcap, "--count"],
