@@ -284,7 +284,6 @@ def _replay_compiled(
                 aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits,
                                                     ahead="pack" if encoded else "rows")
                 aggregation.set_size_hint(first_hour_room(paths))
-                aggregation.set_prefault(True)
             aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
             try:
                 reader = _fast.FileReader(path)

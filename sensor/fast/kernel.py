@@ -256,11 +256,6 @@ class FastHourlyAggregation:
         n = max(0, min(int(entries), 0xFFFFFFFF))
         self._k.set_size_hint(n, n, min(n, DESTINATIONS_ROOM))
 
-    def set_prefault(self, on: bool) -> None:
-        """Have a helper thread map in the pages of new intervals' entry arrays ahead of the
-        count (a file replay, whose counting thread is its critical path)."""
-        self._k.set_prefault(bool(on))
-
     def set_linktype(self, linktype: int) -> None:
         """Decode what follows as frames of `linktype` (the state carries on)."""
         self._k.set_linktype(linktype)

@@ -55,11 +55,10 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def closed_intervals(pcap: Path, limits: Limits | None, ahead: Any,
-                     room: int | None = None, prefault: bool = False) -> list[Any]:
+                     room: int | None = None) -> list[Any]:
     agg = fastpath.FastHourlyAggregation(1, limits=limits, ahead=ahead)
     if room is not None:
         agg.set_size_hint(room)
-    agg.set_prefault(prefault)
     assert fastpath._fast is not None
     reader = fastpath._fast.FileReader(str(pcap), pipeline=True)
     reader.setfilter(darknet_filter(DARKNET, vlan=True))
@@ -170,21 +169,6 @@ def test_size_hint_changes_room_not_counts(capture: Path, limits: Limits | None,
                 for c in closed_intervals(capture, limits, None, hint)]
 
     assert summaries(room) == summaries(None)
-
-
-@pytest.mark.parametrize("limits", [None, SMALL], ids=["default", "small"])
-@pytest.mark.parametrize("room", [0, 5000, 1 << 17])
-def test_pages_made_ahead_change_no_byte(capture: Path, limits: Limits | None,
-                                         room: int) -> None:
-    """set_prefault (a file replay's): a helper thread maps the entry arrays' pages in while
-    the count writes them, for every room the first hour may get and the later hours' sizes
-    from the hour before; the summaries are the same as without it."""
-    def summaries(prefault: bool) -> list[bytes]:
-        return [encode_interval(c.aggregator, sensor_id="pk")
-                for c in closed_intervals(capture, limits, None, room, prefault)]
-
-    for _ in range(2):  # the second time, the helper thread exists already
-        assert summaries(True) == summaries(False)
 
 
 def test_first_hour_room_follows_the_files_size(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ static uint32_t reserve_size(uint32_t hint, int64_t cap)
     return c;
 }
 
-static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_t *hint, int prefault)
+static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_t *hint)
 {
     interval_t *iv = st_calloc(1, sizeof *iv);
     if (iv == NULL)
@@ -37,18 +37,17 @@ static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_
         size_t vs[1];
         int rc = 0;
         v[0] = NULL, vs[0] = sizeof(port_t);
-        rc |= map_reserve(&iv->ports, reserve_size(hint->ports, -1), hint->ports, prefault, v, vs, 1);
+        rc |= map_reserve(&iv->ports, reserve_size(hint->ports, -1), v, vs, 1);
         iv->port = v[0];
         v[0] = NULL, vs[0] = sizeof(row_t);
-        rc |= map_reserve(&iv->src, reserve_size(hint->src, lim->max_sources), hint->src, prefault, v, vs, 1);
+        rc |= map_reserve(&iv->src, reserve_size(hint->src, lim->max_sources), v, vs, 1);
         iv->row = v[0];
         v[0] = NULL, vs[0] = sizeof(uint64_t);
-        rc |= map_reserve(&iv->dst, reserve_size(hint->dst, lim->max_destinations), hint->dst, prefault, v, vs,
-                          1);
+        rc |= map_reserve(&iv->dst, reserve_size(hint->dst, lim->max_destinations), v, vs, 1);
         iv->dst_n = v[0];
         if (rc) { /* too big now: start small, the tables grow as they need */
             interval_free(iv);
-            return interval_new(start, lim, NULL, 0);
+            return interval_new(start, lim, NULL);
         }
     }
     iv->start = start;
@@ -558,7 +557,7 @@ static interval_t *route(router_t *rt, int64_t ts)
         for (int i = 0; i < rt->n_open; i++)
             if (rt->open[i]->start == newest)
                 hint = (sizes_t){rt->open[i]->ports.n, rt->open[i]->src.n, rt->open[i]->dst.n};
-    interval_t *iv = rt->n_open < MAX_OPEN ? interval_new(start, &rt->lim, &hint, rt->prefault) : NULL;
+    interval_t *iv = rt->n_open < MAX_OPEN ? interval_new(start, &rt->lim, &hint) : NULL;
     if (iv == NULL) { /* no memory for a new interval: the frame is dropped, and counted */
         if (rt->n_open)
             rt->open[oldest_index(rt, 0, 1)]->oom_dropped++;

@@ -180,10 +180,7 @@ static inline int64_t map_find(const map_t *m, const fk_t *k, uint64_t h)
 }
 FAST_INTERNAL int map_room(map_t *m, void **vals, const size_t *vsize, int nvals); /* 0 or -1 */
 FAST_INTERNAL int64_t map_insert(map_t *m, const fk_t *k, uint64_t h); /* after map_room */
-FAST_INTERNAL int map_reserve(map_t *m, uint32_t cap, uint32_t expect, int prefault, void **vals,
-                              const size_t *vsize, int nvals);
-/* Map the pages of [p, p + bytes) in ahead, on a helper thread (see tables.c); never fails. */
-FAST_INTERNAL void st_prefault(void *p, size_t bytes);
+FAST_INTERNAL int map_reserve(map_t *m, uint32_t cap, void **vals, const size_t *vsize, int nvals);
 FAST_INTERNAL void map_free(map_t *m);
 
 /* A set of u64 (RowDistinct's exact sets).  0 is the empty mark; item 0 is a flag. */
@@ -459,7 +456,6 @@ typedef struct {
     long long frames;    /* frames routed (after the BPF filter) */
     sizes_t hint;        /* table sizes of the last closed interval (interval_new) */
     int have_closed;     /* an interval has closed: `hint` holds its sizes */
-    int prefault;        /* new tables' entry pages made ahead (set_prefault: a file replay) */
     int64_t horizon;     /* frames before this time (us) are not routed: counted in `before` */
     uint64_t before;     /* ... (a live sensor's already sealed buckets; see set_horizon) */
     int nb;              /* decoded frames waiting in `batch` */

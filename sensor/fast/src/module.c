@@ -249,19 +249,6 @@ static PyObject *Kernel_set_size_hint(KernelObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* set_prefault(on): the pages of a new interval's entry arrays (as many entries as its size
- * hint) are made ahead by a helper thread (tables.c: st_prefault), not faulted in one by one
- * by the counting thread: for a file replay, whose counting thread is its critical path.
- * Off by default: a live sensor's hours are not a race. */
-static PyObject *Kernel_set_prefault(KernelObject *self, PyObject *arg)
-{
-    int on = PyObject_IsTrue(arg);
-    if (on < 0 || kernel_enter(self) < 0)
-        return NULL;
-    self->rt.prefault = on;
-    Py_RETURN_NONE;
-}
-
 /* set_horizon(ts_us): frames timed before ts_us are no longer routed (their buckets are sealed);
  * they are counted, and take_before() returns and resets that count. */
 static PyObject *Kernel_set_horizon(KernelObject *self, PyObject *args)
@@ -337,8 +324,6 @@ static PyMethodDef Kernel_methods[] = {
      "take_before() -> frames counted before the horizon since the last call"},
     {"set_limits", (PyCFunction)Kernel_set_limits, METH_O,
      "set_limits(limits): intervals opened from now on use these limits"},
-    {"set_prefault", (PyCFunction)Kernel_set_prefault, METH_O,
-     "set_prefault(on): make the pages of new intervals' entry arrays ahead (a file replay)"},
     {"set_size_hint", (PyCFunction)Kernel_set_size_hint, METH_VARARGS,
      "set_size_hint(ports, sources, destinations): room the next new interval starts with"},
     {"set_linktype", (PyCFunction)Kernel_set_linktype, METH_VARARGS,

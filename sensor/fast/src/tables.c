@@ -9,14 +9,6 @@
  * so that a test can make any of them fail (_fail_allocations_after).
  */
 #include "fast.h"
-#include <errno.h>
-#include <pthread.h>
-#include <sys/mman.h>
-#ifdef __linux__
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#endif
-#include <unistd.h>
 
 uint64_t table_seed; /* set at import (module.c: make_seed) */
 
@@ -128,123 +120,18 @@ int64_t map_insert(map_t *m, const fk_t *k, uint64_t h)
     return m->n - 1;
 }
 
-/* ------------------------------------------------------------------ pages made ahead
- *
- * A first write to a fresh page costs a page fault (about 2 us on the virtual machines
- * this was measured on, docs/performance.md): an hour's entry arrays are thousands of
- * pages, each faulted in by the counting thread, the critical path of a file replay.
- * st_prefault hands such a range to a helper thread, which maps its pages in with
- * madvise(MADV_POPULATE_WRITE): as if each page were written, but no byte is, so it is
- * safe while the counting thread writes the same pages, and even after they were freed
- * (the range is then unmapped, and madvise fails, or reused, and only mapped in).  Only
- * for arrays written before they are read (appended entries): a slot array read first
- * would map the zero page and copy it on the first write (see st_calloc).  The helper is
- * one thread for the process, started on first use, at the lowest priority (it shares a
- * core with the reader thread); a full queue, a kernel without MADV_POPULATE_WRITE (Linux
- * before 5.14) or a thread that cannot start only mean the pages fault in as before. */
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-#define PREFAULT_QUEUE 32
-#define PREFAULT_MIN_PAGES 16 /* smaller ranges: not worth a wake-up */
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    uintptr_t lo[PREFAULT_QUEUE], hi[PREFAULT_QUEUE];
-    unsigned head, tail; /* under mu */
-    int started;
-    atomic_int unsupported;
-} pf = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, {0}, 0, 0, 0, 0};
-
-static void *prefault_main(void *arg)
-{
-    (void)arg;
-#ifdef __linux__
-    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
-#endif
-    for (;;) {
-        pthread_mutex_lock(&pf.mu);
-        while (pf.head == pf.tail)
-            pthread_cond_wait(&pf.cv, &pf.mu);
-        uintptr_t lo = pf.lo[pf.tail % PREFAULT_QUEUE], hi = pf.hi[pf.tail % PREFAULT_QUEUE];
-        pf.tail++;
-        pthread_mutex_unlock(&pf.mu);
-        if (madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
-            atomic_store(&pf.unsupported, 1);
-    }
-    return NULL;
-}
-
-static void prefault_atfork_child(void) /* the helper does not survive fork */
-{
-    pthread_mutex_init(&pf.mu, NULL);
-    pthread_cond_init(&pf.cv, NULL);
-    pf.head = pf.tail = 0;
-    pf.started = 0;
-}
-
-void st_prefault(void *p, size_t bytes)
-{
-    static uintptr_t page;
-    if (p == NULL || atomic_load_explicit(&pf.unsupported, memory_order_relaxed))
-        return;
-    if (page == 0) {
-        long ps = sysconf(_SC_PAGESIZE);
-        page = ps > 0 ? (uintptr_t)ps : 4096;
-    }
-    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)p + bytes) & ~(page - 1);
-    if (hi <= lo || (hi - lo) / page < PREFAULT_MIN_PAGES)
-        return;
-    pthread_mutex_lock(&pf.mu);
-    if (!pf.started) {
-        pthread_t th;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        int rc = pthread_create(&th, &at, prefault_main, NULL);
-        pthread_attr_destroy(&at);
-        if (rc != 0) {
-            pthread_mutex_unlock(&pf.mu);
-            return; /* tried again next time */
-        }
-        static int atfork;
-        if (!atfork++)
-            pthread_atfork(NULL, NULL, prefault_atfork_child);
-        pf.started = 1;
-    }
-    if (pf.head - pf.tail < PREFAULT_QUEUE) {
-        pf.lo[pf.head % PREFAULT_QUEUE] = lo;
-        pf.hi[pf.head % PREFAULT_QUEUE] = hi;
-        pf.head++;
-        pthread_cond_signal(&pf.cv);
-    }
-    pthread_mutex_unlock(&pf.mu);
-}
-
 /* Room for `cap` keys (a power of two) and their values, allocated zeroed and lazily
  * (calloc: pages are touched only when used), so a table sized from the previous interval
- * neither copies its arrays nor rehashes its slots while it grows to that size.  With
- * `prefault`, the pages of the first `expect` keys and values are made ahead (st_prefault):
- * they are appended to, so written before they are read.  0 or -1. */
-int map_reserve(map_t *m, uint32_t cap, uint32_t expect, int prefault, void **vals, const size_t *vsize,
-                int nvals)
+ * neither copies its arrays nor rehashes its slots while it grows to that size.  0 or -1. */
+int map_reserve(map_t *m, uint32_t cap, void **vals, const size_t *vsize, int nvals)
 {
     if (cap < 16 || m->cap || m->slot)
         return 0;
-    if (expect > cap)
-        expect = cap;
     if ((m->keys = st_calloc_lazy(cap, sizeof(fk_t))) == NULL)
         return -1;
-    if (prefault)
-        st_prefault(m->keys, (size_t)expect * sizeof(fk_t));
-    for (int j = 0; j < nvals; j++) {
+    for (int j = 0; j < nvals; j++)
         if ((vals[j] = st_calloc_lazy(cap, vsize[j])) == NULL)
             return -1;
-        if (prefault)
-            st_prefault(vals[j], (size_t)expect * vsize[j]);
-    }
     if ((m->slot = st_calloc((size_t)cap * 2, sizeof(uint64_t))) == NULL)
         return -1;
     m->mask = cap * 2 - 1;
