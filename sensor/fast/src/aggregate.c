@@ -584,8 +584,6 @@ static interval_t *route(router_t *rt, int64_t ts)
     while ((i = oldest_index(rt, horizon, 0)) >= 0) {
         interval_t *old = take_open(rt, i);
         push_closed(rt, old, old->start != rt->first_start);
-        if (rt->stop_handle)
-            pcap_breakloop(rt->stop_handle);
     }
     return iv;
 }

@@ -4,7 +4,9 @@
  * types, the constants, the per-packet helpers and the functions that cross files.
  *
  * The parts, in the order a frame meets them:
- *  - reader.c: FileReader and Kernel.feed_file.  libpcap reads the file (BPF filter); with
+ *  - reader.c: FileReader and Kernel.feed_file.  libpcap opens the file; a classic pcap's
+ *    records are read from one buffer without stdio, any odd record and other formats by
+ *    libpcap (BPF filter either way); with
  *    a second core a reader thread decodes frames into a ring and the calling thread counts
  *    them (the pipeline), and a helper thread makes the rows of an hour that closes meanwhile;
  *  - decode.c: a frame's bytes to a pkt_t, as sensor/core/decode.py (bounds-checked);
@@ -460,7 +462,6 @@ typedef struct {
     uint64_t before;     /* ... (a live sensor's already sealed buckets; see set_horizon) */
     int nb;              /* decoded frames waiting in `batch` */
     rec_t batch[BATCH];
-    pcap_t *stop_handle; /* file reads: break out as soon as an interval closes */
 } router_t;
 
 /* Count n decoded frames in order (prefetch passes first): the whole per-packet count. */

@@ -12,10 +12,11 @@
  * machines that do not vectorise; one pass in C over each frame does.
  *
  * Shape:
- *  - FileReader(path): a libpcap offline handle (pcap or pcapng) with setfilter() (reader.c).
+ *  - FileReader(path): a libpcap offline handle (pcap or pcapng) with setfilter(); a classic
+ *    pcap's records are read without stdio where libpcap would not change them (reader.c).
  *  - Kernel(linktype, bucket_seconds, open_intervals, limits): the state of
- *    sensor.core.aggregate.HourlyAggregation.  feed_file(reader, n) reads up to n frames with
- *    pcap_dispatch straight into decode + aggregate (GIL released, no Python object per
+ *    sensor.core.aggregate.HourlyAggregation.  feed_file(reader, n) reads up to n frames
+ *    straight into decode + aggregate (GIL released, no Python object per
  *    packet; reader.c); feed_frames(list of (ts_us, wire_len, data)) does the same for
  *    batches a live capture handed over.  Both return the intervals that closed, as
  *    (Interval, complete).

@@ -1,8 +1,14 @@
 /*
  * reader.c: FileReader and Kernel.feed_file: capture files into the kernel.
  *
- * Strategy: libpcap reads the file (its own record parsing, checks and error messages, and
- * the BPF filter) through a 64 KiB stdio buffer.  With a second core, feed_file is a
+ * Strategy: libpcap opens the file and checks its header.  A classic pcap file in the usual
+ * shape (see raw_eligible) is then read by this file without stdio: large pread()s into one
+ * buffer, each record's 16-byte header read in place and the frame decoded where it lies,
+ * the BPF filter run by pcap_offline_filter.  Any record that is not plainly well formed (cut
+ * short, longer than the snapshot length, a read error) is handed to libpcap at its offset,
+ * so its checks, its truncation and its error messages stay libpcap's own, and the reading
+ * goes on from where libpcap stopped.  pcapng, stdin and the rare pcap variants are read by
+ * libpcap throughout, through a 64 KiB stdio buffer.  With a second core, feed_file is a
  * two-stage pipeline: a reader thread runs pcap_dispatch and decodes each frame into a ring,
  * and the calling thread counts the ring in file order, so the tables have one writer and
  * see exactly what one thread would; with one core, frames are decoded and counted in the
@@ -12,7 +18,10 @@
  */
 #include "fast.h"
 #include <pthread.h>
+#include <errno.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
 #ifdef __GLIBC__
 #include <stdio_ext.h>
 #endif
@@ -44,6 +53,16 @@ typedef struct {
     PyObject_HEAD
     pcap_t *p;
     char *iobuf; /* the file's stdio buffer (open_capture), freed after pcap_close */
+    /* classic pcap read without stdio (raw_eligible; reader_dispatch) */
+    int raw;
+    int raw_swapped;           /* the file's byte order is not this machine's */
+    uint32_t raw_snapshot;     /* pcap_snapshot: longer records go to libpcap */
+    unsigned char *raw_buf;    /* RAW_BUFFER bytes */
+    size_t raw_pos, raw_len;   /* the next record's header, and the end of the data read */
+    long long raw_off;         /* the file offset of raw_buf[0] */
+    int raw_end;               /* pread met the end of the file */
+    struct bpf_program prog;   /* setfilter's program, for pcap_offline_filter */
+    int have_prog;
     int busy;
     int err_pending;
     char err_msg[PCAP_ERRBUF_SIZE + 64];
@@ -102,6 +121,202 @@ static pcap_t *open_capture(const char *path, char *errbuf, char **iobuf)
     return pcap_open_offline_with_tstamp_precision(path, PCAP_TSTAMP_PRECISION_MICRO, errbuf);
 }
 
+/* ---- classic pcap without stdio
+ *
+ * libpcap's reading of a record (sf-pcap.c, pcap_next_packet) is two freads, a copy into its
+ * buffer and a call through a function pointer; about a third of the reader thread's work.
+ * For a file libpcap itself reads with no transformation of the records (the conditions
+ * below), this reads the same records from the file's descriptor: the header's fields in the
+ * file's byte order, the seconds and microseconds as signed 32 bits as libpcap reads them,
+ * the frame where it lies in raw_buf.  A record that needs any of libpcap's checks or
+ * repairs goes to libpcap (raw_hand_over), which then reads it as it always does. */
+#define RAW_BUFFER (1 << 17) /* like the stdio buffer: a few pread()s a MiB, and it stays in cache */
+#define RAW_HEADER 16
+#define PCAP_MAGIC_US 0xa1b2c3d4u
+#define BSWAP32(x) __builtin_bswap32(x)
+
+static int raw_eligible(ReaderObject *rd)
+{
+    FILE *f = pcap_file(rd->p);
+    if (f == NULL)
+        return 0;
+    int fd = fileno(f);
+    struct stat st;
+    unsigned char h[24];
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h)
+        return 0;
+    uint32_t magic, linktype;
+    uint16_t major, minor;
+    memcpy(&magic, h, 4);
+    memcpy(&major, h + 4, 2);
+    memcpy(&minor, h + 6, 2);
+    memcpy(&linktype, h + 20, 4);
+    int swapped = magic == BSWAP32(PCAP_MAGIC_US);
+    if (magic != PCAP_MAGIC_US && !swapped)
+        return 0; /* pcapng, nanosecond stamps, the patched-header variants */
+    if (swapped) {
+        major = __builtin_bswap16(major);
+        minor = __builtin_bswap16(minor);
+        linktype = BSWAP32(linktype);
+    }
+    /* 2.4: caplen and len in today's order (2.3 and older may swap them); no FCS or class
+     * bits in the link type; no link type whose headers libpcap rewrites on reading
+     * (pcap_post_process: the Linux USB and NFLOG pseudo-headers). */
+    int dlt = pcap_datalink(rd->p);
+    if (major != 2 || minor != 4 || (linktype >> 16) != 0 || dlt == DLT_USB_LINUX ||
+        dlt == DLT_USB_LINUX_MMAPPED || dlt == DLT_NFLOG || pcap_snapshot(rd->p) <= 0)
+        return 0;
+    if ((rd->raw_buf = malloc(RAW_BUFFER)) == NULL)
+        return 0;
+    rd->raw_swapped = swapped;
+    rd->raw_snapshot = (uint32_t)pcap_snapshot(rd->p);
+    rd->raw_off = sizeof h;
+    rd->raw_pos = rd->raw_len = 0;
+    rd->raw_end = 0;
+    return 1;
+}
+
+/* Keep the unread bytes, then read more after them.  0, or -1 when nothing more came (the
+ * end of the file, or a read error: libpcap will see which). */
+static int raw_fill(ReaderObject *rd)
+{
+    size_t keep = rd->raw_len - rd->raw_pos;
+    if (rd->raw_end)
+        return -1;
+    if (rd->raw_pos) {
+        memmove(rd->raw_buf, rd->raw_buf + rd->raw_pos, keep);
+        rd->raw_off += (long long)rd->raw_pos;
+        rd->raw_pos = 0;
+        rd->raw_len = keep;
+    }
+    int fd = fileno(pcap_file(rd->p));
+    ssize_t got;
+    do
+        got = pread(fd, rd->raw_buf + keep, RAW_BUFFER - keep, (off_t)(rd->raw_off + (long long)keep));
+    while (got < 0 && errno == EINTR);
+    if (got <= 0) {
+        rd->raw_end = 1;
+        return -1;
+    }
+    rd->raw_len = keep + (size_t)got;
+    return 0;
+}
+
+/* One frame for reader_dispatch's caller; nonzero: stop after this frame (pcap_breakloop). */
+typedef int (*frame_fn)(void *user, const struct pcap_pkthdr *h, const u_char *data);
+
+typedef struct {
+    frame_fn fn;
+    void *user;
+    pcap_t *p;
+    int stopped;
+    int sticky; /* pcap_breakloop on a stop (a whole pcap_dispatch), or only note it */
+} glue_t;
+
+static void glue_cb(u_char *u, const struct pcap_pkthdr *h, const u_char *data)
+{
+    glue_t *g = (glue_t *)u;
+    if (g->fn(g->user, h, data)) {
+        g->stopped = 1;
+        if (g->sticky)
+            pcap_breakloop(g->p);
+    }
+}
+
+/* libpcap failed: keep its message and where in the file it stopped. */
+static int reader_failed(ReaderObject *rd)
+{
+    FILE *f = pcap_file(rd->p);
+    rd->err_off = f ? (long long)ftell(f) : -1;
+    snprintf(rd->err_msg, sizeof rd->err_msg, "%s", pcap_geterr(rd->p));
+    return PCAP_ERROR;
+}
+
+/* The record at the buffer's position goes to libpcap: it reads from that offset to the
+ * first frame its filter keeps (or the end, or its error), and the raw reading goes on after
+ * it.  Returns pcap_dispatch's result. */
+static int raw_hand_over(ReaderObject *rd, frame_fn fn, void *user, int *stopped)
+{
+    FILE *f = pcap_file(rd->p);
+    long long at = rd->raw_off + (long long)rd->raw_pos;
+    if (fseeko(f, (off_t)at, SEEK_SET) != 0) {
+        rd->err_off = at;
+        snprintf(rd->err_msg, sizeof rd->err_msg, "cannot seek in the capture file: %s", strerror(errno));
+        return PCAP_ERROR;
+    }
+    glue_t g = {fn, user, rd->p, 0, 0};
+    int rc = pcap_dispatch(rd->p, 1, glue_cb, (u_char *)&g);
+    if (rc == PCAP_ERROR)
+        return reader_failed(rd);
+    off_t next = ftello(f);
+    if (next < 0) { /* never on a regular file; without it the reading cannot go on */
+        rd->err_off = at;
+        snprintf(rd->err_msg, sizeof rd->err_msg, "cannot tell the offset in the capture file: %s", strerror(errno));
+        return PCAP_ERROR;
+    }
+    rd->raw_off = (long long)next;
+    rd->raw_pos = rd->raw_len = 0;
+    rd->raw_end = 0;
+    *stopped = g.stopped;
+    return rc;
+}
+
+/* pcap_dispatch(rd->p, cnt, ...) for both ways of reading: the frames handed to `fn` (> 0), 0
+ * at the end of the file, PCAP_ERROR (the message and offset in err_msg, err_off), or
+ * PCAP_ERROR_BREAK.  cnt <= 0: no limit. */
+static int reader_dispatch(ReaderObject *rd, int cnt, frame_fn fn, void *user)
+{
+    if (!rd->raw) {
+        glue_t g = {fn, user, rd->p, 0, 1};
+        int rc = pcap_dispatch(rd->p, cnt, glue_cb, (u_char *)&g);
+        return rc == PCAP_ERROR ? reader_failed(rd) : rc;
+    }
+    int n = 0, swapped = rd->raw_swapped;
+    uint32_t snapshot = rd->raw_snapshot;
+    for (;;) {
+        size_t avail = rd->raw_len - rd->raw_pos;
+        uint32_t w[4] = {0, 0, 0, 0};
+        if (avail >= RAW_HEADER) {
+            memcpy(w, rd->raw_buf + rd->raw_pos, sizeof w);
+            if (swapped)
+                for (int i = 0; i < 4; i++)
+                    w[i] = BSWAP32(w[i]);
+        }
+        if (avail < RAW_HEADER || avail - RAW_HEADER < w[2]) {
+            if (avail < RAW_HEADER || w[2] <= snapshot) {
+                if (raw_fill(rd) == 0)
+                    continue;
+                if (avail == 0)
+                    return n; /* the end of the file, on a record boundary */
+            }
+        } else if (w[2] <= snapshot) {
+            struct pcap_pkthdr h;
+            h.ts.tv_sec = (int32_t)w[0]; /* signed, as libpcap reads them */
+            h.ts.tv_usec = (int32_t)w[1];
+            h.caplen = w[2];
+            h.len = w[3];
+            const u_char *data = rd->raw_buf + rd->raw_pos + RAW_HEADER;
+            rd->raw_pos += RAW_HEADER + w[2];
+            if (!rd->have_prog || pcap_offline_filter(&rd->prog, &h, data)) {
+                n++;
+                if (fn(user, &h, data) || (cnt > 0 && n >= cnt))
+                    return n;
+            }
+            continue;
+        }
+        /* cut short, longer than the snapshot or the buffer, or a read error: libpcap's */
+        int stopped = 0;
+        int rc = raw_hand_over(rd, fn, user, &stopped);
+        if (rc < 0)
+            return rc;
+        if (rc == 0)
+            return n; /* libpcap met the end of the file */
+        n += rc;
+        if (stopped || (cnt > 0 && n >= cnt))
+            return n;
+    }
+}
+
 static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     PyObject *path_obj, *pipe_obj = Py_None;
@@ -134,9 +349,20 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->iobuf = iobuf;
     self->err_off = -1;
     self->pipeline = pipeline < 0 ? sysconf(_SC_NPROCESSORS_ONLN) > 1 : pipeline;
+    self->raw = raw_eligible(self);
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->cv, NULL);
     return (PyObject *)self;
+}
+
+static void reader_free_raw(ReaderObject *r)
+{
+    free(r->raw_buf);
+    r->raw_buf = NULL;
+    r->raw = 0;
+    if (r->have_prog)
+        pcap_freecode(&r->prog);
+    r->have_prog = 0;
 }
 
 static int reader_check(ReaderObject *r)
@@ -160,10 +386,16 @@ static PyObject *Reader_setfilter(ReaderObject *self, PyObject *args)
         return NULL;
     if (pcap_compile(self->p, &prog, expr, 1, PCAP_NETMASK_UNKNOWN) != 0)
         return raise_fast(pcap_geterr(self->p), -1);
-    int rc = pcap_setfilter(self->p, &prog);
-    pcap_freecode(&prog);
-    if (rc != 0)
+    /* libpcap keeps a copy for the records it reads (raw_hand_over, or all of them); the
+     * raw reading filters with `prog` itself */
+    if (pcap_setfilter(self->p, &prog) != 0) {
+        pcap_freecode(&prog);
         return raise_fast(pcap_geterr(self->p), -1);
+    }
+    if (self->have_prog)
+        pcap_freecode(&self->prog);
+    self->prog = prog;
+    self->have_prog = 1;
     Py_RETURN_NONE;
 }
 
@@ -184,6 +416,7 @@ static PyObject *Reader_close(ReaderObject *self, PyObject *Py_UNUSED(a))
     }
     free(self->iobuf);
     self->iobuf = NULL;
+    reader_free_raw(self);
     free(self->ring);
     self->ring = NULL;
     atomic_store(&self->head, 0);
@@ -196,11 +429,21 @@ static void Reader_dealloc(ReaderObject *self)
     if (self->p)
         pcap_close(self->p);
     free(self->iobuf);
+    reader_free_raw(self);
     free(self->ring);
     pthread_mutex_destroy(&self->mu);
     pthread_cond_destroy(&self->cv);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+static PyObject *Reader_get_raw(ReaderObject *self, void *Py_UNUSED(c))
+{
+    return PyBool_FromLong(self->raw);
+}
+
+static PyGetSetDef Reader_getset[] = {
+    {"raw", (getter)Reader_get_raw, NULL, "True: records read without stdio (raw_eligible)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
 
 static PyMethodDef Reader_methods[] = {
     {"setfilter", (PyCFunction)Reader_setfilter, METH_VARARGS, "compile and set a BPF filter"},
@@ -216,6 +459,7 @@ PyTypeObject ReaderType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "FileReader(path): a pcap/pcapng file for Kernel.feed_file.",
     .tp_methods = Reader_methods,
+    .tp_getset = Reader_getset,
     .tp_new = Reader_new,
 };
 
@@ -228,11 +472,14 @@ static inline int64_t frame_ts(const struct pcap_pkthdr *h)
     return (int64_t)((uint64_t)(int64_t)h->ts.tv_sec * 1000000u + (uint64_t)(int64_t)h->ts.tv_usec);
 }
 
-static void file_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *data)
+/* The direct reading's frame: decode and count; stop as soon as an interval closes, so
+ * closed intervals never pile up in memory. */
+static int file_cb(void *user, const struct pcap_pkthdr *h, const u_char *data)
 {
     router_t *rt = (router_t *)user;
     int64_t ts = frame_ts(h);
     route_frame(rt, ts, data, (long)h->caplen, (long)h->len);
+    return rt->n_closed != 0;
 }
 
 /* ---- the pipeline's two sides (see ReaderObject) */
@@ -290,9 +537,9 @@ static void pipe_publish(ReaderObject *rd)
     pipe_wake(rd, counter_may_go);
 }
 
-/* pcap_dispatch's callback in the reader thread: decode into the ring.  There is always a
- * free slot on entry (checked before pcap_dispatch and after each record). */
-static void pipe_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *data)
+/* The reader thread's frame: decode into the ring.  There is always a free slot on entry
+ * (checked before reader_dispatch and after each record). */
+static int pipe_cb(void *user, const struct pcap_pkthdr *h, const u_char *data)
 {
     ReaderObject *rd = (ReaderObject *)user;
     int64_t ts = frame_ts(h);
@@ -308,8 +555,7 @@ static void pipe_cb(u_char *user, const struct pcap_pkthdr *h, const u_char *dat
             rd->ptail = atomic_load(&rd->tail);
         }
     }
-    if (atomic_load_explicit(&rd->stop, memory_order_relaxed))
-        pcap_breakloop(rd->p);
+    return atomic_load_explicit(&rd->stop, memory_order_relaxed);
 }
 
 static void *pipe_reader(void *arg)
@@ -322,19 +568,16 @@ static void *pipe_reader(void *arg)
         pipe_wait(rd, reader_may_go);
         if (atomic_load(&rd->stop))
             break;
-        int rc = pcap_dispatch(rd->p, -1, pipe_cb, (u_char *)rd);
+        int rc = reader_dispatch(rd, -1, pipe_cb, rd);
         if (rc == 0) {
             end = P_EOF;
             break;
         }
-        if (rc == PCAP_ERROR) {
-            FILE *f = pcap_file(rd->p);
-            rd->err_off = f ? (long long)ftell(f) : -1;
-            snprintf(rd->err_msg, sizeof rd->err_msg, "%s", pcap_geterr(rd->p));
+        if (rc == PCAP_ERROR) { /* err_msg, err_off set */
             end = P_ERROR;
             break;
         }
-        /* PCAP_ERROR_BREAK, or a count after pcap_breakloop: the loop checks `stop` */
+        /* PCAP_ERROR_BREAK, or a count after a stop: the loop checks `stop` */
     }
     pipe_publish(rd);
     atomic_store(&rd->state, end);
@@ -493,7 +736,6 @@ PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
         }
         self->busy = rd->busy = 1;
         rt->frames = 0;
-        rt->stop_handle = NULL; /* the reader thread owns the pcap handle */
         prebuild_t pb = {.args = self->rowargs};
         Py_XINCREF(pb.args); /* the helper's own reference, dropped with the GIL by it */
         Py_BEGIN_ALLOW_THREADS
@@ -525,27 +767,21 @@ PyObject *Kernel_feed_file(KernelObject *self, PyObject *args)
     }
 direct:
     self->busy = rd->busy = 1;
-    rt->stop_handle = rd->p;
     rt->frames = 0;
     Py_BEGIN_ALLOW_THREADS
-    /* Stop early when an interval closed, so closed intervals never pile up in memory.
-     * pcap_breakloop makes pcap_dispatch return early (it may not count that batch), so
-     * the frames are counted by the callback. */
+    /* file_cb stops the reading early when an interval closed (a dispatch may then return
+     * without its count), so the frames are counted by the callback. */
     while (rt->frames < max_packets) {
-        rc = pcap_dispatch(rd->p, (int)(max_packets - rt->frames), file_cb, (u_char *)rt);
+        rc = reader_dispatch(rd, (int)(max_packets - rt->frames), file_cb, rt);
         if (rc <= 0 || rt->n_closed)
             break;
     }
     process_batch(rt); /* nothing stays decoded but uncounted between calls */
     Py_END_ALLOW_THREADS
     total = rt->frames;
-    rt->stop_handle = NULL;
     self->busy = rd->busy = 0;
-    if (rc == PCAP_ERROR) {
-        FILE *f = pcap_file(rd->p);
+    if (rc == PCAP_ERROR) { /* err_msg, err_off set */
         rd->err_pending = 1;
-        rd->err_off = f ? (long long)ftell(f) : -1;
-        snprintf(rd->err_msg, sizeof rd->err_msg, "%s", pcap_geterr(rd->p));
         if (total == 0 && rt->n_closed == 0)
             return raise_fast(rd->err_msg, rd->err_off);
     } else if (rc == 0 && total == 0 && rt->n_closed == 0) {
