@@ -111,6 +111,9 @@ static inline uint64_t mix64(uint64_t x) /* sketch.mix64 after folding */
     return x ^ (x >> 31);
 }
 
+/* A table key.  Every key is made from a 32-bit value with tag 0 (an IPv4 address, a port
+ * or ICMP key: hi is 0, lo fits 32 bits) or from an IPv6 address with tag 1 (pkt_keys,
+ * tables.c), so "tag 0" is "compact" (fk_compact). */
 typedef struct {
     uint64_t lo, hi;
     uint32_t tag; /* 0: IPv4 / plain key, 1: IPv6; 0xFFFFFFFF marks an empty set slot */
@@ -151,9 +154,12 @@ typedef struct {
     fk_t *keys;
 } map_t;
 
+/* The key fits a 32-bit slot check (see fk_t: tag 0).  One load and a test: this runs ten
+ * times a packet on the counting thread, where the three-field test was 65 instructions a
+ * packet (callgrind). */
 static inline int fk_compact(const fk_t *k)
 {
-    return k->tag == 0 && k->hi == 0 && k->lo <= 0xFFFFFFFFu;
+    return k->tag == 0;
 }
 
 /* The slot word key k (hash h) would have at index i (index + 1 in the low bits added by the caller). */
