@@ -37,7 +37,7 @@ from sensor.edges.pcap import (
     not_a_capture,
     open_file,
 )
-from sensor.fast.kernel import FastHourlyAggregation, FastInterval, _fast
+from sensor.fast.kernel import FastHourlyAggregation, FastInterval, _fast, pack_ahead
 from sensor.fast.kernel import available as fast_available
 from sensor.fast.pack import encode_interval, encode_summary
 from wire.summary import Summary
@@ -155,6 +155,9 @@ class SummarySink:
         self.encoded = encoded
 
     def __call__(self, closed: Iterable[_Closed]) -> None:
+        closed = list(closed)
+        if self.encoded:  # several at once (the hours flush closes): packed side by side
+            pack_ahead([c.aggregator for c in closed if isinstance(c.aggregator, FastInterval)])
         for interval in closed:
             agg = interval.aggregator
             if not self.encoded:

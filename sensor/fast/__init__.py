@@ -8,8 +8,14 @@ extension is not built, and the equivalence tests check that both paths give the
 bytes.
 """
 
-from sensor.fast.kernel import FastClosed, FastHourlyAggregation, FastInterval, available
+from sensor.fast.kernel import (
+    FastClosed,
+    FastHourlyAggregation,
+    FastInterval,
+    available,
+    pack_ahead,
+)
 from sensor.fast.pack import encode_interval, encode_summary
 
 __all__ = ["FastClosed", "FastHourlyAggregation", "FastInterval", "available",
-           "encode_interval", "encode_summary"]
+           "encode_interval", "encode_summary", "pack_ahead"]

@@ -58,6 +58,15 @@ def available() -> bool:
     return _fast is not None
 
 
+def pack_ahead(intervals: Sequence[FastInterval]) -> None:
+    """Pack several closed intervals' big tables at once, one thread each, for the
+    `finish_packed` (`sensor.fast.pack.encode_interval`) calls that follow: the hours a
+    replay's `flush` closes together would otherwise be packed one after the other while
+    the machine's other cores are idle.  The bytes are the same either way."""
+    if _fast is not None and len(intervals) > 1:
+        _fast.pack_ahead([interval._iv for interval in intervals], _estimate)
+
+
 def _limits_tuple(lim: Limits) -> tuple[int, ...]:
     return tuple(getattr(lim, name) for name in LIMIT_FIELDS)
 

@@ -34,6 +34,8 @@ SMALL = Limits(
     source_big_p=8, source_max_big=4, source_small_p=5, port_exact_budget=500,
     port_exact_limit=20, port_big_p=9, port_max_big=3, port_small_p=4, overflow_sketch_p=10,
 )
+SKETCHY = Limits(source_exact_budget=3000, source_exact_limit=4, port_exact_budget=3000,
+                 port_exact_limit=8)
 KINDS = ("ports", "icmp_codes", "sources", "destinations")
 
 
@@ -107,6 +109,37 @@ def test_estimate_that_is_not_an_int_gives_none_and_encode_interval_falls_back(
         c.aggregator.finish(sensor_id="pk"))
 
 
+@pytest.mark.parametrize("limits", [None, SMALL, SKETCHY], ids=["default", "small", "sketchy"])
+def test_packed_ahead_together_are_the_tables_packed_one_by_one(
+        capture: Path, limits: Limits | None) -> None:
+    """pack_ahead (the hours a flush closes, packed at once, a thread each) keeps for each
+    interval what Interval.pack makes of it alone, and Interval.pack hands it over once."""
+    assert fastpath._fast is not None
+    closed = [c.aggregator for c in closed_intervals(capture, limits, None)]
+    alone = [c._iv.pack(_estimate) for c in closed]
+    assert len(closed) >= 3 and all(alone)
+    fastpath.pack_ahead(closed)
+    assert all(c._iv.prebuilt for c in closed)
+    assert [c._iv.pack(_estimate) for c in closed] == alone
+    assert not any(c._iv.prebuilt for c in closed)
+    fastpath.pack_ahead(closed[:1])  # one interval: nothing to do side by side
+    assert not closed[0]._iv.prebuilt
+    # an estimate that is not an int: nothing kept, Interval.pack decides (None) as before
+    not_an_int: Any = lambda registers: 1.5  # noqa: E731 (what a broken estimate returns)
+    fastpath._fast.pack_ahead([c._iv for c in closed], not_an_int)
+    if limits is not None:
+        assert not all(c._iv.prebuilt for c in closed)
+    with pytest.raises(TypeError, match="Interval objects"):
+        fastpath._fast.pack_ahead([closed[0]._iv, "not an interval"], _estimate)  # type: ignore[list-item]
+    if limits is not None:  # an estimate that raises: the error, and the jobs freed
+        def fails(registers: bytes) -> int:
+            raise RuntimeError("estimate failed")
+
+        with pytest.raises(RuntimeError, match="estimate failed"):
+            fastpath._fast.pack_ahead([c._iv for c in closed], fails)
+        assert [c._iv.pack(_estimate) for c in closed] == alone
+
+
 @pytest.mark.parametrize("reference", [False, True], ids=["compiled", "reference"])
 @pytest.mark.parametrize("limits", [None, SMALL], ids=["default", "small"])
 def test_replay_encoded_writes_what_replay_writes(capture: Path, reference: bool,
@@ -136,8 +169,6 @@ def test_cli_summary_files_are_the_references(capture: Path, tmp_path: Path) -> 
 # Enough sources in one hour that the sources table is packed on a second thread
 # (packer.c: PARALLEL_SOURCES), with exact sets and with sketches.
 PARALLEL_SOURCES = 8192
-SKETCHY = Limits(source_exact_budget=3000, source_exact_limit=4, port_exact_budget=3000,
-                 port_exact_limit=8)
 
 
 @pytest.mark.parametrize("limits", [None, SKETCHY], ids=["default", "sketchy"])

@@ -159,12 +159,12 @@ def variants(tmp: Path) -> dict[str, bool]:
         # every record longer than the snapshot length: libpcap cuts each one to 64 bytes
         "over_snapshot.pcap": (pcap_bytes(recs, snaplen=64), True),
         # one record longer than the reader's buffer, in the middle: libpcap reads it
-        "record_over_buffer.pcap": (pcap_bytes(recs[:mid] + [big] + recs[mid:]), True),
+        "record_over_buffer.pcap": (pcap_bytes([*recs[:mid], big, *recs[mid:]]), True),
         # one record too long for any snapshot: libpcap's error, at its offset
         "bogus_length.pcap": (pcap_bytes(recs[:mid]) + struct.pack("<IIII", 1, 0, 300_000, 300_000)
                               + bytes(1000), True),
         # stamps libpcap reads as signed 32 bits
-        "signed_stamps.pcap": (pcap_bytes(recs[:50] + stamp + recs[50:100]), True),
+        "signed_stamps.pcap": (pcap_bytes([*recs[:50], *stamp, *recs[50:100]]), True),
         "nanoseconds.pcap": (pcap_bytes(recs, magic=0xA1B23C4D, scale=1000), False),
         "version_2_3.pcap": (pcap_bytes(recs, minor=3), False),
     }

@@ -635,19 +635,23 @@ static inline int64_t slot_hint(const map_t *m, const fk_t *k, uint64_t h)
  * thousands of sources, ports and destinations, each with its own distinct set), so each
  * packet would wait on several cache misses in turn; walking the batch three times first
  * (map slots, then entries, then the per-port and per-source sets) issues those loads for
- * all frames at once.  Each frame's keys and hashes are computed once, in the first pass.
+ * all frames at once.  Each frame's keys are made once, in the first pass (its hashes come
+ * with the record).
  * The prefetch passes only read: the counting pass is the reference. */
 void process_recs(router_t *rt, const rec_t *b, int n)
 {
     interval_t *ivs[BATCH];
+    pkeys_t keys[BATCH];
     const pkeys_t *kk[BATCH];
     int64_t ip[BATCH], is[BATCH], idd[BATCH];
     for (int i = 0; i < n; i++) {
         const pkt_t *r = &b[i].p;
         interval_t *iv = NULL;
-        kk[i] = &b[i].k;
-        if (b[i].reason < 0)
+        kk[i] = &keys[i];
+        if (b[i].reason < 0) {
+            rec_keys(&b[i], &keys[i]);
             iv = peek_interval(rt, r->ts);
+        }
         ivs[i] = iv;
         if (iv == NULL || iv->ports.slot == NULL || iv->src.slot == NULL || iv->dst.slot == NULL) {
             ivs[i] = NULL;

@@ -434,10 +434,43 @@ static uint64_t make_seed(void)
            mix64((uint64_t)(uintptr_t)&seed ^ (uint64_t)clock());
 }
 
+/* pack_ahead(intervals, estimate): pack closed intervals' tables at once (packer.c). */
+static PyObject *fast_pack_ahead(PyObject *Py_UNUSED(m), PyObject *args)
+{
+    PyObject *list, *estimate;
+    if (!PyArg_ParseTuple(args, "OO:pack_ahead", &list, &estimate))
+        return NULL;
+    PyObject *seq = PySequence_Fast(list, "intervals must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    interval_t **ivs = PyMem_Malloc(sizeof *ivs * (size_t)(n ? n : 1));
+    int rc = ivs == NULL ? (PyErr_NoMemory(), -1) : 0;
+    for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyObject_TypeCheck(o, &IntervalType)) {
+            PyErr_SetString(PyExc_TypeError, "pack_ahead: intervals must be Interval objects");
+            rc = -1;
+        } else {
+            ivs[i] = ((IntervalObject *)o)->iv;
+        }
+    }
+    if (rc == 0 && n > 0)
+        rc = pack_ahead(ivs, (int)n, estimate); /* the list keeps the intervals alive */
+    PyMem_Free(ivs);
+    Py_DECREF(seq);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"_fail_allocations_after", fast_fail_allocations_after, METH_O,
      "_fail_allocations_after(n): tests only; the next n allocations of aggregation state "
      "succeed, later ones fail (-1: off)"},
+    {"pack_ahead", fast_pack_ahead, METH_VARARGS,
+     "pack_ahead(intervals, estimate): pack closed intervals' big tables at once, one thread "
+     "each; Interval.pack(estimate) then hands each over"},
     {"pack_table", fast_pack_table, METH_VARARGS,
      "pack_table(kind, rows) -> msgpack bytes of the sorted table, or None (use the Python encoder)"},
     {"decode", fast_decode, METH_VARARGS,

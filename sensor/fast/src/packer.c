@@ -561,57 +561,97 @@ static int usable_cpus(void)
 /* Below this many sources a second thread costs more than it saves. */
 #define PARALLEL_SOURCES 8192
 
-PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel)
+/* One interval's packing in three steps, so that the middle one, all the work, runs
+ * without the GIL and several intervals can be packed at once (pack_ahead):
+ *   pack_prepare  (GIL)     scratch arrays and the sketches' estimates (Python calls);
+ *   pack_run      (no GIL)  the four tables into w[] (the sources on a second thread when
+ *                           `parallel` and the table is big);
+ *   pack_finish   (GIL)     the four bytes objects; frees the scratch. */
+typedef struct {
+    const interval_t *iv;
+    sortkey_t *keys;
+    uint64_t *v;
+    uint32_t *order;
+    int64_t *est; /* ports, then two per row */
+    wbuf_t w[4];  /* ports, icmp_codes, sources, destinations */
+    int parallel;
+    int state;    /* 0: ready to run; 1: None (an estimate that is not an int); -1: failed */
+} pack_job_t;
+
+static void pack_free(pack_job_t *job)
 {
+    free(job->keys);
+    free(job->v);
+    free(job->order);
+    free(job->est);
+    for (int i = 0; i < 4; i++)
+        free(job->w[i].b);
+    memset(job, 0, sizeof *job);
+}
+
+/* 0 (run it), 1 (give up: None), or -1 with an exception; the job is freed unless 0. */
+static int pack_prepare(pack_job_t *job, const interval_t *iv, PyObject *estimate, int parallel)
+{
+    memset(job, 0, sizeof *job);
+    job->iv = iv;
+    job->parallel = parallel;
     uint32_t np = iv->ports.n, ni = iv->icmp.n, ns = iv->src.n, nd = iv->dst.n;
     size_t most = np > ni ? np : ni;
     most = most > ns ? most : ns;
     most = most > nd ? most : nd;
     most = most ? most : 1;
-    sortkey_t *keys = malloc(sizeof(sortkey_t) * 2 * most);
-    uint64_t *v = malloc(sizeof(uint64_t) * 2 * most);
-    uint32_t *order = malloc(sizeof(uint32_t) * most);
-    int64_t *est = malloc(sizeof(int64_t) * ((size_t)np + 2 * (size_t)ns + 1)); /* ports, then rows */
-    PyObject *tables[4] = {NULL, NULL, NULL, NULL};
-    wbuf_t w = {NULL, 0, 0, 0}, w2 = {NULL, 0, 0, 0};
-    sources_job_t job = {iv, est, np, NULL, NULL, NULL, {NULL, 0, 0, 0}};
-    pthread_t job_thread;
-    int job_started = 0;
-    uint8_t ab[16];
-    sortkey_t unused;
-    int rc = 0;
-    if (keys == NULL || v == NULL || order == NULL || est == NULL) {
+    job->keys = malloc(sizeof(sortkey_t) * 2 * most);
+    job->v = malloc(sizeof(uint64_t) * 2 * most);
+    job->order = malloc(sizeof(uint32_t) * most);
+    job->est = malloc(sizeof(int64_t) * ((size_t)np + 2 * (size_t)ns + 1));
+    if (job->keys == NULL || job->v == NULL || job->order == NULL || job->est == NULL) {
+        pack_free(job);
         PyErr_NoMemory();
-        rc = -1;
-        goto done;
+        return -1;
     }
+    int rc = 0;
     /* The estimates first (Python calls), for the rows that hold a sketch. */
     for (uint32_t i = 0; i < np && rc == 0; i++)
         if (iv->port[i].sketch)
-            rc = estimate_of(estimate, iv->port[i].sketch, iv->port[i].sketch_p, &est[i]);
+            rc = estimate_of(estimate, iv->port[i].sketch, iv->port[i].sketch_p, &job->est[i]);
     for (uint32_t i = 0; i < ns && rc == 0; i++)
         for (int c = 0; c < 2 && rc == 0; c++)
             if (col_estimated(&iv->row[i], c))
                 rc = estimate_of(estimate, iv->row[i].col[c].ext,
                                  iv->row[i].state[c] == ST_POOLED ? (int)iv->lim.src_small_p
                                                                   : (int)iv->lim.src_big_p,
-                                 &est[np + 2 * (size_t)i + c]);
+                                 &job->est[np + 2 * (size_t)i + c]);
     if (rc != 0)
-        goto done;
-    if (parallel && ns >= PARALLEL_SOURCES && usable_cpus() > 1) {
-        job.order = malloc(sizeof(uint32_t) * ns);
-        job.keys = malloc(sizeof(sortkey_t) * 2 * (size_t)ns);
-        job.v = malloc(sizeof(uint64_t) * 2 * (size_t)ns);
-        job_started = job.order && job.keys && job.v &&
-                      pthread_create(&job_thread, NULL, sources_main, &job) == 0;
+        pack_free(job);
+    return rc;
+}
+
+static void pack_run(pack_job_t *job)
+{
+    const interval_t *iv = job->iv;
+    uint32_t np = iv->ports.n, ni = iv->icmp.n, ns = iv->src.n, nd = iv->dst.n;
+    uint64_t *v = job->v;
+    const int64_t *est = job->est;
+    sources_job_t sj = {iv, est, np, NULL, NULL, NULL, {NULL, 0, 0, 0}};
+    pthread_t sources_thread;
+    int sources_started = 0;
+    uint8_t ab[16];
+    sortkey_t unused;
+    if (job->parallel && ns >= PARALLEL_SOURCES && usable_cpus() > 1) {
+        sj.order = malloc(sizeof(uint32_t) * ns);
+        sj.keys = malloc(sizeof(sortkey_t) * 2 * (size_t)ns);
+        sj.v = malloc(sizeof(uint64_t) * 2 * (size_t)ns);
+        sources_started = sj.order && sj.keys && sj.v &&
+                          pthread_create(&sources_thread, NULL, sources_main, &sj) == 0;
     }
 
     /* ports: (proto, port or None, packets, bytes, backscatter, sources, sources_estimated),
      * sorted by (proto, port), i.e. by the key proto << 17 | (port + 1). */
+    wbuf_t *w = &job->w[0];
     for (uint32_t i = 0; i < np; i++)
         v[i] = (uint64_t)(uint32_t)iv->ports.keys[i].lo << 32 | i;
     const uint64_t *s = radix_sort_hi32(v, v + np, np);
-    warray(&w, np);
+    warray(w, np);
     for (uint32_t j = 0; j < np; j++) {
         uint32_t i = (uint32_t)s[j], key = (uint32_t)(s[j] >> 32);
         const port_t *pt = &iv->port[i];
@@ -621,90 +661,158 @@ PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel)
             __builtin_prefetch((const char *)(next + 1) - 1, 0, 3);
         }
         int port = (int)(key & 0x1FFFF) - 1;
-        warray(&w, 7);
-        wuint(&w, key >> 17);
+        warray(w, 7);
+        wuint(w, key >> 17);
         if (port < 0)
-            wbyte(&w, 0xc0);
+            wbyte(w, 0xc0);
         else
-            wuint(&w, (uint64_t)port);
-        wuint(&w, pt->packets);
-        wuint(&w, pt->bytes);
-        wuint(&w, pt->bs);
+            wuint(w, (uint64_t)port);
+        wuint(w, pt->packets);
+        wuint(w, pt->bytes);
+        wuint(w, pt->bs);
         if (pt->sketch)
-            wint(&w, est[i]);
+            wint(w, est[i]);
         else
-            wuint(&w, port_exact_n(pt));
-        wbyte(&w, pt->sketch ? 0xc3 : 0xc2);
+            wuint(w, port_exact_n(pt));
+        wbyte(w, pt->sketch ? 0xc3 : 0xc2);
     }
-    if ((tables[0] = wbuf_take(&w)) == NULL)
-        goto fail;
 
     /* icmp_codes: (proto, type, code, packets), sorted by the key proto << 16 | type << 8 | code. */
+    w = &job->w[1];
     for (uint32_t i = 0; i < ni; i++)
         v[i] = (uint64_t)(uint32_t)iv->icmp.keys[i].lo << 32 | i;
     s = radix_sort_hi32(v, v + ni, ni);
-    warray(&w, ni);
+    warray(w, ni);
     for (uint32_t j = 0; j < ni; j++) {
         uint32_t k = (uint32_t)(s[j] >> 32);
-        warray(&w, 4);
-        wuint(&w, k >> 16);
-        wuint(&w, (k >> 8) & 0xFF);
-        wuint(&w, k & 0xFF);
-        wuint(&w, iv->icmp_n[(uint32_t)s[j]]);
+        warray(w, 4);
+        wuint(w, k >> 16);
+        wuint(w, (k >> 8) & 0xFF);
+        wuint(w, k & 0xFF);
+        wuint(w, iv->icmp_n[(uint32_t)s[j]]);
     }
-    if ((tables[1] = wbuf_take(&w)) == NULL)
-        goto fail;
 
     /* destinations: (address, packets), sorted by address. */
-    address_order(&iv->dst, 1, order, keys, v);
-    warray(&w, nd);
+    w = &job->w[3];
+    uint32_t *order = job->order;
+    address_order(&iv->dst, 1, order, job->keys, v);
+    warray(w, nd);
     for (uint32_t j = 0; j < nd; j++) {
         uint32_t i = order[j];
         if (j + AHEAD < nd) {
             __builtin_prefetch(&iv->dst.keys[order[j + AHEAD]], 0, 3);
             __builtin_prefetch(&iv->dst_n[order[j + AHEAD]], 0, 3);
         }
-        warray(&w, 2);
-        wbin(&w, ab, addr_be(&iv->dst.keys[i], 1, ab, &unused));
-        wuint(&w, iv->dst_n[i]);
+        warray(w, 2);
+        wbin(w, ab, addr_be(&iv->dst.keys[i], 1, ab, &unused));
+        wuint(w, iv->dst_n[i]);
     }
-    if ((tables[3] = wbuf_take(&w)) == NULL)
-        goto fail;
-    /* sources: on a second thread when the caller has the machine to itself (the last
-     * interval, after the input ended) and the table is big; else here. */
-    if (job_started) {
-        pthread_join(job_thread, NULL);
-        job_started = 0;
-        w2 = job.w;
-        job.w = (wbuf_t){NULL, 0, 0, 0};
+    /* sources: on the second thread when it started, else here. */
+    if (sources_started) {
+        pthread_join(sources_thread, NULL);
+        job->w[2] = sj.w;
+        sj.w = (wbuf_t){NULL, 0, 0, 0};
     } else {
-        pack_sources(iv, est, np, order, keys, v, &w2);
+        pack_sources(iv, est, np, order, job->keys, v, &job->w[2]);
     }
-    if ((tables[2] = wbuf_take(&w2)) == NULL)
-        goto fail;
+    free(sj.order);
+    free(sj.keys);
+    free(sj.v);
+    free(sj.w.b);
+}
 
-    goto done;
-fail:
-    rc = -1;
-done:
-    if (job_started) /* a failure above: the thread still reads est and the tables */
-        pthread_join(job_thread, NULL);
-    free(job.order);
-    free(job.keys);
-    free(job.v);
-    free(job.w.b);
-    free(w2.b);
-    free(keys);
-    free(v);
-    free(order);
-    free(est);
-    free(w.b);
-    if (rc != 0) {
+/* The (ports, icmp_codes, sources, destinations) bytes, or NULL (MemoryError); frees the job. */
+static PyObject *pack_finish(pack_job_t *job)
+{
+    PyObject *t[4] = {NULL, NULL, NULL, NULL};
+    for (int i = 0; i < 4; i++)
+        if ((t[i] = wbuf_take(&job->w[i])) == NULL)
+            break;
+    pack_free(job);
+    if (t[3] == NULL) {
         for (int i = 0; i < 4; i++)
-            Py_XDECREF(tables[i]);
-        if (rc < 0)
-            return NULL;
-        Py_RETURN_NONE;
+            Py_XDECREF(t[i]);
+        return NULL;
     }
-    return Py_BuildValue("(NNNN)", tables[0], tables[1], tables[2], tables[3]);
+    return Py_BuildValue("(NNNN)", t[0], t[1], t[2], t[3]);
+}
+
+PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel)
+{
+    pack_job_t job;
+    int rc = pack_prepare(&job, iv, estimate, parallel);
+    if (rc < 0)
+        return NULL;
+    if (rc > 0)
+        Py_RETURN_NONE;
+    Py_BEGIN_ALLOW_THREADS
+    pack_run(&job);
+    Py_END_ALLOW_THREADS
+    return pack_finish(&job);
+}
+
+static void *pack_main(void *arg)
+{
+    pack_run(arg);
+    return NULL;
+}
+
+/* Pack n closed intervals at once, one thread each (the calling thread takes the last), and
+ * keep each result as the interval's packed-ahead tables, which Interval.pack(estimate)
+ * then hands over.  For the hours a replay closes together at its end (flush): they would
+ * otherwise be packed one after the other on a machine whose other core is idle.  Returns 0,
+ * or -1 with an exception (nothing kept). */
+int pack_ahead(interval_t **ivs, int n, PyObject *estimate)
+{
+    pack_job_t *jobs = calloc((size_t)n, sizeof *jobs);
+    pthread_t *threads = calloc((size_t)n, sizeof *threads);
+    int *started = calloc((size_t)n, sizeof *started);
+    PyObject *args = PyTuple_Pack(1, estimate);
+    int rc = 0, prepared = 0;
+    if (jobs == NULL || threads == NULL || started == NULL || args == NULL) {
+        if (args != NULL)
+            PyErr_NoMemory();
+        rc = -1;
+        goto done;
+    }
+    for (; prepared < n; prepared++) {
+        int r = pack_prepare(&jobs[prepared], ivs[prepared], estimate, prepared == n - 1);
+        if (r < 0) {
+            rc = -1;
+            goto done;
+        }
+        jobs[prepared].state = r; /* 1: not packed ahead (Interval.pack decides again) */
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < n - 1; i++)
+        if (jobs[i].state == 0)
+            started[i] = pthread_create(&threads[i], NULL, pack_main, &jobs[i]) == 0;
+    for (int i = 0; i < n; i++)
+        if (jobs[i].state == 0 && !started[i])
+            pack_run(&jobs[i]);
+    for (int i = 0; i < n - 1; i++)
+        if (started[i])
+            pthread_join(threads[i], NULL);
+    Py_END_ALLOW_THREADS
+    for (int i = 0; i < n; i++) {
+        if (jobs[i].state != 0)
+            continue;
+        PyObject *packed = pack_finish(&jobs[i]);
+        if (packed == NULL) {
+            rc = -1;
+            continue; /* the other jobs are still freed */
+        }
+        Py_XSETREF(ivs[i]->prebuilt, packed);
+        Py_INCREF(args);
+        Py_XSETREF(ivs[i]->prebuilt_args, args);
+    }
+done:
+    for (int i = 0; i < prepared && jobs != NULL; i++)
+        if (jobs[i].state == 0 && (jobs[i].keys != NULL || jobs[i].w[0].b != NULL))
+            pack_free(&jobs[i]);
+    Py_XDECREF(args);
+    free(jobs);
+    free(threads);
+    free(started);
+    return rc;
 }
