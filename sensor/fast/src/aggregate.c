@@ -61,23 +61,9 @@ static interval_t *interval_new(int64_t start, const limits_t *lim, const sizes_
     return iv;
 }
 
-static void col_free(uint8_t state, col_t *c)
-{
-    if (state == ST_SET)
-        set64_free(&c->set);
-    else if (state > SLOTS)
-        free(c->ext);
-}
-
 static void interval_free_tables(interval_t *iv) /* no Python object: any thread */
 {
-    for (uint32_t i = 0; i < iv->ports.n; i++) {
-        pset_free(&iv->port[i]);
-        free(iv->port[i].sketch);
-    }
-    for (uint32_t i = 0; i < iv->src.n; i++)
-        for (int c = 0; c < 2; c++)
-            col_free(iv->row[i].state[c], &iv->row[i].col[c]);
+    arena_release(&iv->arena); /* every set and sketch of the hour */
     map_free(&iv->ports);
     map_free(&iv->icmp);
     map_free(&iv->src);
@@ -96,11 +82,11 @@ static void *free_main(void *arg)
     return NULL;
 }
 
-/* Freeing an hour's tables is tens of thousands of free() calls (10-20 ms for an hour of the
- * benchmark's capture).  An interval closed by flush (the end of the input: nothing is counted
- * any more) has them freed by a detached thread, in parallel with what the caller does next
- * (encoding the next hour, exiting); others are freed here, as a thread freeing while the
- * counting goes on competes with it (docs/performance.md). */
+/* Freeing an hour's tables: the arena's chunks and a dozen arrays, a few munmap calls (the
+ * sets and sketches were tens of thousands of free() calls, 10-20 ms an hour of the
+ * benchmark's capture, before the arena).  An interval closed by flush (the end of the
+ * input: nothing is counted any more) has them freed by a detached thread, in parallel with
+ * what the caller does next (encoding the next hour, exiting); others are freed here. */
 void interval_free(interval_t *iv)
 {
     if (iv == NULL)
@@ -135,7 +121,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         if (pset_has(pt, k, kh))
             return;
         if ((int64_t)n < lim->port_limit && iv->pbudget > 0) {
-            if (pset_add(pt, k, kh) < 0) {
+            if (pset_add(&iv->arena, pt, k, kh) < 0) {
                 iv->oom = 1; /* the budget stays as it was */
                 return;
             }
@@ -144,7 +130,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         }
         int big = (int64_t)n >= lim->port_limit && iv->pbig > 0;
         int p = big ? (int)lim->port_big_p : (int)lim->port_small_p;
-        uint8_t *reg = st_calloc((size_t)1 << p, 1);
+        uint8_t *reg = arena_calloc(&iv->arena, (size_t)1 << p);
         if (reg == NULL) {
             iv->oom = 1;
             return;
@@ -154,13 +140,13 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         pset_fold(pt, reg, p);
         hll_add(reg, p, fk_fold(k));
         iv->pbudget += n;
-        pset_free(pt);
+        pset_free(&iv->arena, pt);
         pt->sketch = reg;
         pt->sketch_p = (uint8_t)p;
         return;
     }
     if (iv->pbudget > 0) {
-        if (pset_add(pt, k, kh) < 0) {
+        if (pset_add(&iv->arena, pt, k, kh) < 0) {
             iv->oom = 1;
             return;
         }
@@ -168,7 +154,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         return;
     }
     int p = (int)lim->port_small_p;
-    if ((pt->sketch = st_calloc((size_t)1 << p, 1)) == NULL) {
+    if ((pt->sketch = arena_calloc(&iv->arena, (size_t)1 << p)) == NULL) {
         iv->oom = 1;
         return;
     }
@@ -177,9 +163,9 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
 }
 
 /* All values of a set64 into fresh registers of 2**p, plus `item`. */
-static uint8_t *set_to_sketch(const set64_t *s, int p, uint64_t item)
+static uint8_t *set_to_sketch(arena_t *a, const set64_t *s, int p, uint64_t item)
 {
-    uint8_t *reg = st_calloc((size_t)1 << p, 1);
+    uint8_t *reg = arena_calloc(a, (size_t)1 << p);
     if (reg == NULL)
         return NULL;
     if (s->has_zero)
@@ -208,14 +194,14 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
         }
         if (iv->sbudget[c] >= SLOTS + 1) {
             set64_t s;
-            if (set64_init(&s) < 0) {
+            if (set64_init(&iv->arena, &s) < 0) {
                 iv->oom = 1;
                 return;
             }
             for (int i = 0; i < SLOTS; i++)
-                set64_add(&s, col->inl[i]);
-            if (set64_add(&s, item) < 0) {
-                set64_free(&s);
+                set64_add(&iv->arena, &s, col->inl[i]);
+            if (set64_add(&iv->arena, &s, item) < 0) {
+                set64_free(&iv->arena, &s);
                 iv->oom = 1;
                 return;
             }
@@ -224,7 +210,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
             row->state[c] = ST_SET;
         } else {
             int p = (int)lim->src_small_p;
-            uint8_t *reg = st_calloc((size_t)1 << p, 1);
+            uint8_t *reg = arena_calloc(&iv->arena, (size_t)1 << p);
             if (reg == NULL) {
                 iv->oom = 1;
                 return;
@@ -250,7 +236,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
         }
         int64_t limit = lim->src_limit > SLOTS + 1 ? lim->src_limit : SLOTS + 1;
         if ((int64_t)s->n < limit && iv->sbudget[c] > 0) {
-            if (set64_add_at(s, item, ih, slot) < 0)
+            if (set64_add_at(&iv->arena, s, item, ih, slot) < 0)
                 iv->oom = 1;
             else
                 iv->sbudget[c]--;
@@ -259,7 +245,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
         int64_t count = (int64_t)s->n + 1;
         int big = count > limit && iv->sbig[c] > 0;
         int p = big ? (int)lim->src_big_p : (int)lim->src_small_p;
-        uint8_t *reg = set_to_sketch(s, p, item);
+        uint8_t *reg = set_to_sketch(&iv->arena, s, p, item);
         if (reg == NULL) { /* the budget and the big sketches stay as they were */
             iv->oom = 1;
             return;
@@ -268,7 +254,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
         if (big)
             iv->sbig[c]--;
         iv->sbudget[c] += s->n;
-        set64_free(s);
+        set64_free(&iv->arena, s);
         col->ext = reg;
         row->state[c] = state;
         return;

@@ -9,12 +9,13 @@
  * so that a test can make any of them fail (_fail_allocations_after).
  */
 #include "fast.h"
+#include <sys/mman.h>
 
 uint64_t table_seed; /* set at import (module.c: make_seed) */
 
 /* ------------------------------------------------------------------ aggregation allocations */
 
-/* Every allocation of aggregation state goes through st_malloc / st_calloc / st_realloc, so
+/* Every allocation of aggregation state goes through st_calloc / st_realloc / arena_calloc, so
  * a test can make them fail (_fail_allocations_after(n): the next n succeed, every later one
  * fails; -1 turns it off).  Inert unless called: one relaxed load of -1 per allocation. */
 _Atomic long long fail_after = -1;
@@ -28,11 +29,6 @@ static int st_should_fail(void)
         return 1;
     atomic_store_explicit(&fail_after, n - 1, memory_order_relaxed);
     return 0;
-}
-
-static void *st_malloc(size_t n)
-{
-    return st_should_fail() ? NULL : malloc(n);
 }
 
 /* Zeroed memory, written now.  calloc's fresh pages are mapped to the shared zero page on
@@ -64,6 +60,89 @@ static void *st_calloc_lazy(size_t n, size_t size)
 static void *st_realloc(void *p, size_t n)
 {
     return st_should_fail() ? NULL : realloc(p, n);
+}
+
+/* ------------------------------------------------------------------ an interval's arena */
+
+struct arena_chunk {
+    arena_chunk_t *next;
+    size_t bytes; /* the whole mapping, this header included */
+};
+
+#define ARENA_CHUNK ((size_t)1 << 20)
+#define ARENA_HEADER 64 /* blocks start on a cache line */
+#define ARENA_MIN_LOG 4 /* 16 bytes: room for the free list's link */
+
+static int arena_log(size_t bytes) /* log2 of the block size that holds `bytes` */
+{
+    int lg = ARENA_MIN_LOG;
+    while (((size_t)1 << lg) < bytes)
+        lg++;
+    return lg;
+}
+
+static arena_chunk_t *arena_map(arena_t *a, size_t bytes)
+{
+    void *m = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return NULL;
+    arena_chunk_t *c = m;
+    c->next = a->chunks;
+    c->bytes = bytes;
+    a->chunks = c;
+    return c;
+}
+
+/* One allocation as st_calloc counts them (a test's failure after n), wherever it comes from. */
+void *arena_calloc(arena_t *a, size_t bytes)
+{
+    if (st_should_fail())
+        return NULL;
+    int lg = arena_log(bytes);
+    if (lg >= ARENA_CLASSES)
+        return NULL;
+    size_t size = (size_t)1 << lg;
+    void *p = a->free_list[lg];
+    if (p != NULL) {
+        memcpy(&a->free_list[lg], p, sizeof p);
+    } else if (size > ARENA_CHUNK / 4) { /* a big block: a mapping of its own */
+        arena_chunk_t *c = arena_map(a, ARENA_HEADER + size);
+        if (c == NULL)
+            return NULL;
+        p = (char *)c + ARENA_HEADER;
+    } else {
+        if (a->bump == NULL || (size_t)(a->end - a->bump) < size) {
+            arena_chunk_t *c = arena_map(a, ARENA_CHUNK);
+            if (c == NULL)
+                return NULL;
+            a->bump = (char *)c + ARENA_HEADER;
+            a->end = (char *)c + ARENA_CHUNK;
+        }
+        p = a->bump;
+        a->bump += size;
+    }
+    memset(p, 0, bytes); /* written first: see st_calloc */
+    return p;
+}
+
+void arena_free(arena_t *a, void *p, size_t bytes)
+{
+    if (p == NULL)
+        return;
+    int lg = arena_log(bytes);
+    memcpy(p, &a->free_list[lg], sizeof p);
+    a->free_list[lg] = p;
+}
+
+void arena_release(arena_t *a)
+{
+    arena_chunk_t *c = a->chunks;
+    while (c != NULL) {
+        arena_chunk_t *next = c->next;
+        munmap(c, c->bytes);
+        c = next;
+    }
+    memset(a, 0, sizeof *a);
 }
 
 
@@ -146,11 +225,11 @@ void map_free(map_t *m)
     memset(m, 0, sizeof *m);
 }
 
-static int set64_grow(set64_t *s);
+static int set64_grow(arena_t *a, set64_t *s);
 
 /* Add x (not present; hash h; `slot` from set64_slot, or any value when x is 0): 0 or -1
  * (no memory). */
-int set64_add_at(set64_t *s, uint64_t x, uint64_t h, uint32_t slot)
+int set64_add_at(arena_t *a, set64_t *s, uint64_t x, uint64_t h, uint32_t slot)
 {
     if (x == 0) {
         s->has_zero = 1;
@@ -158,7 +237,7 @@ int set64_add_at(set64_t *s, uint64_t x, uint64_t h, uint32_t slot)
         return 0;
     }
     if ((s->n + 1) * 2 > s->mask + 1) {
-        if (set64_grow(s) < 0)
+        if (set64_grow(a, s) < 0)
             return -1;
         slot = set64_slot(s, x, h);
     }
@@ -167,10 +246,10 @@ int set64_add_at(set64_t *s, uint64_t x, uint64_t h, uint32_t slot)
     return 0;
 }
 
-static int set64_grow(set64_t *s) /* twice the slots: 0 or -1 (no memory, s unchanged) */
+static int set64_grow(arena_t *a, set64_t *s) /* twice the slots: 0 or -1 (no memory, s unchanged) */
 {
     uint32_t nsz = (s->mask + 1) * 2;
-    uint64_t *nt = st_calloc(nsz, sizeof(uint64_t));
+    uint64_t *nt = arena_calloc(a, (size_t)nsz * sizeof(uint64_t));
     if (nt == NULL)
         return -1;
     for (uint32_t j = 0; j <= s->mask; j++) {
@@ -182,16 +261,16 @@ static int set64_grow(set64_t *s) /* twice the slots: 0 or -1 (no memory, s unch
             i = (i + 1) & (nsz - 1);
         nt[i] = y;
     }
-    free(s->t);
+    arena_free(a, s->t, ((size_t)s->mask + 1) * sizeof(uint64_t));
     s->t = nt;
     s->mask = nsz - 1;
     return 0;
 }
 
-int set64_add(set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memory) */
+int set64_add(arena_t *a, set64_t *s, uint64_t x) /* x not present; 0 or -1 (no memory) */
 {
     uint64_t h = x ? set64_hash(x) : 0;
-    return set64_add_at(s, x, h, x ? set64_slot(s, x, h) : 0);
+    return set64_add_at(a, s, x, h, x ? set64_slot(s, x, h) : 0);
 }
 
 static void fkset_put(fk_t *t, uint32_t mask, const fk_t *k, uint64_t h)
@@ -202,9 +281,9 @@ static void fkset_put(fk_t *t, uint32_t mask, const fk_t *k, uint64_t h)
     t[i] = *k;
 }
 
-static fk_t *fk_table(uint32_t n)
+static fk_t *fk_table(arena_t *a, uint32_t n)
 {
-    fk_t *t = st_malloc((size_t)n * sizeof(fk_t));
+    fk_t *t = arena_calloc(a, (size_t)n * sizeof(fk_t));
     if (t)
         for (uint32_t i = 0; i < n; i++)
             t[i].tag = EMPTY_TAG;
@@ -226,7 +305,7 @@ static inline void t4_put(uint32_t *t, uint32_t mask, uint32_t x, uint64_t h)
 }
 
 /* Add k (not present).  0, or -1 when an allocation failed: the set is then as it was. */
-int pset_add(port_t *pt, const fk_t *k, uint64_t h)
+int pset_add(arena_t *a, port_t *pt, const fk_t *k, uint64_t h)
 {
     int compact = fk_compact(k);
     if (pt->lg4 == 0 && compact && pt->n < PORT_INL) {
@@ -234,7 +313,7 @@ int pset_add(port_t *pt, const fk_t *k, uint64_t h)
         return 0;
     }
     if (pt->lg4 == 0) { /* inline keys to a table of 16 (room for PORT_INL + 1 at 1/2 load) */
-        uint32_t *t = st_calloc(16, sizeof(uint32_t));
+        uint32_t *t = arena_calloc(a, 16 * sizeof(uint32_t));
         if (t == NULL)
             return -1;
         uint8_t zero = 0;
@@ -261,13 +340,13 @@ int pset_add(port_t *pt, const fk_t *k, uint64_t h)
         uint32_t n4 = pt->n - pt->nw - pt->zero;
         uint32_t size = 1u << pt->lg4;
         if ((n4 + 1) * 2 > size) {
-            uint32_t *nt = st_calloc((size_t)size * 2, sizeof(uint32_t));
+            uint32_t *nt = arena_calloc(a, (size_t)size * 2 * sizeof(uint32_t));
             if (nt == NULL)
                 return -1;
             for (uint32_t j = 0; j < size; j++)
                 if (pt->t4[j])
                     t4_put(nt, size * 2 - 1, pt->t4[j], hash32(pt->t4[j]));
-            free(pt->t4);
+            arena_free(a, pt->t4, (size_t)size * sizeof(uint32_t));
             pt->t4 = nt;
             pt->lg4++;
             size *= 2;
@@ -279,13 +358,14 @@ int pset_add(port_t *pt, const fk_t *k, uint64_t h)
     uint32_t wsize = pt->lgw ? 1u << pt->lgw : 0;
     if ((pt->nw + 1) * 2 > wsize) {
         uint32_t nsz = wsize ? wsize * 2 : 4;
-        fk_t *nt = fk_table(nsz);
+        fk_t *nt = fk_table(a, nsz);
         if (nt == NULL)
             return -1;
         for (uint32_t j = 0; j < wsize; j++)
             if (pt->w[j].tag != EMPTY_TAG)
                 fkset_put(nt, nsz - 1, &pt->w[j], fk_hash(&pt->w[j]));
-        free(pt->w);
+        if (wsize)
+            arena_free(a, pt->w, (size_t)wsize * sizeof(fk_t));
         pt->w = nt;
         pt->lgw = (uint8_t)__builtin_ctz(nsz);
         wsize = nsz;
