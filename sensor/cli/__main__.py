@@ -1,5 +1,3 @@
-import sys
+from sensor.cli import entry
 
-from sensor.cli import main
-
-sys.exit(main())
+entry()

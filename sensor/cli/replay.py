@@ -46,7 +46,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable result")
     p.add_argument("--reference", action="store_true",
                    help="use the pure-Python decode/aggregate path instead of the compiled one")
-    p.set_defaults(handler=cmd_replay)
+    # Its files are written and synced when it returns: no interpreter teardown after it
+    # (sensor.cli.entry).
+    p.set_defaults(handler=cmd_replay, exit_without_teardown=True)
 
     s = subparsers.add_parser("show", help="print a summary file")
     s.add_argument("file", metavar="FILE")

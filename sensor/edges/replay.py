@@ -60,9 +60,10 @@ class ReplayStats:
 class Progress:
     """A one-line progress display on a terminal; silent when stderr is not a TTY."""
 
-    def __init__(self, stream: TextIO = sys.stderr, interval: float = 0.5) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, interval: float = 0.5) -> None:
+        # sys.stderr as it is now, not as it was when this module was imported
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = self.stream.isatty()
         self.interval = interval
         self._next = 0.0
         self._start = time.monotonic()
