@@ -84,26 +84,25 @@ static void *free_main(void *arg)
 
 /* Freeing an hour's tables: the arena's chunks and a dozen arrays, a few munmap calls (the
  * sets and sketches were tens of thousands of free() calls, 10-20 ms an hour of the
- * benchmark's capture, before the arena).  An interval closed by flush (the end of the
- * input: nothing is counted any more) has them freed by a detached thread, in parallel with
- * what the caller does next (encoding the next hour, exiting); others are freed here. */
+ * benchmark's capture, before the arena).  A detached thread does it, in parallel with what
+ * the caller does next (counting the next hour, encoding it, exiting): munmap takes no lock
+ * the counting needs, as free() into glibc's arena did (then only intervals closed by
+ * flush were freed that way).  Here when no thread can start. */
 void interval_free(interval_t *iv)
 {
     if (iv == NULL)
         return;
     Py_CLEAR(iv->prebuilt); /* set only on closed intervals, freed with the GIL held */
     Py_CLEAR(iv->prebuilt_args);
-    if (iv->flushed) {
-        pthread_attr_t attr;
-        pthread_t th;
-        if (pthread_attr_init(&attr) == 0) {
-            int rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0
-                         ? pthread_create(&th, &attr, free_main, iv)
-                         : -1;
-            pthread_attr_destroy(&attr);
-            if (rc == 0)
-                return;
-        }
+    pthread_attr_t attr;
+    pthread_t th;
+    if (pthread_attr_init(&attr) == 0) {
+        int rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0
+                     ? pthread_create(&th, &attr, free_main, iv)
+                     : -1;
+        pthread_attr_destroy(&attr);
+        if (rc == 0)
+            return;
     }
     interval_free_tables(iv);
 }
@@ -723,7 +722,6 @@ void router_flush(router_t *rt, int complete)
     int i;
     while ((i = oldest_index(rt, INT64_MAX, 1)) >= 0) {
         interval_t *iv = take_open(rt, i);
-        iv->flushed = 1;
         push_closed(rt, iv, complete);
     }
 }

@@ -405,7 +405,6 @@ typedef struct interval {
     int oom;
     arena_t arena; /* the sets and sketches (see arena_t) */
     int complete;                /* set when closed */
-    int flushed;                 /* closed by flush: its tables are freed by a thread of their own */
     struct interval *next_closed; /* the router's list of closed intervals */
     /* Rows made ahead by feed_file's helper thread (see prebuild_main) for rows() called
      * with the same five arguments (`prebuilt_args`, a tuple), or tables packed ahead for
