@@ -62,6 +62,23 @@ def _error(message: str) -> int:
     return 1
 
 
+class _SummaryNotWritten(Exception):
+    """A summary file could not be written into --out (a full disk, a read-only or removed
+    directory): the OSError, and the file it was for."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        super().__init__(path, error)
+        self.path = path
+        self.error = error
+
+
+def _write_summary(path: str, data: bytes) -> None:
+    try:
+        write_durably(path, data)
+    except OSError as exc:
+        raise _SummaryNotWritten(path, exc) from exc
+
+
 def parse_darknet(text: str) -> list[str]:
     blocks = []
     for part in text.split(","):
@@ -134,7 +151,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         data = encode_summary(summary)
         if out is not None:
             path = os.path.join(out, summary_filename(summary))
-            write_durably(path, data)
+            _write_summary(path, data)
             written.append(path)
         if sink is not None:
             sink.seal_and_spool(summary, data)
@@ -142,7 +159,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def emit_encoded(summary: EncodedSummary) -> None:  # no --key: the bytes are all it needs
         assert out is not None  # checked above: --out or --key
         path = os.path.join(out, summary_filename(summary))
-        write_durably(path, summary.data)
+        _write_summary(path, summary.data)
         written.append(path)
 
     failure = None
@@ -169,6 +186,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _error(f"replay: {exc}")
+    except _SummaryNotWritten as exc:
+        kept = f"; the {len(written)} written before it are kept" if written else ""
+        return _error(
+            f"replay: cannot write {exc.path}: {exc.error.strerror or exc.error}. Free space "
+            f"in (or fix) --out {out}, then replay again{kept}"
+        )
     sealed = sink.sealed if sink is not None else 0
     result = {
         "summaries": written,
