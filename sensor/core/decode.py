@@ -72,7 +72,7 @@ _TCP: Final = struct.Struct("!HHIIBBH")
 # (9999-12-30T23:59:59.999999Z).  Outside it a frame is `bad_timestamp`: libpcap reads a
 # pcap record's seconds as a signed 32-bit number (a stamp of 0xffffffff, or any from
 # 2038-01-19 on, comes out before 1970) and a pcapng stamp can be anything up to 2**64
-# units.  sensor/fast/_fast.c (TS_MAX_US) checks the same range.
+# units.  sensor/fast/src/fast.h (TS_MAX_US) checks the same range.
 TS_MAX_US: Final = (MAX_HOUR + 1) * 1_000_000 - 1
 
 # Link types `_link_payload` decodes; frames of any other are `link_unsupported`.
