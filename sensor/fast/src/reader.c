@@ -180,13 +180,14 @@ static int raw_eligible(ReaderObject *rd)
     return 1;
 }
 
-/* Keep the unread bytes, then read more after them.  0, or -1 when nothing more came (the
- * end of the file, or a read error: libpcap will see which). */
+/* Keep the unread bytes, then read more after them.  0; 1 at the end of the file; -1 when
+ * the read failed or the buffer is full (a record longer than it): libpcap then reads the
+ * record at this offset, and reports the error if there is one. */
 static int raw_fill(ReaderObject *rd)
 {
     size_t keep = rd->raw_len - rd->raw_pos;
     if (rd->raw_end)
-        return -1;
+        return 1;
     if (rd->raw_pos) {
         memmove(rd->raw_buf, rd->raw_buf + rd->raw_pos, keep);
         rd->raw_off += (long long)rd->raw_pos;
@@ -198,9 +199,11 @@ static int raw_fill(ReaderObject *rd)
     do
         got = pread(fd, rd->raw_buf + keep, RAW_BUFFER - keep, (off_t)(rd->raw_off + (long long)keep));
     while (got < 0 && errno == EINTR);
-    if (got <= 0) {
+    if (got < 0 || keep == RAW_BUFFER)
+        return -1; /* never taken for the end of the file: no frame is lost unreported */
+    if (got == 0) {
         rd->raw_end = 1;
-        return -1;
+        return 1;
     }
     rd->raw_len = keep + (size_t)got;
     return 0;
@@ -288,9 +291,10 @@ static int reader_dispatch(ReaderObject *rd, int cnt, frame_fn fn, void *user)
         }
         if (avail < RAW_HEADER || avail - RAW_HEADER < w[2]) {
             if (avail < RAW_HEADER || w[2] <= snapshot) {
-                if (raw_fill(rd) == 0)
+                int filled = raw_fill(rd);
+                if (filled == 0)
                     continue;
-                if (avail == 0)
+                if (filled == 1 && avail == 0)
                     return n; /* the end of the file, on a record boundary */
             }
         } else if (w[2] <= snapshot) {
