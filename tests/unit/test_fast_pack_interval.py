@@ -129,6 +129,21 @@ def test_packed_ahead_together_are_the_tables_packed_one_by_one(
     fastpath._fast.pack_ahead([c._iv for c in closed], not_an_int)
     if limits is not None:
         assert not all(c._iv.prebuilt for c in closed)
+    # what is packed already (feed_file's helper, an earlier pack_ahead) is not packed again:
+    # no estimate is asked for it
+    asked: list[bytes] = []
+
+    def counting(registers: bytes) -> int:
+        asked.append(registers)
+        return _estimate(registers)
+
+    fastpath._fast.pack_ahead([c._iv for c in closed], counting)
+    first = len(asked)
+    fastpath._fast.pack_ahead([c._iv for c in closed], counting)
+    assert len(asked) == first
+    if limits is SKETCHY:
+        assert first > 0
+    assert [c._iv.pack(counting) for c in closed] == alone
     with pytest.raises(TypeError, match="Interval objects"):
         fastpath._fast.pack_ahead([closed[0]._iv, "not an interval"], _estimate)  # type: ignore[list-item]
     if limits is not None:  # an estimate that raises: the error, and the jobs freed

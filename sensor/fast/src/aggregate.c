@@ -626,15 +626,13 @@ static inline int64_t slot_hint(const map_t *m, const fk_t *k, uint64_t h)
 void process_recs(router_t *rt, const rec_t *b, int n)
 {
     interval_t *ivs[BATCH];
-    pkeys_t keys[BATCH];
-    const pkeys_t *kk[BATCH];
+    pkeys_t kk[BATCH];
     int64_t ip[BATCH], is[BATCH], idd[BATCH];
     for (int i = 0; i < n; i++) {
         const pkt_t *r = &b[i].p;
         interval_t *iv = NULL;
-        kk[i] = &keys[i];
         if (b[i].reason < 0) {
-            rec_keys(&b[i], &keys[i]);
+            rec_keys(&b[i], &kk[i]);
             iv = peek_interval(rt, r->ts);
         }
         ivs[i] = iv;
@@ -642,9 +640,9 @@ void process_recs(router_t *rt, const rec_t *b, int n)
             ivs[i] = NULL;
             continue;
         }
-        PF(&iv->ports.slot[(uint32_t)kk[i]->hp & iv->ports.mask]);
-        PF(&iv->src.slot[(uint32_t)kk[i]->hs & iv->src.mask]);
-        PF(&iv->dst.slot[(uint32_t)kk[i]->hd & iv->dst.mask]);
+        PF(&iv->ports.slot[(uint32_t)kk[i].hp & iv->ports.mask]);
+        PF(&iv->src.slot[(uint32_t)kk[i].hs & iv->src.mask]);
+        PF(&iv->dst.slot[(uint32_t)kk[i].hd & iv->dst.mask]);
     }
     uint32_t fresh = 0;
     for (int i = 0; i < n; i++) {
@@ -652,9 +650,9 @@ void process_recs(router_t *rt, const rec_t *b, int n)
         ip[i] = is[i] = idd[i] = -1;
         if (iv == NULL)
             continue;
-        ip[i] = slot_hint(&iv->ports, &kk[i]->pk, kk[i]->hp);
-        is[i] = slot_hint(&iv->src, &kk[i]->sk, kk[i]->hs);
-        int64_t id = idd[i] = slot_hint(&iv->dst, &kk[i]->dk, kk[i]->hd);
+        ip[i] = slot_hint(&iv->ports, &kk[i].pk, kk[i].hp);
+        is[i] = slot_hint(&iv->src, &kk[i].sk, kk[i].hs);
+        int64_t id = idd[i] = slot_hint(&iv->dst, &kk[i].dk, kk[i].hd);
         if (ip[i] >= 0) { /* an entry may straddle two cache lines: both */
             PF(&iv->port[ip[i]]);
             PF((const char *)&iv->port[ip[i] + 1] - 1);
@@ -663,7 +661,7 @@ void process_recs(router_t *rt, const rec_t *b, int n)
             PF(&iv->row[is[i]]); /* 120 bytes: up to three lines */
             PF((const char *)&iv->row[is[i]] + 64);
             PF((const char *)&iv->row[is[i] + 1] - 1);
-            if (kk[i]->sk.tag)
+            if (kk[i].sk.tag)
                 PF(&iv->src.keys[is[i]]);
         } else if (iv->src.n + fresh < iv->src.cap) { /* likely a new source: its row is appended */
             const row_t *nr = &iv->row[iv->src.n + fresh++];
@@ -673,7 +671,7 @@ void process_recs(router_t *rt, const rec_t *b, int n)
         }
         if (id >= 0) {
             PF(&iv->dst_n[id]);
-            if (kk[i]->dk.tag)
+            if (kk[i].dk.tag)
                 PF(&iv->dst.keys[id]);
         }
     }
@@ -684,24 +682,24 @@ void process_recs(router_t *rt, const rec_t *b, int n)
         if (ip[i] >= 0) {
             const port_t *pt = &iv->port[ip[i]];
             if (pt->lg4) {
-                if (fk_compact(&kk[i]->sk))
-                    PF(&pt->t4[(uint32_t)kk[i]->hs & ((1u << pt->lg4) - 1)]);
+                if (fk_compact(&kk[i].sk))
+                    PF(&pt->t4[(uint32_t)kk[i].hs & ((1u << pt->lg4) - 1)]);
                 else if (pt->lgw)
-                    PF(&pt->w[(uint32_t)kk[i]->hs & ((1u << pt->lgw) - 1)]);
+                    PF(&pt->w[(uint32_t)kk[i].hs & ((1u << pt->lgw) - 1)]);
             }
         }
         if (is[i] >= 0) {
             const row_t *row = &iv->row[is[i]];
             for (int c = 0; c < 2; c++)
-                if (row->state[c] == ST_SET && kk[i]->hi[c]) { /* an item, not 0 */
+                if (row->state[c] == ST_SET && kk[i].hi[c]) { /* an item, not 0 */
                     const set64_t *st = &row->col[c].set;
-                    PF(&st->t[(uint32_t)kk[i]->hi[c] & st->mask]);
+                    PF(&st->t[(uint32_t)kk[i].hi[c] & st->mask]);
                 }
         }
     }
     for (int i = 0; i < n; i++) {
         hints_t h = {ivs[i], ip[i], is[i], idd[i]};
-        count_frame(rt, &b[i].p, b[i].reason, kk[i], &h);
+        count_frame(rt, &b[i].p, b[i].reason, &kk[i], &h);
     }
 }
 

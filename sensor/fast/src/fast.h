@@ -575,6 +575,14 @@ FAST_INTERNAL PyObject *Kernel_feed_file(KernelObject *self, PyObject *args);
  * rows, (ports, icmp_codes, sources, destinations) as bytes, or None: use rows(). */
 FAST_INTERNAL PyObject *fast_pack_table(PyObject *m, PyObject *args);
 FAST_INTERNAL PyObject *pack_interval(const interval_t *iv, PyObject *estimate, int parallel);
+/* The interval holds tables packed ahead with this estimate (feed_file's helper, or
+ * pack_ahead): Interval.pack hands them over, pack_ahead leaves them. */
+static inline int packed_ahead_with(const interval_t *iv, PyObject *estimate)
+{
+    PyObject *a = iv->prebuilt_args;
+    return iv->prebuilt != NULL && a != NULL && PyTuple_Check(a) && PyTuple_GET_SIZE(a) == 1 &&
+           PyTuple_GET_ITEM(a, 0) == estimate;
+}
 /* Pack n closed intervals at once (a thread each); Interval.pack(estimate) hands them over. */
 FAST_INTERNAL int pack_ahead(interval_t **ivs, int n, PyObject *estimate);
 

@@ -396,9 +396,7 @@ static PyObject *Interval_get_packets(IntervalObject *self, void *Py_UNUSED(c))
 static PyObject *Interval_pack(IntervalObject *self, PyObject *estimate)
 {
     interval_t *iv = self->iv;
-    PyObject *a = iv->prebuilt_args;
-    if (iv->prebuilt != NULL && a != NULL && PyTuple_Check(a) && PyTuple_GET_SIZE(a) == 1 &&
-        PyTuple_GET_ITEM(a, 0) == estimate) { /* packed ahead (Kernel.set_pack): handed over once */
+    if (packed_ahead_with(iv, estimate)) { /* packed ahead: handed over once */
         PyObject *packed = iv->prebuilt;
         iv->prebuilt = NULL;
         Py_CLEAR(iv->prebuilt_args);

@@ -575,7 +575,7 @@ typedef struct {
     int64_t *est; /* ports, then two per row */
     wbuf_t w[4];  /* ports, icmp_codes, sources, destinations */
     int parallel;
-    int state;    /* 0: ready to run; 1: None (an estimate that is not an int); -1: failed */
+    int state;    /* pack_ahead: 0 to run; 1 not to (packed already, or an estimate not an int) */
 } pack_job_t;
 
 static void pack_free(pack_job_t *job)
@@ -776,6 +776,10 @@ int pack_ahead(interval_t **ivs, int n, PyObject *estimate)
         goto done;
     }
     for (; prepared < n; prepared++) {
+        if (packed_ahead_with(ivs[prepared], estimate)) { /* by feed_file's helper */
+            jobs[prepared].state = 1;
+            continue;
+        }
         int r = pack_prepare(&jobs[prepared], ivs[prepared], estimate, prepared == n - 1);
         if (r < 0) {
             rc = -1;
@@ -808,8 +812,7 @@ int pack_ahead(interval_t **ivs, int n, PyObject *estimate)
     }
 done:
     for (int i = 0; i < prepared && jobs != NULL; i++)
-        if (jobs[i].state == 0 && (jobs[i].keys != NULL || jobs[i].w[0].b != NULL))
-            pack_free(&jobs[i]);
+        pack_free(&jobs[i]); /* those not finished; a no-op for the others (freed, zeroed) */
     Py_XDECREF(args);
     free(jobs);
     free(threads);

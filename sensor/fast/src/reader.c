@@ -57,11 +57,10 @@ typedef struct {
     PyObject_HEAD
     pcap_t *p;
     char *iobuf; /* the file's stdio buffer (open_capture), freed after pcap_close */
-    /* classic pcap read without stdio (raw_eligible; reader_dispatch) */
-    int raw;
+    /* classic pcap read without stdio (raw_eligible; reader_dispatch): when raw_buf is set */
     int raw_swapped;           /* the file's byte order is not this machine's */
     uint32_t raw_snapshot;     /* pcap_snapshot: longer records go to libpcap */
-    unsigned char *raw_buf;    /* RAW_BUFFER bytes */
+    unsigned char *raw_buf;    /* RAW_BUFFER bytes; NULL: libpcap reads every record */
     size_t raw_pos, raw_len;   /* the next record's header, and the end of the data read */
     long long raw_off;         /* the file offset of raw_buf[0] */
     int raw_end;               /* pread met the end of the file */
@@ -139,16 +138,17 @@ static pcap_t *open_capture(const char *path, char *errbuf, char **iobuf)
 #define PCAP_MAGIC_US 0xa1b2c3d4u
 #define BSWAP32(x) __builtin_bswap32(x)
 
-static int raw_eligible(ReaderObject *rd)
+/* Read this file raw (sets raw_buf) when libpcap would read its records unchanged. */
+static void raw_eligible(ReaderObject *rd)
 {
     FILE *f = pcap_file(rd->p);
     if (f == NULL)
-        return 0;
+        return;
     int fd = fileno(f);
     struct stat st;
     unsigned char h[24];
     if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h)
-        return 0;
+        return;
     uint32_t magic, linktype;
     uint16_t major, minor;
     memcpy(&magic, h, 4);
@@ -157,7 +157,7 @@ static int raw_eligible(ReaderObject *rd)
     memcpy(&linktype, h + 20, 4);
     int swapped = magic == BSWAP32(PCAP_MAGIC_US);
     if (magic != PCAP_MAGIC_US && !swapped)
-        return 0; /* pcapng, nanosecond stamps, the patched-header variants */
+        return; /* pcapng, nanosecond stamps, the patched-header variants */
     if (swapped) {
         major = __builtin_bswap16(major);
         minor = __builtin_bswap16(minor);
@@ -169,15 +169,14 @@ static int raw_eligible(ReaderObject *rd)
     int dlt = pcap_datalink(rd->p);
     if (major != 2 || minor != 4 || (linktype >> 16) != 0 || dlt == DLT_USB_LINUX ||
         dlt == DLT_USB_LINUX_MMAPPED || dlt == DLT_NFLOG || pcap_snapshot(rd->p) <= 0)
-        return 0;
+        return;
     if ((rd->raw_buf = malloc(RAW_BUFFER)) == NULL)
-        return 0;
+        return;
     rd->raw_swapped = swapped;
     rd->raw_snapshot = (uint32_t)pcap_snapshot(rd->p);
     rd->raw_off = sizeof h;
     rd->raw_pos = rd->raw_len = 0;
     rd->raw_end = 0;
-    return 1;
 }
 
 /* Keep the unread bytes, then read more after them.  0; 1 at the end of the file; -1 when
@@ -273,7 +272,7 @@ static int raw_hand_over(ReaderObject *rd, frame_fn fn, void *user, int *stopped
  * PCAP_ERROR_BREAK.  cnt <= 0: no limit. */
 static int reader_dispatch(ReaderObject *rd, int cnt, frame_fn fn, void *user)
 {
-    if (!rd->raw) {
+    if (rd->raw_buf == NULL) {
         glue_t g = {fn, user, rd->p, 0, 1};
         int rc = pcap_dispatch(rd->p, cnt, glue_cb, (u_char *)&g);
         return rc == PCAP_ERROR ? reader_failed(rd) : rc;
@@ -357,7 +356,7 @@ static PyObject *Reader_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     self->iobuf = iobuf;
     self->err_off = -1;
     self->pipeline = pipeline < 0 ? sysconf(_SC_NPROCESSORS_ONLN) > 1 : pipeline;
-    self->raw = raw_eligible(self);
+    raw_eligible(self);
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->cv, NULL);
     return (PyObject *)self;
@@ -367,7 +366,6 @@ static void reader_free_raw(ReaderObject *r)
 {
     free(r->raw_buf);
     r->raw_buf = NULL;
-    r->raw = 0;
     if (r->have_prog)
         pcap_freecode(&r->prog);
     r->have_prog = 0;
@@ -446,7 +444,7 @@ static void Reader_dealloc(ReaderObject *self)
 
 static PyObject *Reader_get_raw(ReaderObject *self, void *Py_UNUSED(c))
 {
-    return PyBool_FromLong(self->raw);
+    return PyBool_FromLong(self->raw_buf != NULL);
 }
 
 static PyGetSetDef Reader_getset[] = {
