@@ -32,7 +32,8 @@ import msgpack
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sensor.core.aggregate import HourAggregator, Limits
+from sensor.core.aggregate import HourAggregator
+from sensor.core.limits import Limits
 from sensor.core.records import PROTO_TCP, PROTO_UDP, PacketRecord
 from sensor.edges.spool import DEFAULT_SPOOL_BYTES
 from wire.envelope import (

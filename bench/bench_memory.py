@@ -23,7 +23,8 @@ import time
 import tracemalloc
 from typing import Any
 
-from sensor.core.aggregate import HourAggregator, Limits
+from sensor.core.aggregate import HourAggregator
+from sensor.core.limits import Limits
 from sensor.core.records import PacketRecord
 
 H = 1_800_000_000 - 1_800_000_000 % 3600

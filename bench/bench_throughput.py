@@ -126,7 +126,7 @@ def heap_in_use_mib() -> float:
 
 def memory_worker(scenario: str, flood_packets: int) -> dict[str, Any]:
     """One hour's state in the compiled kernel, fed frames in batches of 4096."""
-    from sensor.core.aggregate import Limits
+    from sensor.core.limits import Limits
     from sensor.fast.kernel import FastHourlyAggregation
 
     limits = Limits()

@@ -9,19 +9,15 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from sensor.core.aggregate import HOUR, Limits
+from sensor.core.limits import HOUR, Limits
 from sensor.edges.durable import write_durably
-from sensor.fast import encode_summary
-from wire.summary import (
-    Summary,
-    SummaryFormatError,
-    decode_summary,
-    iso_utc,
-    summary_to_json,
-)
 
 if TYPE_CHECKING:
+    import queue
+    import threading
+
     from sensor.edges.replay import EncodedSummary
+    from wire.summary import Summary
 
 DEFAULT_DARKNET = "198.51.100.0/24,2001:db8:dead::/48"
 SENSOR_ID_HELP = "sensor id: lower-case letters, digits and '-', at most 63 characters"
@@ -72,11 +68,62 @@ class _SummaryNotWritten(Exception):
         self.error = error
 
 
-def _write_summary(path: str, data: bytes) -> None:
-    try:
-        write_durably(path, data)
-    except OSError as exc:
-        raise _SummaryNotWritten(path, exc) from exc
+class _SummaryWriter:
+    """Writes the summary files into --out in order, on a thread of its own: writing and
+    syncing one (3-4 ms) would stop the count of the next hour, and at the end the last hours'
+    files are written while the next is encoded.  At most WRITE_AHEAD summaries wait.
+
+    `write` and `close` raise _SummaryNotWritten once a write failed; the files after it are
+    not written (as if the replay had stopped there), the ones before it are kept.
+    """
+
+    WRITE_AHEAD = 4
+
+    def __init__(self) -> None:
+        self.written: list[str] = []  # the files written and synced, in order
+        self._failure: _SummaryNotWritten | None = None
+        self._queue: queue.Queue[tuple[str, bytes] | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> queue.Queue[tuple[str, bytes] | None]:
+        # threading and queue are imported when the first hour is written, not with this
+        # module: `teiten replay` is counting by then.
+        import queue
+        import threading
+
+        self._queue = queue.Queue(self.WRITE_AHEAD)
+        self._thread = threading.Thread(target=self._run, args=(self._queue,),
+                                        name="summary-writer", daemon=True)
+        self._thread.start()
+        return self._queue
+
+    def _run(self, items: queue.Queue[tuple[str, bytes] | None]) -> None:
+        while (item := items.get()) is not None:
+            if self._failure is not None:
+                continue  # drain: nothing after a failed file is written
+            path, data = item
+            try:
+                write_durably(path, data)
+            except OSError as exc:
+                self._failure = _SummaryNotWritten(path, exc)
+            except Exception as exc:  # a bug, MemoryError: stop writing; close() says so
+                self._failure = _SummaryNotWritten(path, OSError(f"{type(exc).__name__}: {exc}"))
+            else:
+                self.written.append(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        if self._failure is not None:
+            raise self._failure
+        (self._queue or self._start()).put((path, data))
+
+    def close(self) -> None:
+        """Wait until every file handed over is written and synced (or one failed)."""
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+        if self._failure is not None:
+            raise self._failure
 
 
 def parse_darknet(text: str) -> list[str]:
@@ -98,6 +145,10 @@ def parse_darknet(text: str) -> list[str]:
 
 
 def summary_filename(summary: Summary | EncodedSummary) -> str:
+    # wire.summary is imported by the functions that use it: `teiten replay` starts counting
+    # before it is loaded (sensor/edges/replay.py loads it meanwhile).
+    from wire.summary import iso_utc
+
     stamp = iso_utc(summary.hour_start * 1_000_000)[:19].replace("-", "").replace(":", "")
     return f"{summary.sensor_id}-{stamp}Z.summary"
 
@@ -111,7 +162,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         darknet = parse_darknet(args.darknet)
-        limits = Limits(max_sources=args.max_sources)
+        limits = Limits(max_sources=args.max_sources).check()
     except ValueError as exc:
         return _error(str(exc))
     if not args.out and not args.key:
@@ -145,22 +196,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         except (OSError, ValueError) as exc:
             return _error(f"replay: cannot prepare signing: {exc}")
-    written: list[str] = []
+    writer = _SummaryWriter()
 
     def emit(summary: Summary) -> None:
+        from sensor.fast.pack import encode_summary  # loaded while counting: see above
+
         data = encode_summary(summary)
         if out is not None:
             path = os.path.join(out, summary_filename(summary))
-            _write_summary(path, data)
-            written.append(path)
+            writer.write(path, data)
         if sink is not None:
             sink.seal_and_spool(summary, data)
 
     def emit_encoded(summary: EncodedSummary) -> None:  # no --key: the bytes are all it needs
         assert out is not None  # checked above: --out or --key
         path = os.path.join(out, summary_filename(summary))
-        _write_summary(path, summary.data)
-        written.append(path)
+        writer.write(path, summary.data)
 
     failure = None
     stats = ReplayStats()  # filled as the replay goes: its warnings survive an error
@@ -168,14 +219,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # each time new objects (with --key, the summaries' rows) trigger a collection.
     gc.freeze()
     try:
-        # Without signing only the bytes are written: the compiled path then encodes each
-        # hour straight from the kernel's tables, with no Python object per row.
-        replay(
-            args.pcaps, darknet=darknet, sensor_id=args.sensor_id,
-            emit=emit if sink is not None else emit_encoded, encoded=sink is None,
-            limits=limits, bucket_seconds=args.bucket_seconds, progress=Progress(),
-            reference=args.reference, stats=stats,
-        )
+        try:
+            # Without signing only the bytes are written: the compiled path then encodes
+            # each hour straight from the kernel's tables, with no Python object per row.
+            replay(
+                args.pcaps, darknet=darknet, sensor_id=args.sensor_id,
+                emit=emit if sink is not None else emit_encoded, encoded=sink is None,
+                limits=limits, bucket_seconds=args.bucket_seconds, progress=Progress(),
+                reference=args.reference, stats=stats,
+            )
+        finally:
+            writer.close()  # every summary handed over is on disk, or its error is raised
     except CaptureFileError as exc:
         failure = str(exc)
     except spool_errors as exc:
@@ -187,12 +241,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(f"replay: {exc}")
     except _SummaryNotWritten as exc:
-        kept = f"; the {len(written)} written before it are kept" if written else ""
+        kept = f"; the {len(writer.written)} written before it are kept" if writer.written else ""
         return _error(
             f"replay: cannot write {exc.path}: {exc.error.strerror or exc.error}. Free space "
             f"in (or fix) --out {out}, then replay again{kept}"
         )
     sealed = sink.sealed if sink is not None else 0
+    written = writer.written
     result = {
         "summaries": written,
         "frames": None if failure else stats.frames,
@@ -233,11 +288,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def load_summary(path: str) -> Summary:
+    from wire.summary import decode_summary  # see summary_filename
+
     with open(path, "rb") as fh:
         return decode_summary(fh.read())
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from wire.summary import SummaryFormatError, summary_to_json  # see summary_filename
+
     try:
         summary = load_summary(args.file)
     except OSError as exc:

@@ -21,11 +21,12 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sensor.core.classify import BACKSCATTER_NAMES, backscatter_kind, fingerprint_bits
 from sensor.core.decode import TS_MAX_US
+from sensor.core.limits import HOUR, Limits, check_bucket_seconds
 from sensor.core.records import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -34,7 +35,7 @@ from sensor.core.records import (
     Malformed,
     PacketRecord,
 )
-from sensor.core.sketch import BudgetedDistinct, HyperLogLog, RowDistinct, relative_error
+from sensor.core.sketch import BudgetedDistinct, HyperLogLog, RowDistinct
 from wire.summary import (
     EST_DESTINATIONS,
     EST_PORTS,
@@ -47,62 +48,12 @@ from wire.summary import (
     Summary,
 )
 
-HOUR: Final = 3600
 _NO_PORT: Final = -1
 _V6_TAG: Final = 1 << 128  # keeps IPv6 source keys apart from IPv4 ones
 _V6_PREFIX_TAG: Final = 1 << 64  # keeps IPv6 /64 destination keys apart from IPv4 ones
 _M64: Final = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Memory bounds of one hour's state; see docs/summary-format.md for the arithmetic."""
-
-    max_sources: int = 262_144
-    max_destinations: int = 65_536
-    source_exact_budget: int = 1_048_576  # exact (source, port|destination) entries per hour
-    source_exact_limit: int = 65_536  # one source's exact set size before it becomes a sketch
-    source_big_p: int = 12  # sources that outgrew their exact set: 1.6%
-    source_max_big: int = 1_024
-    source_small_p: int = 6  # conversions after the budget is spent: 64 registers, 13%
-    port_exact_budget: int = 262_144  # exact (port, source) entries across all ports
-    port_exact_limit: int = 4_096  # a port's exact set size before it becomes a sketch
-    port_big_p: int = 12  # 4,096 registers, 1.6%: ports that outgrew their exact set
-    port_max_big: int = 1_024
-    port_small_p: int = 7  # 128 registers, 9.2%: conversions after the budget is spent
-    overflow_sketch_p: int = 14  # distinct sources beyond the cap
-
-    def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            if getattr(self, name) < 0:
-                raise ValueError(f"limit {name} must not be negative")
-        if self.max_sources < 1:
-            raise ValueError("limit max_sources must be at least 1")
-
-    def sketch_description(self) -> dict[str, Any]:
-        """The `sketch` map written into each summary: how estimates are made."""
-        return {
-            "method": "hyperloglog",
-            "port_sources_exact_limit": self.port_exact_limit,
-            "port_sources_exact_budget": self.port_exact_budget,
-            "port_sources_rse": [
-                round(relative_error(self.port_big_p), 4),
-                round(relative_error(self.port_small_p), 4),
-            ],
-            "source_exact_limit": self.source_exact_limit,
-            "source_exact_budget": self.source_exact_budget,
-            "source_rse": [
-                round(relative_error(self.source_big_p), 4),
-                round(relative_error(self.source_small_p), 4),
-            ],
-            "overflow_sources_rse": round(relative_error(self.overflow_sketch_p), 4),
-            "max_sources": self.max_sources,
-            "max_destinations": self.max_destinations,
-        }
-
-
-# Limits' fields in declaration order: the order the compiled kernel takes them in.
-LIMIT_FIELDS: Final = tuple(f.name for f in fields(Limits))
 
 
 def hour_of(ts_us: int, bucket_seconds: int = HOUR) -> int:
@@ -125,7 +76,7 @@ class HourAggregator:
     def __init__(self, hour_start: int, bucket_seconds: int = HOUR, limits: Limits | None = None):
         self.hour_start = hour_start
         self.bucket_seconds = bucket_seconds
-        self.limits = limits or Limits()
+        self.limits = (limits or Limits()).check()
         lim = self.limits
         self.packets = 0
         self.bytes = 0
@@ -403,10 +354,9 @@ class HourlyAggregation:
         limits: Limits | None = None,
         open_intervals: int = 2,
     ) -> None:
-        if bucket_seconds <= 0 or (HOUR % bucket_seconds and bucket_seconds % HOUR):
-            raise ValueError("bucket_seconds must divide an hour (tests) or be a whole hour")
+        check_bucket_seconds(bucket_seconds)
         self.bucket_seconds = bucket_seconds
-        self.limits = limits or Limits()
+        self.limits = (limits or Limits()).check()
         self.open_intervals = max(1, open_intervals)
         self._open: dict[int, HourAggregator] = {}
         self._first_start: int | None = None

@@ -20,11 +20,9 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from sensor.core.records import (
+from sensor.core.linktypes import (
     DLT_RAW_BSD,
     DLT_RAW_OPENBSD,
-    ICMP_ERROR_TYPES,
-    ICMPV6_ERROR_TYPES,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -33,6 +31,10 @@ from sensor.core.records import (
     LINKTYPE_LOOP,
     LINKTYPE_NULL,
     LINKTYPE_RAW,
+)
+from sensor.core.records import (
+    ICMP_ERROR_TYPES,
+    ICMPV6_ERROR_TYPES,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -75,15 +77,6 @@ _TCP: Final = struct.Struct("!HHIIBBH")
 # units.  sensor/fast/src/fast.h (TS_MAX_US) checks the same range.
 TS_MAX_US: Final = (MAX_HOUR + 1) * 1_000_000 - 1
 
-# Link types `_link_payload` decodes; frames of any other are `link_unsupported`.
-SUPPORTED_LINKTYPES: Final = frozenset((
-    LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, DLT_RAW_BSD,
-    DLT_RAW_OPENBSD, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_NULL, LINKTYPE_LOOP,
-))
-SUPPORTED_LINKTYPES_TEXT: Final = (
-    "Ethernet (1), Linux cooked SLL (113) and SLL2 (276), raw IP (101, 12, 14, 228, 229), "
-    "BSD loopback (0, 108)"
-)
 
 
 _CUT_SHORT: Final = frozenset(

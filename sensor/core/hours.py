@@ -30,7 +30,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from sensor.core.aggregate import HourAggregator, Limits, hour_of
+from sensor.core.aggregate import HourAggregator, hour_of
+from sensor.core.limits import Limits
 from wire.summary import Summary
 
 MAX_GAPS = 256  # gap records kept for reporting (older ones are merged into a counter)

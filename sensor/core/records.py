@@ -34,18 +34,6 @@ TCP_URG: Final = 0x20
 TCP_ECE: Final = 0x40
 TCP_CWR: Final = 0x80
 
-# libpcap DLT_/LINKTYPE_ values the decoder understands.
-LINKTYPE_NULL: Final = 0  # BSD loopback, host-order 4-byte family
-LINKTYPE_ETHERNET: Final = 1
-LINKTYPE_RAW: Final = 101  # raw IPv4/IPv6 (LINKTYPE_RAW)
-DLT_RAW_BSD: Final = 12  # DLT_RAW as some platforms number it
-DLT_RAW_OPENBSD: Final = 14
-LINKTYPE_LOOP: Final = 108  # OpenBSD loopback, network-order family
-LINKTYPE_LINUX_SLL: Final = 113
-LINKTYPE_IPV4: Final = 228
-LINKTYPE_IPV6: Final = 229
-LINKTYPE_LINUX_SLL2: Final = 276
-
 
 @dataclass(frozen=True, slots=True)
 class QuotedHeader:

@@ -41,6 +41,11 @@ def _estimate(registers: bytes | bytearray) -> int:
 _POW2_NEG: Final = tuple(2.0**-r for r in range(66))
 
 
+# The HyperLogLog precisions a sketch may have (2**p registers).
+MIN_PRECISION: Final = 4
+MAX_PRECISION: Final = 16
+
+
 def relative_error(p: int) -> float:
     """Relative standard error of a HyperLogLog with 2**p registers."""
     return 1.04 / math.sqrt(1 << p)
@@ -52,7 +57,7 @@ class HyperLogLog:
     __slots__ = ("_registers", "_shift", "_wmask", "p")
 
     def __init__(self, p: int) -> None:
-        if not 4 <= p <= 16:
+        if not MIN_PRECISION <= p <= MAX_PRECISION:
             raise ValueError(f"HyperLogLog precision must be 4..16, got {p}")
         self.p = p
         self._registers = bytearray(1 << p)
@@ -200,7 +205,7 @@ class RowDistinct:
         slots: int = 4,
     ) -> None:
         for p in (big_p, small_p):
-            if not 4 <= p <= 16:
+            if not MIN_PRECISION <= p <= MAX_PRECISION:
                 raise ValueError(f"sketch precision must be 4..16, got {p}")
         if not 1 <= slots <= 200:
             raise ValueError(f"inline slots must be 1..200, got {slots}")

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from sensor.core.aggregate import HOUR, Limits
 from sensor.core.bpf import check_extra, darknet_filter
 from sensor.core.darkblock import fully_excluded, judge
+from sensor.core.limits import HOUR, Limits
 from sensor.edges.filtercheck import filter_problems
 from sensor.edges.uplink_config import UplinkConfigError, parse_uplink
 from wire.ids import validate_sensor_id

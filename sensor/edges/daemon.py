@@ -44,7 +44,7 @@ from sensor import __version__
 from sensor.core.aggregate import HourlyAggregation
 from sensor.core.decode import decode_frame
 from sensor.core.hours import HourCloser, Identity
-from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.linktypes import LINKTYPE_ETHERNET
 from sensor.edges.clock import Clock, OffsetClock, StepDetector, SystemClock
 from sensor.edges.config import ConfigError, SensorConfig, load_config
 from sensor.edges.pcap import CaptureError, FilterError, Frame, LiveSource, open_interface

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sensor.core.bpf import base_filter, check_extra, darknet_filter, parse_block
-from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.linktypes import LINKTYPE_ETHERNET
 from sensor.edges._pcap import PcapError, compile_filter, lib_version
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import NamedTuple, Self
 
-from sensor.core.decode import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
+from sensor.core.linktypes import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
 from sensor.edges import _pcap
 
 DEFAULT_BATCH = 4096

@@ -18,18 +18,18 @@ the reference and the compiled path:
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import importlib
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TextIO
 
-from sensor.core.aggregate import HOUR, HourlyAggregation, Limits
 from sensor.core.bpf import darknet_filter
-from sensor.core.decode import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT, decode_frame
-from sensor.core.records import LINKTYPE_ETHERNET, PacketRecord
+from sensor.core.limits import HOUR, Limits
+from sensor.core.linktypes import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
 from sensor.edges.pcap import (
     CaptureFileError,
     FilterError,
@@ -39,22 +39,45 @@ from sensor.edges.pcap import (
 )
 from sensor.fast.kernel import FastHourlyAggregation, FastInterval, _fast, pack_ahead
 from sensor.fast.kernel import available as fast_available
-from sensor.fast.pack import encode_interval, encode_summary
-from wire.summary import Summary
+
+if TYPE_CHECKING:
+    from wire.summary import Summary
 
 BATCH = 4096
 
 
-@dataclass(slots=True)
 class ReplayStats:
-    files: int = 0
-    frames: int = 0
-    summaries: int = 0
-    errors: list[str] = field(default_factory=list)
-    # What the caller should tell the user (a link type the decoder does not know, ...).
-    warnings: list[str] = field(default_factory=list)
-    # bad_timestamp frames that no summary holds: no frame of the replay had a valid time.
-    uncounted: int = 0
+    """What a replay did, filled in as it goes.  (A plain class: a dataclass would import the
+    dataclasses module, 8 ms, before `teiten replay` starts counting.)"""
+
+    __slots__ = ("errors", "files", "frames", "summaries", "uncounted", "warnings")
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.frames = 0
+        self.summaries = 0
+        self.errors: list[str] = []
+        # What the caller should tell the user (a link type the decoder does not know, ...).
+        self.warnings: list[str] = []
+        # bad_timestamp frames that no summary holds: no frame of the replay had a valid time.
+        self.uncounted = 0
+
+    _FIELDS: Final = ("files", "frames", "summaries", "errors", "warnings", "uncounted")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ReplayStats):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in zip(
+            self._FIELDS, self._values(), strict=True))
+        return f"ReplayStats({fields})"
 
 
 class Progress:
@@ -156,6 +179,9 @@ class SummarySink:
         self.encoded = encoded
 
     def __call__(self, closed: Iterable[_Closed]) -> None:
+        # Here, not at the top: the compiled path counts while these load (_replay_compiled).
+        from sensor.fast.pack import encode_interval, encode_summary
+
         closed = list(closed)
         if self.encoded:  # several at once (the hours flush closes): packed side by side
             pack_ahead([c.aggregator for c in closed if isinstance(c.aggregator, FastInterval)])
@@ -209,6 +235,10 @@ def replay(
             paths, darknet=darknet, sensor_id=sensor_id, emit=emit, limits=limits,
             bucket_seconds=bucket_seconds, progress=progress, stats=stats, encoded=encoded,
         )
+    # The reference core, imported only when it is used (the compiled path does without it).
+    from sensor.core.aggregate import HourlyAggregation
+    from sensor.core.decode import decode_frame
+
     aggregation = HourlyAggregation(bucket_seconds, limits)
     finish = SummarySink(emit, stats, sensor_id, darknet, encoded=encoded)
     try:
@@ -239,7 +269,7 @@ def replay(
     return stats
 
 
-__all__ = ["CaptureFileError", "EncodedSummary", "PacketRecord", "ReplayStats", "replay"]
+__all__ = ["CaptureFileError", "EncodedSummary", "ReplayStats", "replay"]
 
 
 # The first hour of a replay has no hour before it to size its tables from: they start
@@ -254,6 +284,36 @@ def first_hour_room(paths: Sequence[str]) -> int:
         with contextlib.suppress(OSError):  # reported when the file is opened
             total += os.stat(path).st_size
     return min(total // 1024, FIRST_HOUR_ROOM)
+
+
+# What the compiled path needs only once an hour closes: the summary format, the reference's
+# helpers FastInterval finishes with, and the encoder.
+_OUTPUT_MODULES: Final = ("wire.summary", "sensor.core.aggregate", "sensor.fast.pack")
+
+
+def _load_in_background(modules: Sequence[str]) -> None:
+    """Import `modules` on a thread of its own while the caller counts in C.
+
+    Counting a file releases the GIL, so the imports the first closed hour needs (25-30 ms
+    of a `teiten replay`) are done meanwhile instead of before the first frame.  The thread
+    runs at the lowest priority: on two cores it shares one with the reader thread, which
+    the counting waits for.  A module that fails to import is left for the import that
+    needs it, which raises the error where it matters.
+    """
+
+    def load() -> None:
+        if sys.platform == "linux":  # per thread on Linux (elsewhere it would be the process)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, _thread.get_native_id(), 19)
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+
+    if any(name not in sys.modules for name in modules):
+        with contextlib.suppress(RuntimeError):  # no thread: imported when needed
+            _thread.start_new_thread(load, ())
 
 
 def _replay_compiled(
@@ -288,6 +348,7 @@ def _replay_compiled(
                 aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits,
                                                     ahead="pack" if encoded else "rows")
                 aggregation.set_size_hint(first_hour_room(paths))
+                _load_in_background(_OUTPUT_MODULES)
             aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
             try:
                 reader = _fast.FileReader(path)

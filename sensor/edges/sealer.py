@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sensor.edges.keys import KeyFileError, load_private_key
 from sensor.edges.sequence import SequenceAllocator, SequenceStateError
 from sensor.edges.spool import DEFAULT_SPOOL_BYTES, Spool, SpoolEntry, SpoolError
-from sensor.fast import encode_summary
+from sensor.fast.pack import encode_summary
 from wire.envelope import seal
 from wire.ids import validate_sensor_id
 from wire.summary import Summary

@@ -12,34 +12,22 @@ the exported registers, so the floating-point part is the reference's own code.
 The pure-Python path (`sensor.core.decode` + `sensor.core.aggregate`) stays the reference and the
 fallback: `available()` is False when the extension is not built, and
 tests/integration/test_fastpath_equivalence.py checks that both give the same bytes.
+
+Counting needs only `sensor.core.limits` and the extension: the summary format and the
+reference's helpers that `finish()` uses are imported where they are used, so that
+`teiten replay` can start counting while they load (sensor/edges/replay.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-from sensor.core.aggregate import (
-    HOUR,
-    LIMIT_FIELDS,
-    HourAggregator,
-    HourlyAggregation,
-    Limits,
-    backscatter_map,
-    interval_health,
-    nonzero,
-)
+from sensor.core.limits import HOUR, LIMIT_FIELDS, Limits, check_bucket_seconds
 from sensor.core.sketch import _estimate
-from wire.summary import (
-    FINGERPRINTS,
-    SIZE_BUCKETS,
-    DestinationRow,
-    IcmpCodeRow,
-    PortRow,
-    SourceRow,
-    Summary,
-)
+
+if TYPE_CHECKING:
+    from wire.summary import Summary
 
 try:
     from sensor.fast import _fast as _fast  # re-exported: pack and replay use it
@@ -67,10 +55,6 @@ def pack_ahead(intervals: Sequence[FastInterval]) -> None:
         _fast.pack_ahead([interval._iv for interval in intervals], _estimate)
 
 
-def _limits_tuple(lim: Limits) -> tuple[int, ...]:
-    return tuple(getattr(lim, name) for name in LIMIT_FIELDS)
-
-
 class FastInterval:
     """One closed interval from the kernel; `finish()` is `HourAggregator.finish`.
 
@@ -85,7 +69,7 @@ class FastInterval:
         self.bucket_seconds = bucket_seconds
         # The limits the interval was opened with (a reload may have changed them since).
         own = tuple(iv.limits)
-        self.limits = limits if own == _limits_tuple(limits) else Limits(
+        self.limits = limits if own == limits.values() else Limits(
             **dict(zip(LIMIT_FIELDS, own, strict=True)))
         self._extra_late = 0
 
@@ -113,6 +97,9 @@ class FastInterval:
         complete: bool = True,
         health: Mapping[str, Any] | None = None,
     ) -> Summary:
+        # Here, not at the top, as in _summary: the summary format loads while a replay counts.
+        from wire.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
+
         # Rows are made in C (same values as the reference's finish; estimates by _estimate).
         ports, icmp_codes, sources, destinations = self._iv.rows(
             PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate
@@ -151,6 +138,12 @@ class FastInterval:
         health: Mapping[str, Any] | None,
         **rows: Any,
     ) -> Summary:
+        # The summary format and the reference's helpers are imported when the first
+        # interval is finished, not with this module: `teiten replay` starts counting
+        # before they are loaded, and loads them meanwhile (sensor/edges/replay.py).
+        from sensor.core.aggregate import backscatter_map, interval_health, nonzero
+        from wire.summary import FINGERPRINTS, SIZE_BUCKETS, Summary
+
         t = self._iv.export(False)
         overflow = t["sources_overflow"]
         registers = t["overflow_registers"]
@@ -189,9 +182,11 @@ class FastInterval:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FastClosed:
-    """An interval handed back by `FastHourlyAggregation`, ready to `finish()`."""
+class FastClosed(NamedTuple):
+    """An interval handed back by `FastHourlyAggregation`, ready to `finish()`.
+
+    (A named tuple: a dataclass would import the dataclasses module before a replay counts.)
+    """
 
     aggregator: FastInterval
     complete: bool
@@ -217,20 +212,22 @@ class FastHourlyAggregation:
         if _fast is None:
             raise RuntimeError("sensor.fast._fast is not built; run `pip install -e .` or use the "
                                "reference path (sensor.core.aggregate)")
-        # The reference validates the arguments: same errors, same messages.
-        HourlyAggregation(bucket_seconds, limits, open_intervals)
-        self._limits = limits or Limits()
-        HourAggregator(0, bucket_seconds, self._limits)
+        # The reference's checks (Limits checks itself): same errors, same messages.
+        check_bucket_seconds(bucket_seconds)
+        self._limits = (limits or Limits()).check()
         self.linktype = linktype
         self.bucket_seconds = bucket_seconds
         self._k = _fast.Kernel(linktype, bucket_seconds, max(1, open_intervals),
-                               _limits_tuple(self._limits))
+                               self._limits.values())
         # The arguments FastInterval.finish gives Interval.rows: with them, feed_file makes
         # the rows of an interval that closes while it counts on (a helper thread; see
         # prebuild_main in sensor/fast/src/reader.c).
         # With ahead="pack" (a caller that encodes with finish_packed) the helper packs the
         # interval's tables instead, for Interval.pack; with None it does nothing.
         if ahead == "rows":
+            # Here, not at the top: a replay (ahead="pack") counts before wire.summary loads.
+            from wire.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
+
             self._k.set_rows(PortRow, IcmpCodeRow, SourceRow, DestinationRow, _estimate)
         elif ahead == "pack":
             self._k.set_pack(_estimate)
@@ -242,7 +239,7 @@ class FastHourlyAggregation:
     @limits.setter
     def limits(self, limits: Limits) -> None:
         """As `HourlyAggregation.limits`: intervals opened from now on use these limits."""
-        self._k.set_limits(_limits_tuple(limits))
+        self._k.set_limits(limits.check().values())
         self._limits = limits
 
     def _wrap(self, closed: list[tuple[Any, bool]]) -> list[FastClosed]:

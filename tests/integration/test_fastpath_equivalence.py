@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from sensor.core.aggregate import HourlyAggregation, Limits
+from sensor.core.aggregate import HourlyAggregation
 from sensor.core.decode import decode_frame
-from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.limits import Limits
+from sensor.core.linktypes import LINKTYPE_ETHERNET
 from sensor.edges.replay import replay
-from sensor.fast import encode_summary
 from sensor.fast import kernel as fastpath
-from sensor.fast.pack import encode_summary_fast
+from sensor.fast.pack import encode_summary, encode_summary_fast
 from wire.summary import decode_summary
 from wire.summary import encode_summary as encode_summary_reference
 

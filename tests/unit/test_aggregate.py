@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sensor.core.aggregate import HourAggregator, HourlyAggregation, Limits, hour_of
+from sensor.core.aggregate import HourAggregator, HourlyAggregation, hour_of
+from sensor.core.limits import Limits
 from sensor.core.records import Malformed, PacketRecord
 
 H = 1_800_000_000 - 1_800_000_000 % 3600  # an hour start

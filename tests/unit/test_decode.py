@@ -8,13 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.core.decode import decode_frame
-from sensor.core.records import (
+from sensor.core.linktypes import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_LOOP,
     LINKTYPE_NULL,
     LINKTYPE_RAW,
+)
+from sensor.core.records import (
     MALFORMED_REASONS,
     Malformed,
     PacketRecord,

@@ -7,9 +7,8 @@ import random
 
 import pytest
 
-from sensor.fast import encode_summary
 from sensor.fast import kernel as fastpath
-from sensor.fast.pack import encode_summary_fast
+from sensor.fast.pack import encode_summary, encode_summary_fast
 from wire.summary import (
     DestinationRow,
     IcmpCodeRow,

@@ -22,14 +22,15 @@ from typing import Any
 
 import pytest
 
-from sensor.core.aggregate import HourlyAggregation, Limits
+from sensor.core.aggregate import HourlyAggregation
 from sensor.core.decode import decode_frame
-from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.limits import Limits
+from sensor.core.linktypes import LINKTYPE_ETHERNET
 from sensor.edges.config import parse_config
 from sensor.edges.daemon import Daemon
 from sensor.edges.pcap import Frame
-from sensor.fast import encode_summary
 from sensor.fast import kernel as fastpath
+from sensor.fast.pack import encode_summary
 from tests.fakes import ManualClock
 from wire.summary import Summary
 from wire.summary import encode_summary as encode_summary_reference

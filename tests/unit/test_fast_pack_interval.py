@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from sensor.core.aggregate import Limits
 from sensor.core.bpf import darknet_filter
+from sensor.core.limits import Limits
 from sensor.core.sketch import _estimate
 from sensor.edges.replay import EncodedSummary, replay
-from sensor.fast import encode_interval, encode_summary
 from sensor.fast import kernel as fastpath
+from sensor.fast.pack import encode_interval, encode_summary
 from wire.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
 from wire.summary import encode_summary as encode_summary_reference
 

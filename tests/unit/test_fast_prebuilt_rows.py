@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from sensor.core.bpf import darknet_filter
-from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.limits import Limits
+from sensor.core.linktypes import LINKTYPE_ETHERNET
 from sensor.core.sketch import _estimate
 from sensor.fast import kernel as fastpath
 from wire.summary import DestinationRow, IcmpCodeRow, PortRow, SourceRow
@@ -44,8 +45,7 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def closed_intervals(pcap: Path, chunk: int, set_rows: bool) -> list[Any]:
     """Every interval of `pcap`, in order, fed through the pipelined reader."""
     assert fastpath._fast is not None
-    kernel: Any = fastpath._fast.Kernel(LINKTYPE_ETHERNET, 3600, 2, fastpath._limits_tuple(
-        fastpath.Limits()))
+    kernel: Any = fastpath._fast.Kernel(LINKTYPE_ETHERNET, 3600, 2, Limits().values())
     kernel.set_rows(*ROWS) if set_rows else kernel.set_rows(None)
     reader = fastpath._fast.FileReader(str(pcap), pipeline=True)
     reader.setfilter(darknet_filter(DARKNET, vlan=True))
@@ -104,8 +104,7 @@ def _estimate_other(registers: bytes) -> int:
 
 def test_set_rows_checks_its_arguments() -> None:
     assert fastpath._fast is not None
-    kernel: Any = fastpath._fast.Kernel(LINKTYPE_ETHERNET, 3600, 2, fastpath._limits_tuple(
-        fastpath.Limits()))
+    kernel: Any = fastpath._fast.Kernel(LINKTYPE_ETHERNET, 3600, 2, Limits().values())
     with pytest.raises(TypeError):
         kernel.set_rows(PortRow)
     kernel.set_rows(*ROWS)

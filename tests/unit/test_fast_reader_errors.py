@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sensor.core.records import LINKTYPE_ETHERNET
+from sensor.core.linktypes import LINKTYPE_ETHERNET
 from sensor.edges import _pcap
 from sensor.fast import kernel as fastpath
 
@@ -190,7 +190,7 @@ def test_pcap_variants_read_as_libpcap_reads_them(tmp_path: Path, pipeline: bool
 
 def summaries(path: Path, reference: bool) -> list[bytes]:
     from sensor.edges.replay import replay
-    from sensor.fast import encode_summary
+    from sensor.fast.pack import encode_summary
     from wire.summary import encode_summary as encode_reference
 
     out: list[bytes] = []

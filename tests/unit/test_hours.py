@@ -6,8 +6,9 @@ session's tests play a script, and reads the summaries it hands back.
 
 from __future__ import annotations
 
-from sensor.core.aggregate import HourlyAggregation, Limits
+from sensor.core.aggregate import HourlyAggregation
 from sensor.core.hours import HourCloser, Identity
+from sensor.core.limits import Limits
 from sensor.core.records import PROTO_TCP, PacketRecord
 
 H = 3600
