@@ -1,6 +1,7 @@
 """`teiten replay` starts counting before the output side is imported: the modules on the
 way to its first frame must not pull in the summary format, the reference core or the
-dataclasses module (sensor/edges/replay.py loads those on a thread while the kernel counts).
+dataclasses module (sensor/edges/replay.py loads those on a thread while the kernel counts;
+tests/integration/test_replay_startup.py checks what a replay never loads at all).
 Each check runs in a fresh interpreter, since this one has imported everything already."""
 
 from __future__ import annotations
