@@ -50,7 +50,8 @@ class ReplayStats:
     """What a replay did, filled in as it goes.  (A plain class: a dataclass would import the
     dataclasses module, 8 ms, before `teiten replay` starts counting.)"""
 
-    __slots__ = ("errors", "files", "frames", "summaries", "uncounted", "warnings")
+    _FIELDS: Final = ("files", "frames", "summaries", "errors", "warnings", "uncounted")
+    __slots__ = _FIELDS
 
     def __init__(self) -> None:
         self.files = 0
@@ -61,8 +62,6 @@ class ReplayStats:
         self.warnings: list[str] = []
         # bad_timestamp frames that no summary holds: no frame of the replay had a valid time.
         self.uncounted = 0
-
-    _FIELDS: Final = ("files", "frames", "summaries", "errors", "warnings", "uncounted")
 
     def _values(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self._FIELDS)

@@ -212,7 +212,7 @@ class FastHourlyAggregation:
         if _fast is None:
             raise RuntimeError("sensor.fast._fast is not built; run `pip install -e .` or use the "
                                "reference path (sensor.core.aggregate)")
-        # The reference's checks (Limits checks itself): same errors, same messages.
+        # The reference's checks (check_bucket_seconds, Limits.check): same errors, same messages.
         check_bucket_seconds(bucket_seconds)
         self._limits = (limits or Limits()).check()
         self.linktype = linktype
