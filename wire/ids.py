@@ -7,7 +7,11 @@ for every envelope); `validate_sensor_id` raises with a message saying what to w
 
 from __future__ import annotations
 
-from typing import Final
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 SENSOR_ID_MAX: Final = 63
 

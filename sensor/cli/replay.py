@@ -7,14 +7,17 @@ import gc
 import ipaddress
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
 from sensor.core.limits import HOUR, Limits
 from sensor.edges.durable import write_durably
 
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue
     import threading
+    from typing import Any, Final
 
     from sensor.edges.replay import EncodedSummary
     from wire.summary import Summary
@@ -78,6 +81,9 @@ class _SummaryWriter:
     """
 
     WRITE_AHEAD = 4
+    # What the first write imports (2-3 ms, while the first hour is counted: `replay` loads
+    # them on its loading thread before that).
+    IMPORTS: Final = ("queue", "threading")
 
     def __init__(self) -> None:
         self.written: list[str] = []  # the files written and synced, in order
@@ -87,7 +93,7 @@ class _SummaryWriter:
 
     def _start(self) -> queue.Queue[tuple[str, bytes] | None]:
         # threading and queue are imported when the first hour is written, not with this
-        # module: `teiten replay` is counting by then.
+        # module: `teiten replay` is counting by then (and has loaded them: IMPORTS).
         import queue
         import threading
 
@@ -227,6 +233,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 emit=emit if sink is not None else emit_encoded, encoded=sink is None,
                 limits=limits, bucket_seconds=args.bucket_seconds, progress=Progress(),
                 reference=args.reference, stats=stats,
+                emit_imports=_SummaryWriter.IMPORTS if out is not None else (),
             )
         finally:
             writer.close()  # every summary handed over is on disk, or its error is raised

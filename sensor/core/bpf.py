@@ -25,7 +25,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import Final
+
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -9,9 +9,14 @@ can start counting in C before the reference core and the summary format are imp
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
-
 from sensor.core.sketch import MAX_PRECISION, MIN_PRECISION, relative_error
+from sensor.core.tuples import NamedTuple
+
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 HOUR: Final = 3600
 

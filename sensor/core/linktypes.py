@@ -8,7 +8,11 @@ while the decoder and the summary format are still being imported (sensor/edges/
 
 from __future__ import annotations
 
-from typing import Final
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 # libpcap DLT_/LINKTYPE_ values the decoder understands.
 LINKTYPE_NULL: Final = 0  # BSD loopback, host-order 4-byte family

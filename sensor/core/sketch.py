@@ -14,7 +14,12 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable
-from typing import Final
+
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 _M64: Final = (1 << 64) - 1
 

@@ -19,10 +19,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from types import TracebackType
-from typing import NamedTuple, Self
 
 from sensor.core.linktypes import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
+from sensor.core.tuples import NamedTuple
 from sensor.edges import _pcap
+
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Self
 
 DEFAULT_BATCH = 4096
 DEFAULT_SNAPLEN = 256  # headers only: enough for VLAN + IPv6 + extension headers + TCP options

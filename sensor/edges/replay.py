@@ -25,11 +25,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, TextIO
 
 from sensor.core.bpf import darknet_filter
 from sensor.core.limits import HOUR, Limits
 from sensor.core.linktypes import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
+from sensor.core.tuples import NamedTuple
 from sensor.edges.pcap import (
     CaptureFileError,
     FilterError,
@@ -40,7 +40,12 @@ from sensor.edges.pcap import (
 from sensor.fast.kernel import FastHourlyAggregation, FastInterval, _fast, pack_ahead
 from sensor.fast.kernel import available as fast_available
 
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Final, Protocol, TextIO
+
     from wire.summary import Summary
 
 BATCH = 4096
@@ -147,18 +152,18 @@ class EncodedSummary(NamedTuple):
     data: bytes
 
 
-class _Finishable(Protocol):
-    def finish(
-        self, *, sensor_id: str, darknet: Iterable[str], complete: bool,
-        health: Mapping[str, Any] | None,
-    ) -> Summary: ...
+if TYPE_CHECKING:  # only annotations name them (typing.Protocol: see the imports)
+    class _Finishable(Protocol):
+        def finish(
+            self, *, sensor_id: str, darknet: Iterable[str], complete: bool,
+            health: Mapping[str, Any] | None,
+        ) -> Summary: ...
 
-
-class _Closed(Protocol):
-    @property
-    def aggregator(self) -> _Finishable: ...
-    @property
-    def complete(self) -> bool: ...
+    class _Closed(Protocol):
+        @property
+        def aggregator(self) -> _Finishable: ...
+        @property
+        def complete(self) -> bool: ...
 
 
 class SummarySink:
@@ -216,6 +221,7 @@ def replay(
     reference: bool = False,
     stats: ReplayStats | None = None,
     encoded: bool = False,
+    emit_imports: Sequence[str] = (),
 ) -> ReplayStats:
     """Replay `paths` and call `emit` with each finished hourly summary, oldest first.
 
@@ -225,7 +231,8 @@ def replay(
     the Summary: for a caller that only writes them, the compiled path then makes no row
     objects at all.  Raises CaptureFileError after emitting everything read before the
     error; `stats`, when given, is filled in as the replay goes (so it holds the warnings
-    even then).
+    even then).  `emit_imports` names modules `emit` imports when first called: the compiled
+    path loads them while it counts the first hour, with its own (`_load_in_background`).
     """
     if stats is None:
         stats = ReplayStats()
@@ -233,6 +240,7 @@ def replay(
         return _replay_compiled(
             paths, darknet=darknet, sensor_id=sensor_id, emit=emit, limits=limits,
             bucket_seconds=bucket_seconds, progress=progress, stats=stats, encoded=encoded,
+            emit_imports=emit_imports,
         )
     # The reference core, imported only when it is used (the compiled path does without it).
     from sensor.core.aggregate import HourlyAggregation
@@ -326,6 +334,7 @@ def _replay_compiled(
     progress: Progress | None = None,
     stats: ReplayStats | None = None,
     encoded: bool = False,
+    emit_imports: Sequence[str] = (),
 ) -> ReplayStats:
     """`replay` on the compiled path: same arguments, summaries and errors."""
     if _fast is None:  # callers check fast.available() first
@@ -347,7 +356,7 @@ def _replay_compiled(
                 aggregation = FastHourlyAggregation(linktype, bucket_seconds, limits,
                                                     ahead="pack" if encoded else "rows")
                 aggregation.set_size_hint(first_hour_room(paths))
-                _load_in_background(_OUTPUT_MODULES)
+                _load_in_background((*_OUTPUT_MODULES, *emit_imports))
             aggregation.set_linktype(linktype)  # files may differ; hours carry on across them
             try:
                 reader = _fast.FileReader(path)

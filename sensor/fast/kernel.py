@@ -21,12 +21,17 @@ reference's helpers that `finish()` uses are imported where they are used, so th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from sensor.core.limits import HOUR, LIMIT_FIELDS, Limits, check_bucket_seconds
 from sensor.core.sketch import _estimate
+from sensor.core.tuples import NamedTuple
 
+# typing is not imported at run time on the way to `teiten replay`'s first frame
+# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Final, Literal
+
     from wire.summary import Summary
 
 try:
