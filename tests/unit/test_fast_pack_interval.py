@@ -99,6 +99,20 @@ def test_packed_tables_are_the_rows_packed(capture: Path, limits: Limits | None,
     if limits is SMALL:  # the sketches were there to pack
         assert any(r.estimated for c in closed
                    for r in c.aggregator.finish(sensor_id="pk").sources)
+    # The packer asks one estimate per sketch the rows hold: its scan, which stops at the
+    # last sketch the interval counted, missed none.
+    for c in closed:
+        asked: list[bytes] = []
+
+        def counting(registers: bytes, asked: list[bytes] = asked) -> int:
+            asked.append(registers)
+            return _estimate(registers)
+
+        assert c.aggregator._iv.pack(counting) is not None
+        s = c.aggregator.finish(sensor_id="pk")
+        sketches = (sum(r.sources_estimated for r in s.ports)
+                    + sum(bin(r.estimated).count("1") for r in s.sources))
+        assert len(asked) == sketches
 
 
 def test_estimate_that_is_not_an_int_gives_none_and_encode_interval_falls_back(

@@ -142,6 +142,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         pset_free(&iv->arena, pt);
         pt->sketch = reg;
         pt->sketch_p = (uint8_t)p;
+        iv->sketched_ports++;
         return;
     }
     if (iv->pbudget > 0) {
@@ -158,6 +159,7 @@ static void port_sources_add(interval_t *iv, port_t *pt, const fk_t *k, uint64_t
         return;
     }
     pt->sketch_p = (uint8_t)p;
+    iv->sketched_ports++;
     hll_add(pt->sketch, p, fk_fold(k));
 }
 
@@ -219,6 +221,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
             hll_add(reg, p, item);
             col->ext = reg;
             row->state[c] = ST_POOLED;
+            iv->sketched_columns++;
         }
         return;
     }
@@ -256,6 +259,7 @@ static void row_distinct_add(interval_t *iv, row_t *row, int c, uint64_t item, u
         set64_free(&iv->arena, s);
         col->ext = reg;
         row->state[c] = state;
+        iv->sketched_columns++;
         return;
     }
     hll_add(col->ext, n == ST_POOLED ? (int)lim->src_small_p : (int)lim->src_big_p, item);

@@ -391,6 +391,9 @@ typedef struct interval {
     row_t *row;
     int64_t sbudget[2], sbig[2];
     uint8_t *overflow_hll;
+    /* How many ports, and source columns, hold a sketch (estimated): the packer's scan for
+     * them stops at the last one, which for most hours is at once. */
+    uint32_t sketched_ports, sketched_columns;
     map_t dst;
     uint64_t *dst_n;
     uint64_t tcp_flags[256], ttl[256], sizes[N_SIZES], fps[3], bs[5], malformed[N_REASONS];

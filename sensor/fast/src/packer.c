@@ -610,17 +610,25 @@ static int pack_prepare(pack_job_t *job, const interval_t *iv, PyObject *estimat
         return -1;
     }
     int rc = 0;
-    /* The estimates first (Python calls), for the rows that hold a sketch. */
-    for (uint32_t i = 0; i < np && rc == 0; i++)
-        if (iv->port[i].sketch)
+    /* The estimates first (Python calls), for the rows that hold a sketch.  The scans stop
+     * at the last sketch the interval counted: this runs with the GIL before the packing
+     * threads start, and a whole scan of an hour's rows was 1-2 ms of it. */
+    uint32_t left = iv->sketched_ports;
+    for (uint32_t i = 0; i < np && left && rc == 0; i++)
+        if (iv->port[i].sketch) {
+            left--;
             rc = estimate_of(estimate, iv->port[i].sketch, iv->port[i].sketch_p, &job->est[i]);
-    for (uint32_t i = 0; i < ns && rc == 0; i++)
+        }
+    left = iv->sketched_columns;
+    for (uint32_t i = 0; i < ns && left && rc == 0; i++)
         for (int c = 0; c < 2 && rc == 0; c++)
-            if (col_estimated(&iv->row[i], c))
+            if (col_estimated(&iv->row[i], c)) {
+                left--;
                 rc = estimate_of(estimate, iv->row[i].col[c].ext,
                                  iv->row[i].state[c] == ST_POOLED ? (int)iv->lim.src_small_p
                                                                   : (int)iv->lim.src_big_p,
                                  &job->est[np + 2 * (size_t)i + c]);
+            }
     if (rc != 0)
         pack_free(job);
     return rc;
