@@ -7,8 +7,7 @@ for every envelope); `validate_sensor_id` raises with a message saying what to w
 
 from __future__ import annotations
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final

@@ -11,8 +11,7 @@ import sys
 from sensor.core.limits import HOUR, Limits
 from sensor.edges.durable import write_durably
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import queue

@@ -26,8 +26,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final

@@ -12,8 +12,7 @@ from __future__ import annotations
 from sensor.core.sketch import MAX_PRECISION, MIN_PRECISION, relative_error
 from sensor.core.tuples import NamedTuple
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final

@@ -1,14 +1,15 @@
 """`NamedTuple` for the modules `teiten replay` imports before its first frame, without the
 `typing` module.
 
-Importing `typing` takes 4-7 ms on the boards and here (it builds hundreds of aliases and
-special forms), and those modules need nothing else of it at run time: their other names
-from typing are only in annotations, which `from __future__ import annotations` leaves
-unevaluated, imported under `if TYPE_CHECKING:` with the module's own `TYPE_CHECKING =
-False` (mypy treats any name so called as true).  Type checkers see `typing.NamedTuple`
-itself; at run time the class statement gets the same thing typing makes, a subclass of
-`collections.namedtuple` with the annotated fields, their defaults and the body's
-methods.  tests/unit/test_tuples.py holds the two to the same behaviour.
+Importing `typing` took 4-7 ms of that start-up here (Python 3.11: it builds hundreds of
+aliases and special forms), and those modules need nothing else of it at run time.  Their
+other names from typing are only in annotations, which `from __future__ import
+annotations` leaves unevaluated: they are imported under `if TYPE_CHECKING:`, with the
+module's own `TYPE_CHECKING = False` (mypy reads any name so called as true).
+
+Type checkers see `typing.NamedTuple` itself.  At run time the class statement gets what
+typing makes: a subclass of `collections.namedtuple` with the annotated fields, their
+defaults and the body's methods.  tests/unit/test_tuples.py holds the two to the same behaviour.
 """
 
 from __future__ import annotations

@@ -24,8 +24,7 @@ from sensor.core.linktypes import SUPPORTED_LINKTYPES, SUPPORTED_LINKTYPES_TEXT
 from sensor.core.tuples import NamedTuple
 from sensor.edges import _pcap
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Self

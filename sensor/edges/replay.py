@@ -40,8 +40,7 @@ from sensor.edges.pcap import (
 from sensor.fast.kernel import FastHourlyAggregation, FastInterval, _fast, pack_ahead
 from sensor.fast.kernel import available as fast_available
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Protocol, TextIO

@@ -26,8 +26,7 @@ from sensor.core.limits import HOUR, LIMIT_FIELDS, Limits, check_bucket_seconds
 from sensor.core.sketch import _estimate
 from sensor.core.tuples import NamedTuple
 
-# typing is not imported at run time on the way to `teiten replay`'s first frame
-# (sensor/core/tuples.py says why); mypy reads TYPE_CHECKING as true.
+# typing for type checkers only (start-up time: sensor/core/tuples.py says why).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Final, Literal
