@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "bench_throughput": ["--packets", "1000000", "--runs", "5"],
     "bench_read": ["--packets", "1000000", "--runs", "3"],
     "bench_replay": ["--packets", "200000", "--runs", "3"],
+    "bench_pack": ["--packets", "300000", "--rounds", "30"],
     "bench_memory": [],
     "bench_envelope": ["--quick"],
     "bench_e2e": [],
