@@ -27,6 +27,11 @@ typedef struct {
     char *b;
     size_t n, cap;
     int bad;
+    /* pack_interval's tables: a bytes object made ahead (with the GIL) as long as the table
+     * can be, which b writes into, so that handing it over copies nothing (wbuf_take);
+     * `in_out` while b lies in it.  NULL for a growing malloc'd buffer. */
+    PyObject *out;
+    int in_out;
 } wbuf_t;
 
 /* Room for len more bytes: 0, or -1 (and the buffer marked bad) when there is no memory. */
@@ -35,7 +40,15 @@ static int wgrow(wbuf_t *w, size_t len)
     size_t ncap = w->cap ? w->cap : 4096;
     while (ncap < w->n + len)
         ncap *= 2;
-    char *nb = realloc(w->b, ncap);
+    char *nb;
+    if (w->in_out) { /* past its bound (never, by the bounds' arithmetic): go on in malloc'd room */
+        if ((nb = malloc(ncap)) != NULL) {
+            memcpy(nb, w->b, w->n);
+            w->in_out = 0;
+        }
+    } else {
+        nb = realloc(w->b, ncap);
+    }
     if (nb == NULL) {
         w->bad = 2;
         return -1;
@@ -281,7 +294,7 @@ PyObject *fast_pack_table(PyObject *Py_UNUSED(m), PyObject *args)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     sortkey_t *keys = malloc(sizeof(sortkey_t) * 2 * (size_t)(n ? n : 1)); /* and the merge's room */
-    wbuf_t w = {NULL, 0, 0, 0};
+    wbuf_t w = {NULL, 0, 0, 0, NULL, 0};
     if (keys == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
@@ -452,11 +465,44 @@ static inline uint64_t col_exact(const row_t *row, int c)
     return row->state[c] <= SLOTS ? row->state[c] : row->col[c].set.n;
 }
 
+/* Frees w's room (GIL: it may hold a bytes object). */
+static void wbuf_release(wbuf_t *w)
+{
+    if (!w->in_out)
+        free(w->b);
+    Py_CLEAR(w->out);
+    *w = (wbuf_t){NULL, 0, 0, 0, NULL, 0};
+}
+
+/* w to write at most `bound` bytes into a bytes object made now (GIL); 0, or -1 with
+ * MemoryError.  Untouched pages of it cost nothing: the bound is not what is used. */
+static int wbuf_into(wbuf_t *w, size_t bound)
+{
+    *w = (wbuf_t){NULL, 0, 0, 0, NULL, 0};
+    if ((w->out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)bound)) == NULL)
+        return -1;
+    w->b = PyBytes_AS_STRING(w->out);
+    w->cap = bound;
+    w->in_out = 1;
+    return 0;
+}
+
+/* The bytes written, as a bytes object (w's own, cut to length, when it wrote into one);
+ * NULL with MemoryError. */
 static PyObject *wbuf_take(wbuf_t *w)
 {
-    PyObject *out = w->bad ? PyErr_NoMemory() : PyBytes_FromStringAndSize(w->b ? w->b : "", (Py_ssize_t)w->n);
-    free(w->b);
-    *w = (wbuf_t){NULL, 0, 0, 0};
+    PyObject *out;
+    if (w->bad) {
+        out = PyErr_NoMemory();
+    } else if (w->in_out) {
+        out = w->out; /* shrinking it moves nothing */
+        w->out = NULL;
+        if (_PyBytes_Resize(&out, (Py_ssize_t)w->n) < 0)
+            out = NULL;
+    } else {
+        out = PyBytes_FromStringAndSize(w->b ? w->b : "", (Py_ssize_t)w->n);
+    }
+    wbuf_release(w);
     return out;
 }
 
@@ -585,7 +631,7 @@ static void pack_free(pack_job_t *job)
     free(job->order);
     free(job->est);
     for (int i = 0; i < 4; i++)
-        free(job->w[i].b);
+        wbuf_release(&job->w[i]);
     memset(job, 0, sizeof *job);
 }
 
@@ -609,6 +655,15 @@ static int pack_prepare(pack_job_t *job, const interval_t *iv, PyObject *estimat
         PyErr_NoMemory();
         return -1;
     }
+    /* Each table's longest: its array header (5) and every row at its longest (an integer
+     * in 9 bytes, an address in 18), e.g. a source row 1 + 18 + 9 * 9 (pack_run). */
+    const size_t bound[4] = {5 + (size_t)np * 56, 5 + (size_t)ni * 37, 5 + (size_t)ns * 100,
+                             5 + (size_t)nd * 28};
+    for (int i = 0; i < 4; i++)
+        if (wbuf_into(&job->w[i], bound[i]) < 0) {
+            pack_free(job);
+            return -1;
+        }
     int rc = 0;
     /* The estimates first (Python calls), for the rows that hold a sketch.  The scans stop
      * at the last sketch the interval counted: this runs with the GIL before the packing
@@ -640,7 +695,7 @@ static void pack_run(pack_job_t *job)
     uint32_t np = iv->ports.n, ni = iv->icmp.n, ns = iv->src.n, nd = iv->dst.n;
     uint64_t *v = job->v;
     const int64_t *est = job->est;
-    sources_job_t sj = {iv, est, np, NULL, NULL, NULL, {NULL, 0, 0, 0}};
+    sources_job_t sj = {iv, est, np, NULL, NULL, NULL, {NULL, 0, 0, 0, NULL, 0}};
     pthread_t sources_thread;
     int sources_started = 0;
     uint8_t ab[16];
@@ -649,8 +704,14 @@ static void pack_run(pack_job_t *job)
         sj.order = malloc(sizeof(uint32_t) * ns);
         sj.keys = malloc(sizeof(sortkey_t) * 2 * (size_t)ns);
         sj.v = malloc(sizeof(uint64_t) * 2 * (size_t)ns);
+        sj.w = job->w[2]; /* the thread writes the sources into their bytes object */
+        job->w[2] = (wbuf_t){NULL, 0, 0, 0, NULL, 0};
         sources_started = sj.order && sj.keys && sj.v &&
                           pthread_create(&sources_thread, NULL, sources_main, &sj) == 0;
+        if (!sources_started) {
+            job->w[2] = sj.w;
+            sj.w = (wbuf_t){NULL, 0, 0, 0, NULL, 0};
+        }
     }
 
     /* ports: (proto, port or None, packets, bytes, backscatter, sources, sources_estimated),
@@ -719,14 +780,12 @@ static void pack_run(pack_job_t *job)
     if (sources_started) {
         pthread_join(sources_thread, NULL);
         job->w[2] = sj.w;
-        sj.w = (wbuf_t){NULL, 0, 0, 0};
     } else {
         pack_sources(iv, est, np, order, job->keys, v, &job->w[2]);
     }
     free(sj.order);
     free(sj.keys);
     free(sj.v);
-    free(sj.w.b);
 }
 
 /* The (ports, icmp_codes, sources, destinations) bytes, or NULL (MemoryError); frees the job. */
